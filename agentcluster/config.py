@@ -1,0 +1,311 @@
+"""The one place that reads the process environment.
+
+Every other module gets its configuration from :func:`load_settings` (a typed, validated tree) or, for
+the rare raw value, from :func:`env` / :func:`flag`. A test enforces that no other module touches
+``os.environ`` or ``os.getenv``.
+
+A missing or malformed value raises :class:`~agentcluster.errors.ConfigError` whose message is one line
+that starts with the variable's name, e.g. ``SA01_DB_DSN: unsupported scheme 'mysql' ...``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentcluster.errors import ConfigError
+
+__all__ = [
+    "AuthSettings",
+    "CryptoSettings",
+    "DbSettings",
+    "GatewaySettings",
+    "KafkaSettings",
+    "PolicySettings",
+    "RedisSettings",
+    "RelaySettings",
+    "Settings",
+    "env",
+    "environment",
+    "flag",
+    "load_settings",
+    "project_root",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Return the raw value of environment variable ``name``, or ``default`` when unset."""
+    return os.environ.get(name, default)
+
+
+def flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment variable (1/true/yes/on or 0/false/no/off).
+
+    Raises:
+        ConfigError: the value is set but is not a recognised boolean.
+    """
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected a boolean (1/0/true/false/yes/no/on/off), got {raw!r}")
+
+
+def environment() -> dict[str, str]:
+    """A copy of the whole environment, for handing to child processes (Ray runtime_env, etc.)."""
+    return dict(os.environ)
+
+
+def project_root() -> Path:
+    """The repository root when running from a checkout, else the current directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+_SECTION = SettingsConfigDict(extra="ignore", case_sensitive=False, validate_default=True)
+
+
+class DbSettings(BaseSettings):
+    """State store (SQLAlchemy). Unset DSN means the embedded SQLite default."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_DB_", **_SECTION)
+
+    dsn: str | None = None
+    pool_size: int = Field(default=10, ge=1, le=200)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    echo: bool = False
+
+    @field_validator("dsn")
+    @classmethod
+    def _normalise_dsn(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme, sep, rest = value.strip().partition("://")
+        if not sep or not rest:
+            raise ValueError("expected a URL such as postgresql://user:pass@host:5432/db")
+        aliases = {
+            "postgres": "postgresql+asyncpg",
+            "postgresql": "postgresql+asyncpg",
+            "postgresql+asyncpg": "postgresql+asyncpg",
+            "sqlite": "sqlite+aiosqlite",
+            "sqlite+aiosqlite": "sqlite+aiosqlite",
+        }
+        if scheme not in aliases:
+            raise ValueError(f"unsupported scheme {scheme!r}; use postgresql:// or sqlite://")
+        return f"{aliases[scheme]}://{rest}"
+
+
+class KafkaSettings(BaseSettings):
+    """Event log. Unset bootstrap servers means the relay is off and events stay in the store."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_KAFKA_", **_SECTION)
+
+    bootstrap_servers: str | None = None
+    topics_file: Path = Field(default_factory=lambda: project_root() / "configs" / "topics.yaml")
+    client_id: str = "agentcluster"
+    request_timeout_ms: int = Field(default=15_000, ge=1_000, le=300_000)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value.strip()
+
+
+class RelaySettings(BaseSettings):
+    """Outbox relay tuning."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_RELAY_", **_SECTION)
+
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    poll_interval_s: float = Field(default=0.2, gt=0, le=60)
+    backoff_initial_s: float = Field(default=0.2, gt=0, le=60)
+    backoff_max_s: float = Field(default=5.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RelaySettings:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must be <= backoff_max_s")
+        return self
+
+
+class RedisSettings(BaseSettings):
+    """Cache, rate limits and secrets. Unset URL means in-process adapters."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_REDIS_", **_SECTION)
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("expected redis://host:port/db, rediss://... or unix://...")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("the URL has no host")
+        return value.strip()
+
+
+class PolicySettings(BaseSettings):
+    """Policy engine. Unset URL means the same Rego evaluated in-process."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_POLICY_", **_SECTION)
+
+    url: str | None = None
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return _http_url(value)
+
+
+class AuthSettings(BaseSettings):
+    """API authentication."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_AUTH_", **_SECTION)
+
+    internal_token: str | None = None
+    admin_key: str | None = None
+
+    @field_validator("internal_token", "admin_key")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+
+class CryptoSettings(BaseSettings):
+    """Encryption of provider secrets."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_CRYPTO_", **_SECTION)
+
+    fernet_key: str | None = None
+
+    @field_validator("fernet_key")
+    @classmethod
+    def _check_fernet(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(value.strip().encode())
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("not url-safe base64 (generate one with Fernet.generate_key())") from exc
+        if len(raw) != 32:
+            raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
+        return value.strip()
+
+
+class GatewaySettings(BaseSettings):
+    """HTTP gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", **_SECTION)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=21016, ge=1, le=65535)
+
+
+class Settings(BaseModel):
+    """The whole settings tree. Build it with :func:`load_settings`."""
+
+    data_dir: Path
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    db: DbSettings
+    kafka: KafkaSettings
+    relay: RelaySettings
+    redis: RedisSettings
+    policy: PolicySettings
+    auth: AuthSettings
+    crypto: CryptoSettings
+    gateway: GatewaySettings
+
+    @property
+    def db_dsn(self) -> str:
+        """The effective DSN: the configured one, or SQLite under the data dir."""
+        if self.db.dsn:
+            return self.db.dsn
+        return f"sqlite+aiosqlite:///{self.data_dir / 'agentcluster.db'}"
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("expected an http(s)://host[:port] URL")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError("the port is not a number in 1..65535") from exc
+    return value.strip().rstrip("/")
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "db": DbSettings,
+    "kafka": KafkaSettings,
+    "relay": RelaySettings,
+    "redis": RedisSettings,
+    "policy": PolicySettings,
+    "auth": AuthSettings,
+    "crypto": CryptoSettings,
+    "gateway": GatewaySettings,
+}
+
+
+def _variable(section: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    prefix = str(section.model_config.get("env_prefix", ""))
+    field = str(loc[0]) if loc else ""
+    return f"{prefix}{field}".upper()
+
+
+def _build_section(section: type[BaseSettings], overrides: Mapping[str, Any] | None) -> Any:
+    try:
+        return section(**dict(overrides or {}))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = _variable(section, tuple(error.get("loc", ())))
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {message}") from None
+
+
+def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    """Read and validate the environment into a :class:`Settings` tree.
+
+    Args:
+        overrides: per-section field values that win over the environment (tests, CLI flags),
+            e.g. ``{"db": {"dsn": "sqlite://..."}}``.
+
+    Raises:
+        ConfigError: one line naming the first bad variable.
+    """
+    overrides = overrides or {}
+    sections = {key: _build_section(cls, overrides.get(key)) for key, cls in _SECTIONS.items()}
+    data_dir = Path(env("SA01_DATA_DIR") or project_root() / ".data")
+    level = (env("SA01_LOG_LEVEL") or "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"SA01_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return Settings(data_dir=data_dir, log_level=level, **sections)  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""Domain records returned by the state store: immutable, typed, safe to send across actors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKey",
+    "Message",
+    "MessageRole",
+    "OutboxRecord",
+    "Page",
+    "Session",
+    "SessionStatus",
+    "Submission",
+    "Tenant",
+    "Turn",
+    "TurnStatus",
+]
+
+SessionStatus = Literal["active", "closed"]
+TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+MessageRole = Literal["system", "user", "assistant", "tool"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Tenant(_Record):
+    tenant_id: str
+    name: str
+    created_at: datetime
+
+
+class ApiKey(_Record):
+    """An API key's public face; the secret itself is shown once, at creation, and stored hashed."""
+
+    key_id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class Session(_Record):
+    session_id: str
+    tenant_id: str
+    agent: str
+    status: SessionStatus
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    owner_host: str | None = None
+    owner_epoch: int = 0
+    last_seq: int = 0
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+
+
+class Message(_Record):
+    message_id: str
+    session_id: str
+    turn_id: str | None
+    role: MessageRole
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    created_at: datetime
+
+
+class Turn(_Record):
+    turn_id: str
+    session_id: str
+    tenant_id: str
+    message_id: str
+    status: TurnStatus
+    attempt: int
+    usage: dict[str, Any] = Field(default_factory=dict)
+    answer_message_id: str | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Submission(_Record):
+    """The answer to a submitted user message; ``created`` is False for an idempotent resend."""
+
+    message_id: str
+    turn_id: str
+    created: bool
+
+
+class Page(_Record):
+    """One page of a listing and the opaque cursor of the next, if any."""
+
+    items: list[Any]
+    next_cursor: str | None = None
+
+
+class OutboxRecord(_Record):
+    """An event waiting in the outbox for the relay."""
+
+    position: int
+    event_id: str
+    session_id: str
+    seq: int
+    payload: bytes

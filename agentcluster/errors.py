@@ -1,0 +1,125 @@
+"""Every error agentcluster raises on purpose.
+
+Hierarchy::
+
+    AgentClusterError                  base; ``retryable`` is data, not a subclass
+    ├── ConfigError                    bad or missing configuration (names the variable); terminal
+    ├── UserError                      the caller's request is wrong; terminal; maps to 4xx
+    │   ├── NotFoundError              404: no such session/key/agent *for this tenant*
+    │   ├── ConflictError              409: state does not allow it (closed session, ...)
+    │   └── ValidationFailed           422: well-formed but invalid input
+    ├── ToolError                      "tell the model": returned to the LLM as a tool result
+    ├── InfrastructureError            a dependency failed; ``dependency`` names it
+    │   └── DependencyUnavailable      could not reach it at all (connect refused, timeout); retryable
+    ├── StaleEpochError                a fenced write by a host that no longer owns the session; terminal
+    └── TerminalFailure                the work cannot succeed (e.g. a turn past its retry budget)
+
+Exceptions carry plain attributes so they pickle across Ray actors, and they never log by themselves:
+whoever catches them decides.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentClusterError",
+    "ConfigError",
+    "ConflictError",
+    "DependencyUnavailable",
+    "InfrastructureError",
+    "NotFoundError",
+    "StaleEpochError",
+    "TerminalFailure",
+    "ToolError",
+    "UserError",
+    "ValidationFailed",
+]
+
+
+class AgentClusterError(Exception):
+    """Base of all agentcluster errors.
+
+    Attributes:
+        message: human-readable, one line.
+        retryable: whether retrying the same operation later may succeed.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[AgentClusterError], state: dict[str, object]) -> AgentClusterError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class ConfigError(AgentClusterError):
+    """Configuration is missing or malformed; the message starts with the variable's name."""
+
+
+class UserError(AgentClusterError):
+    """The request is wrong. ``problem_type`` is the stable RFC 9457 type suffix."""
+
+    status: int = 400
+    problem_type: str = "bad-request"
+
+
+class NotFoundError(UserError):
+    """The thing does not exist for this tenant."""
+
+    status = 404
+    problem_type = "not-found"
+
+
+class ConflictError(UserError):
+    """The current state does not allow the operation."""
+
+    status = 409
+    problem_type = "conflict"
+
+
+class ValidationFailed(UserError):
+    """Input is well-formed but invalid."""
+
+    status = 422
+    problem_type = "validation-failed"
+
+
+class ToolError(AgentClusterError):
+    """A tool failed in a way the model should hear about (returned as the tool's result)."""
+
+
+class InfrastructureError(AgentClusterError):
+    """A dependency failed. ``dependency`` names it (postgresql, kafka, redis, opa, ...)."""
+
+    retryable = True
+
+    def __init__(self, dependency: str, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(f"{dependency}: {message}", retryable=retryable)
+        self.dependency = dependency
+
+
+class DependencyUnavailable(InfrastructureError):
+    """The dependency could not be reached at all."""
+
+
+class StaleEpochError(AgentClusterError):
+    """A write fenced off: the writer's epoch is older than the session's current owner epoch."""
+
+    def __init__(self, session_id: str, epoch: int | None = None) -> None:
+        super().__init__(f"session {session_id}: stale owner epoch {epoch}; another host owns it")
+        self.session_id = session_id
+        self.epoch = epoch
+
+
+class TerminalFailure(AgentClusterError):
+    """The work cannot succeed; do not retry."""
