@@ -1,7 +1,8 @@
 """The ``agentcluster`` command line.
 
 Commands so far: ``db upgrade`` / ``db current`` (migrations), ``check`` (probe every configured
-dependency), ``relay`` (run the outbox relay in the foreground), ``config`` (show effective settings).
+dependency), ``relay`` (run the outbox relay in the foreground), ``config`` (show effective
+settings).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ async def _relay(settings: Settings) -> int:
     store = await open_state_store(settings)
     relay = await build_relay(settings, store)
     if relay is None:
-        print("relay: SA01_KAFKA_BOOTSTRAP_SERVERS is unset; events stay in the store", file=sys.stderr)
+        print(
+            "relay: SA01_KAFKA_BOOTSTRAP_SERVERS is unset; events stay in the store",
+            file=sys.stderr,
+        )
         await store.close()
         return 2
     stop = asyncio.Event()

@@ -1,11 +1,11 @@
 """The one place that reads the process environment.
 
-Every other module gets its configuration from :func:`load_settings` (a typed, validated tree) or, for
-the rare raw value, from :func:`env` / :func:`flag`. A test enforces that no other module touches
-``os.environ`` or ``os.getenv``.
+Every other module gets its configuration from :func:`load_settings` (a typed, validated
+tree) or, for the rare raw value, from :func:`env` / :func:`flag`. A test enforces that no
+other module touches ``os.environ`` or ``os.getenv``.
 
-A missing or malformed value raises :class:`~agentcluster.errors.ConfigError` whose message is one line
-that starts with the variable's name, e.g. ``SA01_DB_DSN: unsupported scheme 'mysql' ...``.
+A missing or malformed value raises :class:`~agentcluster.errors.ConfigError` whose message is one
+line that starts with the variable's name, e.g. ``SA01_DB_DSN: unsupported scheme 'mysql' ...``.
 """
 
 from __future__ import annotations
@@ -214,7 +214,9 @@ class CryptoSettings(BaseSettings):
         try:
             raw = base64.urlsafe_b64decode(value.strip().encode())
         except (binascii.Error, ValueError) as exc:
-            raise ValueError("not url-safe base64 (generate one with Fernet.generate_key())") from exc
+            raise ValueError(
+                "not url-safe base64 (generate one with Fernet.generate_key())"
+            ) from exc
         if len(raw) != 32:
             raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
         return value.strip()
@@ -308,4 +310,4 @@ def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> S
     level = (env("SA01_LOG_LEVEL") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"SA01_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return Settings(data_dir=data_dir, log_level=level, **sections)  # type: ignore[arg-type]
+    return Settings(data_dir=data_dir, log_level=level, **sections)

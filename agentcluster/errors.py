@@ -10,12 +10,12 @@ Hierarchy::
     │   └── ValidationFailed           422: well-formed but invalid input
     ├── ToolError                      "tell the model": returned to the LLM as a tool result
     ├── InfrastructureError            a dependency failed; ``dependency`` names it
-    │   └── DependencyUnavailable      could not reach it at all (connect refused, timeout); retryable
-    ├── StaleEpochError                a fenced write by a host that no longer owns the session; terminal
+    │   └── DependencyUnavailable      unreachable (refused, timed out); retryable
+    ├── StaleEpochError                a fenced write by a host that lost the session
     └── TerminalFailure                the work cannot succeed (e.g. a turn past its retry budget)
 
-Exceptions carry plain attributes so they pickle across Ray actors, and they never log by themselves:
-whoever catches them decides.
+Exceptions carry plain attributes so they pickle across Ray actors, and they never log by
+themselves: whoever catches them decides.
 """
 
 from __future__ import annotations

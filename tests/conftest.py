@@ -1,7 +1,7 @@
 """Shared test setup: offline library settings, the local services, a bounded ``eventually``.
 
-Integration tests need the services of ``make deps-up``; their endpoints come from the environment or,
-when unset, from ``.data/services.env`` written by ``deps-up``.
+Integration tests need the services of ``make deps-up``; their endpoints come from the environment
+or, when unset, from ``.data/services.env`` written by ``deps-up``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def _read_services_env() -> dict[str, str]:
     return values
 
 
-SERVICES = {**_read_services_env(), **{k: v for k, v in os.environ.items() if k.startswith("SA01_")}}
+SERVICES = {
+    **_read_services_env(),
+    **{k: v for k, v in os.environ.items() if k.startswith("SA01_")},
+}
 
 
 def service(name: str) -> str:

@@ -1,12 +1,13 @@
 """The Kafka adapter of the event log: an idempotent aiokafka producer and topic bootstrap.
 
-aiokafka's errors are converted to :class:`~agentcluster.errors.InfrastructureError` naming ``kafka``
-at this boundary, so the relay only deals with our errors.
+aiokafka's errors are converted to :class:`~agentcluster.errors.InfrastructureError` naming
+``kafka`` at this boundary, so the relay only deals with our errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -42,10 +43,9 @@ async def ensure_topics(
             if spec.name not in existing
         ]
         if missing:
-            try:
+            # Another process may create one between list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
     except (TimeoutError, KafkaError, OSError) as exc:
         raise DependencyUnavailable(
             _DEPENDENCY, f"cannot reach brokers at {bootstrap_servers}: {exc!r}"
@@ -101,11 +101,9 @@ class KafkaPublisher:
             await self._close(producer)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
-        try:
+        # Nothing to save on failure: unacknowledged records stay unpublished in the outbox.
+        with contextlib.suppress(TimeoutError, KafkaError, OSError):
             await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
-        except (TimeoutError, KafkaError, OSError):
-            # Nothing left to save: unacknowledged records stay unpublished in the outbox.
-            pass
 
     async def publish(self, records: Sequence[OutboxRecord]) -> list[bool]:
         """Send records in order; returns, per record, whether the broker acknowledged it.

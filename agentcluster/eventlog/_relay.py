@@ -4,10 +4,10 @@ Delivery is at least once and in per-session order:
 
 * the store hands out unpublished events ordered by position, and a session's events are committed
   in seq order (its row lock serializes writers), so each session's events arrive here in seq order;
-* after a send, only each session's *acknowledged prefix* is marked published; the first failure in a
-  session holds back that session's later events, which are sent again next round;
-* on any failure the producer is recreated and the relay backs off exponentially; nothing is dropped,
-  so a broker outage only delays events. Consumers dedupe by ``event_id``.
+* after a send, only each session's *acknowledged prefix* is marked published; the first
+  failure in a session holds back that session's later events, which are sent again next round;
+* on any failure the producer is recreated and the relay backs off exponentially; nothing is
+  dropped, so a broker outage only delays events. Consumers dedupe by ``event_id``.
 
 Run exactly one relay per database (the production deployment runs it as a single Ray actor).
 """
@@ -15,6 +15,7 @@ Run exactly one relay per database (the production deployment runs it as a singl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -101,7 +102,8 @@ class OutboxRelay:
         self.published += len(positions)
         if len(positions) < len(records):
             raise InfrastructureError(
-                "kafka", f"{len(records) - len(positions)} of {len(records)} events not acknowledged"
+                "kafka",
+                f"{len(records) - len(positions)} of {len(records)} events not acknowledged",
             )
         return len(positions)
 
@@ -117,7 +119,7 @@ class OutboxRelay:
                         await self._wait(stop, self._settings.poll_interval_s)
                 # The relay is the only way events leave the outbox: whatever goes wrong in one
                 # round (broker down, database blip, a bug in a dependency) must not end the loop.
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.failures += 1
                     log.warning("outbox relay round failed, retrying in %.1fs: %s", backoff, exc)
                     await self._safe_restart()
@@ -129,11 +131,9 @@ class OutboxRelay:
     async def _safe_restart(self) -> None:
         try:
             await self._restart_publisher()
-        except Exception as exc:  # noqa: BLE001 - closing a broken producer must not mask the cause
+        except Exception as exc:
             log.debug("closing the publisher failed: %s", exc)
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
-        except TimeoutError:
-            pass

@@ -34,7 +34,7 @@ def head_revision() -> str:
 
 def _upgrade_sync(connection: Connection, revision: str) -> None:
     if connection.dialect.name == "postgresql":
-        # Several replicas may start at once; only one migrates, the others wait and find nothing to do.
+        # Replicas may start at once: one migrates, the others wait, then find nothing to do.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     config = alembic_config()
     config.attributes["connection"] = connection

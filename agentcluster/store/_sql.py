@@ -1,10 +1,11 @@
 """The state store on SQLAlchemy async: PostgreSQL through asyncpg, SQLite through aiosqlite.
 
-One adapter serves both backends; the differences (connection setup, pool) live in :func:`open_store`.
+One adapter serves both backends; the differences (connection setup, pool) live in
+:func:`open_store`.
 All writes that touch a session go through :class:`SessionWriter`, a unit of work that
 
-* fences: with an epoch, the session row is only updated while ``owner_epoch`` still matches, so a host
-  that lost ownership cannot write (:class:`~agentcluster.errors.StaleEpochError`);
+* fences: with an epoch, the session row is only updated while ``owner_epoch`` still matches, so a
+  host that lost ownership cannot write (:class:`~agentcluster.errors.StaleEpochError`);
 * serializes: the first statement updates the session row, which locks it until commit (PostgreSQL
   row lock, SQLite write lock), so per-session sequence numbers never collide;
 * records events in the same transaction as the state change (the transactional outbox).
@@ -19,9 +20,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -108,9 +109,7 @@ def _make_engine(dsn: str, pool_size: int, connect_timeout_s: float, echo: bool)
         from pathlib import Path
 
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        dsn, poolclass=NullPool, echo=echo, connect_args={"timeout": 30}
-    )
+    engine = create_async_engine(dsn, poolclass=NullPool, echo=echo, connect_args={"timeout": 30})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -145,7 +144,7 @@ def _session(row: Any) -> Session:
         session_id=row.session_id,
         tenant_id=row.tenant_id,
         agent=row.agent,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         metadata=row._mapping["metadata"] or {},
         owner_host=row.owner_host,
         owner_epoch=row.owner_epoch,
@@ -161,7 +160,7 @@ def _message(row: Any) -> Message:
         message_id=row.message_id,
         session_id=row.session_id,
         turn_id=row.turn_id,
-        role=row.role,  # type: ignore[arg-type]
+        role=row.role,
         content=row.content,
         tool_calls=row.tool_calls,
         tool_call_id=row.tool_call_id,
@@ -175,7 +174,7 @@ def _turn(row: Any) -> Turn:
         session_id=row.session_id,
         tenant_id=row.tenant_id,
         message_id=row.message_id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         attempt=row.attempt,
         usage=row.usage or {},
         answer_message_id=row.answer_message_id,
@@ -245,7 +244,7 @@ class SessionWriter:
         stamped: ev.Event = event.model_copy(update={"seq": self._next_seq})
         self._next_seq += 1
         await self._connection.execute(
-            EventRow.__table__.insert().values(
+            insert(EventRow).values(
                 event_id=stamped.event_id,
                 tenant_id=self.tenant_id,
                 session_id=self.session_id,
@@ -272,7 +271,7 @@ class SessionWriter:
         """Append a message to the session's history; returns its id."""
         message_id = message_id or _new_id()
         await self._connection.execute(
-            MessageRow.__table__.insert().values(
+            insert(MessageRow).values(
                 message_id=message_id,
                 tenant_id=self.tenant_id,
                 session_id=self.session_id,
@@ -290,7 +289,7 @@ class SessionWriter:
     async def add_turn(self, turn_id: str, message_id: str) -> None:
         """Queue a turn answering ``message_id``."""
         await self._connection.execute(
-            TurnRow.__table__.insert().values(
+            insert(TurnRow).values(
                 turn_id=turn_id,
                 tenant_id=self.tenant_id,
                 session_id=self.session_id,
@@ -341,7 +340,7 @@ class SessionWriter:
     ) -> None:
         """Record that the model asked for a tool call."""
         await self._connection.execute(
-            ToolCallRow.__table__.insert().values(
+            insert(ToolCallRow).values(
                 tool_call_id=tool_call_id,
                 tenant_id=self.tenant_id,
                 session_id=self.session_id,
@@ -404,7 +403,9 @@ class SqlStateStore:
             raise InfrastructureError(self.dependency, f"{self.description}: {exc.orig}") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise DependencyUnavailable(self.dependency, f"{self.description}: {exc.orig}") from exc
+                raise DependencyUnavailable(
+                    self.dependency, f"{self.description}: {exc.orig}"
+                ) from exc
             raise
 
     async def ping(self) -> None:
@@ -428,7 +429,7 @@ class SqlStateStore:
         tenant = TenantRow(tenant_id=tenant_id or _new_id(), name=name, created_at=utcnow())
         async with self._begin() as connection:
             await connection.execute(
-                TenantRow.__table__.insert().values(
+                insert(TenantRow).values(
                     tenant_id=tenant.tenant_id, name=name, created_at=tenant.created_at
                 )
             )
@@ -444,7 +445,7 @@ class SqlStateStore:
         return Tenant(tenant_id=row.tenant_id, name=row.name, created_at=row.created_at)
 
     async def create_api_key(self, tenant_id: str, name: str) -> tuple[ApiKey, str]:
-        """Create a key; returns its record and the secret, which is not stored and never shown again."""
+        """Create a key; returns its record and the secret (stored hashed, never shown again)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
             key_id=_new_id(),
@@ -457,7 +458,7 @@ class SqlStateStore:
         async with self._begin() as connection:
             await self._require_tenant(connection, tenant_id)
             await connection.execute(
-                ApiKeyRow.__table__.insert().values(
+                insert(ApiKeyRow).values(
                     key_id=row.key_id,
                     tenant_id=tenant_id,
                     name=name,
@@ -523,7 +524,7 @@ class SqlStateStore:
         async with self._begin() as connection:
             await self._require_tenant(connection, tenant_id)
             await connection.execute(
-                SessionRow.__table__.insert().values(
+                insert(SessionRow).values(
                     session_id=session_id,
                     tenant_id=tenant_id,
                     agent=agent,
@@ -620,7 +621,7 @@ class SqlStateStore:
 
     async def _explain_missing(
         self, connection: AsyncConnection, session_id: str, epoch: int | None, tenant_id: str | None
-    ) -> None:
+    ) -> NoReturn:
         query = select(SessionRow.owner_epoch).where(SessionRow.session_id == session_id)
         if tenant_id is not None:
             query = query.where(SessionRow.tenant_id == tenant_id)
@@ -632,7 +633,7 @@ class SqlStateStore:
     async def submit_message(
         self, tenant_id: str, session_id: str, content: str, *, idempotency_key: str | None = None
     ) -> Submission:
-        """Commit a user message and queue its turn; a repeated idempotency key returns the first."""
+        """Commit a user message and queue its turn; a repeated idempotency key gets the first."""
         async with self.writer(session_id, tenant_id=tenant_id) as writer:
             if idempotency_key is not None:
                 existing = (
@@ -682,7 +683,7 @@ class SqlStateStore:
     # -- ownership ------------------------------------------------------------------------------
 
     async def claim_session(self, session_id: str, host_id: str) -> int:
-        """Make ``host_id`` the owner with a new epoch; every older epoch is fenced off from now on."""
+        """Make ``host_id`` the owner with a new epoch; every older epoch is fenced off."""
         async with self._begin() as connection:
             epoch = await connection.scalar(
                 update(SessionRow)
@@ -745,7 +746,9 @@ class SqlStateStore:
         async with self._begin() as connection:
             row = (
                 await connection.execute(
-                    select(TurnRow).where(TurnRow.turn_id == turn_id, TurnRow.tenant_id == tenant_id)
+                    select(TurnRow).where(
+                        TurnRow.turn_id == turn_id, TurnRow.tenant_id == tenant_id
+                    )
                 )
             ).one_or_none()
         if row is None:
@@ -756,17 +759,15 @@ class SqlStateStore:
         """Queued and running turns of a session, oldest first (what an activation must finish)."""
         async with self._begin() as connection:
             rows = (
-                (
-                    await connection.execute(
-                        select(TurnRow)
-                        .where(
-                            TurnRow.session_id == session_id,
-                            TurnRow.status.in_(("queued", "running")),
-                        )
-                        .order_by(TurnRow.created_at, TurnRow.turn_id)
+                await connection.execute(
+                    select(TurnRow)
+                    .where(
+                        TurnRow.session_id == session_id,
+                        TurnRow.status.in_(("queued", "running")),
                     )
-                ).all()
-            )
+                    .order_by(TurnRow.created_at, TurnRow.turn_id)
+                )
+            ).all()
         return [_turn(row) for row in rows]
 
     # -- outbox ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 table models. Every row carries ``tenant_id``.
 
-The schema itself is owned by the Alembic migrations in ``migrations/versions``; these classes describe
-it for queries and a test checks both agree.
+The schema itself is owned by the Alembic migrations in ``migrations/versions``; these classes
+describe it for queries and a test checks both agree.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ class AgentRow(Base):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_tenant_id_created", "tenant_id", "created_at", "session_id"),)
+    __table_args__ = (
+        Index("ix_sessions_tenant_id_created", "tenant_id", "created_at", "session_id"),
+    )
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))

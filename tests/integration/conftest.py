@@ -1,4 +1,4 @@
-"""Integration fixtures: state stores on real SQLite and real PostgreSQL (a fresh database each run)."""
+"""Integration fixtures: state stores on real SQLite and on real PostgreSQL (fresh database)."""
 
 from __future__ import annotations
 

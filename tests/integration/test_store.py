@@ -126,13 +126,17 @@ async def test_a_failed_transaction_leaves_neither_change_nor_event(store: SqlSt
     with pytest.raises(Boom):
         async with store.writer(session.session_id) as writer:
             await writer.add_message("assistant", "half done")
-            await writer.emit(ev.TurnStarted(tenant_id=tenant_id, session_id=session.session_id, turn_id="t"))
+            await writer.emit(
+                ev.TurnStarted(tenant_id=tenant_id, session_id=session.session_id, turn_id="t")
+            )
             raise Boom
     # A database error part-way (duplicate message id) rolls back the event written before it.
     kept = await store.submit_message(tenant_id, session.session_id, "kept")
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         async with store.writer(session.session_id) as writer:
-            await writer.emit(ev.TurnStarted(tenant_id=tenant_id, session_id=session.session_id, turn_id="t"))
+            await writer.emit(
+                ev.TurnStarted(tenant_id=tenant_id, session_id=session.session_id, turn_id="t")
+            )
             await writer.add_message("assistant", "dup", message_id=kept.message_id)
 
     assert [m.content for m in await store.list_messages(tenant_id, session.session_id)] == ["kept"]
@@ -141,9 +145,9 @@ async def test_a_failed_transaction_leaves_neither_change_nor_event(store: SqlSt
     assert [e.seq for e in events] == [1, 2]
     async with store.engine.connect() as connection:
         count = await connection.scalar(
-            select(func.count()).select_from(EventRow).where(
-                EventRow.session_id == session.session_id
-            )
+            select(func.count())
+            .select_from(EventRow)
+            .where(EventRow.session_id == session.session_id)
         )
     assert count == 2
 
@@ -158,7 +162,9 @@ async def test_idempotency_key_returns_the_first_submission(store: SqlStateStore
     assert (again.message_id, again.turn_id) == (first.message_id, first.turn_id)
     async with store.engine.connect() as connection:
         turns = await connection.scalar(
-            select(func.count()).select_from(TurnRow).where(TurnRow.session_id == session.session_id)
+            select(func.count())
+            .select_from(TurnRow)
+            .where(TurnRow.session_id == session.session_id)
         )
     assert turns == 2
 
@@ -173,12 +179,16 @@ async def test_concurrent_submissions_get_distinct_gapless_seqs(store: SqlStateS
     assert [e.seq for e in events] == list(range(1, 22))
     async with store.engine.connect() as connection:
         positions = (
-            await connection.execute(
-                select(MessageRow.content)
-                .where(MessageRow.session_id == session.session_id)
-                .order_by(MessageRow.position)
+            (
+                await connection.execute(
+                    select(MessageRow.content)
+                    .where(MessageRow.session_id == session.session_id)
+                    .order_by(MessageRow.position)
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     received = [e.content for e in events if isinstance(e, ev.MessageReceived)]
     assert received == list(positions)
 
@@ -232,7 +242,9 @@ async def test_outbox_hands_out_and_marks_events(store: SqlStateStore) -> None:
     tenant_id = await _tenant(store)
     session = await store.create_session(tenant_id, "default")
     await store.submit_message(tenant_id, session.session_id, "hi")
-    pending = [r for r in await store.fetch_unpublished(10_000) if r.session_id == session.session_id]
+    pending = [
+        r for r in await store.fetch_unpublished(10_000) if r.session_id == session.session_id
+    ]
     assert [r.seq for r in pending] == [1, 2]
     assert ev.load_event(pending[0].payload).type == "session.created"
     await store.mark_published([r.position for r in pending])

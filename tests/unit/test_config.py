@@ -98,20 +98,26 @@ def test_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AC_TEST_FLAG", "yes")
     assert flag("AC_TEST_FLAG") is True
     monkeypatch.setenv("AC_TEST_FLAG", "maybe")
-    with pytest.raises(ConfigError, match="^AC_TEST_FLAG: "):
+    with pytest.raises(ConfigError, match=r"^AC_TEST_FLAG: "):
         flag("AC_TEST_FLAG")
     monkeypatch.delenv("AC_TEST_FLAG")
     assert flag("AC_TEST_FLAG", default=True) is True
 
 
+NAMES = {"environ", "getenv", "environb"}
+
+
 def _reads_environment(tree: ast.AST) -> list[int]:
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "environb"}:
-            lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module == "os":
-            if any(alias.name in {"environ", "getenv", "environb"} for alias in node.names):
-                lines.append(node.lineno)
+        attribute = isinstance(node, ast.Attribute) and node.attr in NAMES
+        imported = (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in NAMES for alias in node.names)
+        )
+        if attribute or imported:
+            lines.append(getattr(node, "lineno", 0))
     return lines
 
 

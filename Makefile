@@ -1,0 +1,73 @@
+# agentcluster: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEPS := bash cluster/services/deps.sh
+# Integration tests read service endpoints from .data/services.env (written by deps-up).
+PYTEST_ARGS ?=
+
+.PHONY: help install lock deps-up deps-down deps-status run test test-unit test-integration \
+        quality format lint typecheck clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the locked dependencies and the project
+
+lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet '.[dev]'
+	{ echo '# Resolved versions of every Python dependency (runtime and dev), for reproducible installs.'; \
+	  echo '# Regenerate with `make lock` after changing pyproject.toml.'; \
+	  .lockenv/bin/pip freeze --exclude-editable | grep -iv '^agentcluster'; } > requirements.lock
+	rm -rf .lockenv
+
+deps-up: ## Install (if missing), start and health-check PostgreSQL, Redis, Kafka, OPA
+	$(DEPS) up
+
+deps-down: ## Stop the local services (data is kept in .data/)
+	$(DEPS) down
+
+deps-status: ## Show which local services are up
+	$(DEPS) status
+
+run: install ## Set up and run the main job (for now: migrate the embedded store and check deps)
+	$(BIN)/agentcluster db upgrade
+	$(BIN)/agentcluster check
+	@echo "agentcluster: the gateway and session runtime are not built yet (see README, Status)."
+
+test: install deps-up ## Set up everything and run the whole test suite against real services
+	set -a && source .data/services.env && set +a && $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## Unit tests only (no services)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install deps-up ## Integration tests only
+	set -a && source .data/services.env && set +a && $(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+format: install ## Format with black and ruff --fix (line length 100)
+	$(BIN)/black -q .
+	$(BIN)/ruff check --fix -q .
+
+lint: install ## Lint with ruff
+	$(BIN)/ruff check .
+	$(BIN)/black --check -q .
+
+typecheck: install ## Type-check with mypy
+	$(BIN)/mypy
+
+quality: lint typecheck test ## The quality gate: lint, types, tests
+
+clean: ## Remove caches (not .venv, not .data)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
