@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class EventPublisher(Protocol):
-    """Port: somewhere events go (Kafka in production)."""
+    """Port: somewhere events go (Kafka in production).
+
+    ``publish`` reports per record whether it was acknowledged. Contract: a session's records never
+    land out of order; after one of them fails, its later records in the same call are not written
+    (Kafka's idempotent producer rejects sequence gaps within a partition).
+    """
 
     async def start(self) -> None: ...
 
