@@ -1,0 +1,115 @@
+"""The LLM port: typed requests and results, independent of any provider library."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentcluster.events import Usage
+
+__all__ = [
+    "LLM",
+    "ChatMessage",
+    "DeltaSink",
+    "LlmRequest",
+    "LlmResult",
+    "ToolCallSpec",
+    "ToolSchema",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolCallSpec(_Model):
+    """A tool call the model asked for; ``arguments`` is the raw JSON text the model produced."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ChatMessage(_Model):
+    """One message of the conversation in OpenAI chat format."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCallSpec] | None = None
+    tool_call_id: str | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire form LiteLLM takes."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class ToolSchema(_Model):
+    """A tool offered to the model: name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class LlmRequest(_Model):
+    """One completion request: the model chain (primary then fallbacks) and the conversation."""
+
+    model: str
+    fallback_models: list[str] = Field(default_factory=list)
+    messages: list[ChatMessage]
+    tools: list[ToolSchema] = Field(default_factory=list)
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+
+class LlmResult(_Model):
+    """The assembled answer of one completion (after streaming)."""
+
+    model: str
+    content: str | None = None
+    tool_calls: list[ToolCallSpec] = Field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: float = 0.0
+    attempts: int = 1
+
+
+DeltaSink = Callable[[str], Awaitable[None]]
+"""Receives streamed content fragments as they arrive, in order."""
+
+
+class LLM(Protocol):
+    """Port: a chat-completion model (LiteLLM in production, the fake LLM server in tests)."""
+
+    async def complete(self, request: LlmRequest, on_delta: DeltaSink | None = None) -> LlmResult:
+        """Stream one completion, feeding content fragments to ``on_delta``; return the result.
+
+        Raises:
+            InfrastructureError: every model in the chain failed (retryable data on the error).
+            TerminalFailure: the request itself is invalid for the provider (no retry helps).
+        """
+        ...

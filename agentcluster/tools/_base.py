@@ -1,0 +1,81 @@
+"""The tools seam: a typed Tool protocol, a registry, and the two ports every call goes through.
+
+A call is first decided by a :class:`PolicyEngine`, then run by a :class:`ToolExecutor`. The agent
+loop only sees these ports; where tools actually run (in-process here, pooled Ray actors later) is
+the executor's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentcluster.llm._types import ToolSchema
+
+__all__ = [
+    "PolicyDecision",
+    "PolicyEngine",
+    "Tool",
+    "ToolExecutor",
+    "ToolInvocation",
+    "ToolOutcome",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolInvocation(_Model):
+    """One tool call in context: who asks, for what, with which (parsed) arguments."""
+
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    agent: str
+    tool_call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolOutcome(_Model):
+    """What a tool call produced; ``error`` is told to the model when ``ok`` is False."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
+class PolicyDecision(_Model):
+    allowed: bool
+    reason: str = ""
+    engine: str = ""
+
+
+class Tool(Protocol):
+    """A tool: its schema and how to run it. Raise ToolError for failures the model should see."""
+
+    @property
+    def schema(self) -> ToolSchema: ...
+
+    async def run(self, arguments: dict[str, Any], invocation: ToolInvocation) -> Any: ...
+
+
+class ToolExecutor(Protocol):
+    """Port: runs tool calls (in-process builtins now; pooled tool/browser actors later)."""
+
+    def schemas(self, names: list[str]) -> list[ToolSchema]:
+        """The schemas of the named tools (unknown names raise ConfigError)."""
+        ...
+
+    async def execute(self, invocation: ToolInvocation) -> ToolOutcome:
+        """Run one call; tool failures come back as ``ok=False`` outcomes, never raise."""
+        ...
+
+
+class PolicyEngine(Protocol):
+    """Port: decides whether a tool call may run (allow-all now; OPA later)."""
+
+    async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision: ...
