@@ -341,6 +341,7 @@ class SessionWriter:
         """Record that the model asked for a tool call."""
         await self._connection.execute(
             insert(ToolCallRow).values(
+                row_id=_new_id(),
                 tool_call_id=tool_call_id,
                 tenant_id=self.tenant_id,
                 session_id=self.session_id,
@@ -354,21 +355,24 @@ class SessionWriter:
 
     async def finish_tool_call(
         self,
+        turn_id: str,
         tool_call_id: str,
         *,
         status: str,
         decision: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Record a tool call's decision and/or result."""
+        """Record the decision and/or result of the turn's unfinished call with this id."""
         values: dict[str, Any] = {"status": status, "decision": decision, "result": result}
         if status in {"completed", "failed", "denied"}:
             values["finished_at"] = utcnow()
         await self._connection.execute(
             update(ToolCallRow)
             .where(
+                ToolCallRow.turn_id == turn_id,
                 ToolCallRow.tool_call_id == tool_call_id,
                 ToolCallRow.session_id == self.session_id,
+                ToolCallRow.finished_at.is_(None),
             )
             .values(**{k: v for k, v in values.items() if v is not None})
         )

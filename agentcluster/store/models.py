@@ -171,12 +171,16 @@ class TurnRow(Base):
 
 
 class ToolCallRow(Base):
-    __tablename__ = "tool_calls"
+    """A tool call; ``tool_call_id`` is the model's id, unique only within its step."""
 
-    tool_call_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    __tablename__ = "tool_calls"
+    __table_args__ = (Index("ix_tool_calls_turn_id_call", "turn_id", "tool_call_id"),)
+
+    row_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tool_call_id: Mapped[str] = mapped_column(String(128))
     tenant_id: Mapped[str] = mapped_column(String(64))
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id"), index=True)
-    turn_id: Mapped[str] = mapped_column(String(64), index=True)
+    turn_id: Mapped[str] = mapped_column(String(64))
     tool: Mapped[str] = mapped_column(String(200))
     arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="requested")

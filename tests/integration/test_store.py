@@ -78,7 +78,9 @@ async def test_a_full_turn_is_recorded_with_its_events(store: SqlStateStore) -> 
         )
     async with store.writer(session.session_id, epoch=epoch) as writer:
         await writer.record_tool_call("call-1", submission.turn_id, "calculator", {"x": "2+2"})
-        await writer.finish_tool_call("call-1", status="completed", result={"value": 4})
+        await writer.finish_tool_call(
+            submission.turn_id, "call-1", status="completed", result={"value": 4}
+        )
         answer = await writer.add_message("assistant", "4", turn_id=submission.turn_id)
         await writer.finish_turn(
             submission.turn_id, "completed", usage={"total_tokens": 9}, answer_message_id=answer

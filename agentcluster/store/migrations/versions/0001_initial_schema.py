@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-26 13:02:27.251181
+Create Date: 2026-11-26 13:15:19.065481
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def upgrade() -> None:
 
     op.create_table(
         "tool_calls",
+        sa.Column("row_id", sa.String(length=64), nullable=False),
         sa.Column("tool_call_id", sa.String(length=128), nullable=False),
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("session_id", sa.String(length=64), nullable=False),
@@ -164,11 +165,13 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["session_id"], ["sessions.session_id"], name=op.f("fk_tool_calls_session_id_sessions")
         ),
-        sa.PrimaryKeyConstraint("tool_call_id", name=op.f("pk_tool_calls")),
+        sa.PrimaryKeyConstraint("row_id", name=op.f("pk_tool_calls")),
     )
     with op.batch_alter_table("tool_calls", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tool_calls_session_id"), ["session_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_tool_calls_turn_id"), ["turn_id"], unique=False)
+        batch_op.create_index(
+            "ix_tool_calls_turn_id_call", ["turn_id", "tool_call_id"], unique=False
+        )
 
     op.create_table(
         "turns",
@@ -199,7 +202,7 @@ def downgrade() -> None:
 
     op.drop_table("turns")
     with op.batch_alter_table("tool_calls", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_tool_calls_turn_id"))
+        batch_op.drop_index("ix_tool_calls_turn_id_call")
         batch_op.drop_index(batch_op.f("ix_tool_calls_session_id"))
 
     op.drop_table("tool_calls")
