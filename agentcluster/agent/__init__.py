@@ -1,0 +1,25 @@
+"""The agent: profiles (YAML data) and the loop (plain Python) that runs a turn."""
+
+from agentcluster.agent._loop import (
+    AgentLoop,
+    Trimmer,
+    TurnContext,
+    TurnJournal,
+    TurnResult,
+    add_usage,
+    dangling_calls,
+)
+from agentcluster.agent._profiles import AgentProfile, TurnRetry, load_profiles
+
+__all__ = [
+    "AgentLoop",
+    "AgentProfile",
+    "Trimmer",
+    "TurnContext",
+    "TurnJournal",
+    "TurnResult",
+    "TurnRetry",
+    "add_usage",
+    "dangling_calls",
+    "load_profiles",
+]

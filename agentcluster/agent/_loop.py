@@ -1,0 +1,318 @@
+"""The agent loop: plain Python, no Ray. A turn alternates LLM steps and tool calls until the model
+answers without tools or the step budget runs out.
+
+Every step is recorded through a :class:`TurnJournal` (durable, fenced store writes plus the live
+feed) *before* the next step begins, so a crash loses at most the step in flight. The loop appends
+what it does to the ``history`` list it is given, which the caller keeps as the session's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from agentcluster.agent._profiles import AgentProfile
+from agentcluster.errors import AgentClusterError, InfrastructureError, StaleEpochError
+from agentcluster.events import Usage
+from agentcluster.llm._types import (
+    LLM,
+    ChatMessage,
+    LlmRequest,
+    LlmResult,
+    ToolCallSpec,
+    ToolSchema,
+)
+from agentcluster.tools._base import (
+    PolicyDecision,
+    PolicyEngine,
+    ToolExecutor,
+    ToolInvocation,
+    ToolOutcome,
+)
+
+__all__ = [
+    "AgentLoop",
+    "Trimmer",
+    "TurnContext",
+    "TurnJournal",
+    "TurnResult",
+    "add_usage",
+    "dangling_calls",
+]
+
+Trimmer = Callable[[list[ChatMessage], int, int, list[ToolSchema]], list[ChatMessage]]
+"""(messages, context_window, reserved_output_tokens, tools) -> the messages that fit."""
+
+INTERRUPTED = "not executed: the host running this turn stopped before the tool finished"
+
+
+class TurnContext(BaseModel):
+    """Who and what a turn is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    agent: str
+    attempt: int = 1
+
+
+class TurnResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["completed", "failed", "cancelled"]
+    content: str = ""
+    error: str | None = None
+    usage: Usage = Usage()
+    steps: int = 0
+
+
+class TurnJournal(Protocol):
+    """Port: durable record of a turn's steps (each call commits before returning)."""
+
+    async def turn_started(self, turn_id: str, attempt: int) -> None: ...
+
+    async def delta(self, turn_id: str, step: int, text: str) -> None: ...
+
+    async def llm_completed(self, turn_id: str, step: int, result: LlmResult) -> None: ...
+
+    async def tool_requested(
+        self, turn_id: str, call: ToolCallSpec, arguments: dict[str, Any]
+    ) -> None: ...
+
+    async def tool_decided(
+        self, turn_id: str, call: ToolCallSpec, decision: PolicyDecision
+    ) -> None: ...
+
+    async def tool_completed(
+        self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
+    ) -> None: ...
+
+    async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None: ...
+
+    async def turn_failed(
+        self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage
+    ) -> None: ...
+
+    async def turn_cancelled(self, turn_id: str, reason: str, usage: Usage) -> None: ...
+
+
+@dataclass
+class _Tally:
+    """Usage so far in a turn (kept outside the steps so failures can still report it)."""
+
+    usage: Usage = field(default_factory=Usage)
+
+
+def add_usage(total: Usage, more: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+        completion_tokens=total.completion_tokens + more.completion_tokens,
+        total_tokens=total.total_tokens + more.total_tokens,
+        cost_usd=total.cost_usd + more.cost_usd,
+    )
+
+
+def _parse_arguments(call: ToolCallSpec) -> dict[str, Any] | str:
+    """The call's arguments as a dict, or an error message for the model."""
+    try:
+        parsed = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return f"arguments are not valid JSON: {exc.msg} at position {exc.pos}"
+    if not isinstance(parsed, dict):
+        return "arguments must be a JSON object"
+    return parsed
+
+
+def _render(outcome: ToolOutcome) -> str:
+    """What the model reads as the tool's result."""
+    if outcome.ok:
+        result = outcome.result
+        return result if isinstance(result, str) else json.dumps(result, default=str)
+    return json.dumps({"error": outcome.error or "tool failed"})
+
+
+def dangling_calls(history: list[ChatMessage]) -> list[ToolCallSpec]:
+    """Tool calls of the last assistant message that have no tool result yet (cut by a crash)."""
+    answered: set[str] = set()
+    for message in reversed(history):
+        if message.role == "tool" and message.tool_call_id:
+            answered.add(message.tool_call_id)
+        elif message.role == "assistant":
+            return [call for call in message.tool_calls or [] if call.id not in answered]
+        else:
+            return []
+    return []
+
+
+class AgentLoop:
+    """Runs turns for one agent profile against the LLM, policy and tool ports."""
+
+    def __init__(
+        self,
+        profile: AgentProfile,
+        llm: LLM,
+        tools: ToolExecutor,
+        policy: PolicyEngine,
+        trim: Trimmer,
+    ) -> None:
+        self.profile = profile
+        self._llm = llm
+        self._tools = tools
+        self._policy = policy
+        self._trim = trim
+        self._schemas = tools.schemas(list(profile.tools))
+
+    async def run_turn(
+        self,
+        context: TurnContext,
+        history: list[ChatMessage],
+        journal: TurnJournal,
+        *,
+        prior_steps: int = 0,
+    ) -> TurnResult:
+        """Run (or resume) one turn; ``history`` must already end with the turn's user message.
+
+        Raises:
+            StaleEpochError: this host lost the session; nothing more may be written.
+            asyncio.CancelledError: after recording ``turn.cancelled``.
+        """
+        tally = _Tally()
+        await journal.turn_started(context.turn_id, context.attempt)
+        try:
+            await self._close_dangling(context, history, journal)
+            return await self._steps(context, history, journal, prior_steps, tally)
+        except StaleEpochError:
+            raise
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                journal.turn_cancelled(context.turn_id, "cancelled by request", tally.usage)
+            )
+            raise
+        except AgentClusterError as exc:
+            retryable = isinstance(exc, InfrastructureError) and exc.retryable
+            await journal.turn_failed(
+                context.turn_id, type(exc).__name__, exc.message, retryable, tally.usage
+            )
+            return TurnResult(status="failed", error=exc.message, usage=tally.usage)
+
+    async def _close_dangling(
+        self, context: TurnContext, history: list[ChatMessage], journal: TurnJournal
+    ) -> None:
+        # Tools may have side effects, so a call cut by a crash is reported, not silently re-run.
+        for call in dangling_calls(history):
+            outcome = ToolOutcome(ok=False, error=INTERRUPTED)
+            content = _render(outcome)
+            history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
+            await journal.tool_completed(context.turn_id, call, outcome, content)
+
+    async def _steps(
+        self,
+        context: TurnContext,
+        history: list[ChatMessage],
+        journal: TurnJournal,
+        prior_steps: int,
+        tally: _Tally,
+    ) -> TurnResult:
+        for step in range(prior_steps + 1, self.profile.max_steps + 1):
+            result = await self._llm_step(context, history, journal, step)
+            tally.usage = add_usage(tally.usage, result.usage)
+            if not result.tool_calls:
+                content = result.content or ""
+                await journal.turn_completed(context.turn_id, content, tally.usage)
+                return TurnResult(
+                    status="completed", content=content, usage=tally.usage, steps=step
+                )
+            for call in result.tool_calls:
+                await self._tool_call(context, call, history, journal)
+        error = f"the agent used all {self.profile.max_steps} steps without a final answer"
+        await journal.turn_failed(context.turn_id, "MaxStepsExceeded", error, False, tally.usage)
+        return TurnResult(status="failed", error=error, usage=tally.usage)
+
+    async def _llm_step(
+        self, context: TurnContext, history: list[ChatMessage], journal: TurnJournal, step: int
+    ) -> LlmResult:
+        messages = list(history)
+        if self.profile.system_prompt:
+            messages.insert(0, ChatMessage(role="system", content=self.profile.system_prompt))
+        messages = self._trim(
+            messages, self.profile.context_window, self.profile.max_output_tokens, self._schemas
+        )
+        request = LlmRequest(
+            model=self.profile.model,
+            fallback_models=list(self.profile.fallback_models),
+            messages=messages,
+            tools=self._schemas,
+            max_output_tokens=self.profile.max_output_tokens,
+            temperature=self.profile.temperature,
+        )
+
+        async def on_delta(text: str) -> None:
+            await journal.delta(context.turn_id, step, text)
+
+        result = await self._llm.complete(request, on_delta)
+        history.append(
+            ChatMessage(
+                role="assistant", content=result.content, tool_calls=result.tool_calls or None
+            )
+        )
+        await journal.llm_completed(context.turn_id, step, result)
+        return result
+
+    async def _tool_call(
+        self,
+        context: TurnContext,
+        call: ToolCallSpec,
+        history: list[ChatMessage],
+        journal: TurnJournal,
+    ) -> None:
+        parsed = _parse_arguments(call)
+        arguments = parsed if isinstance(parsed, dict) else {}
+        await journal.tool_requested(context.turn_id, call, arguments)
+        if isinstance(parsed, str):
+            outcome = ToolOutcome(ok=False, error=parsed)
+        else:
+            outcome = await self._decide_and_run(context, call, arguments, journal)
+        content = _render(outcome)
+        history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
+        await journal.tool_completed(context.turn_id, call, outcome, content)
+
+    async def _decide_and_run(
+        self,
+        context: TurnContext,
+        call: ToolCallSpec,
+        arguments: dict[str, Any],
+        journal: TurnJournal,
+    ) -> ToolOutcome:
+        invocation = ToolInvocation(
+            tenant_id=context.tenant_id,
+            session_id=context.session_id,
+            turn_id=context.turn_id,
+            agent=context.agent,
+            tool_call_id=call.id,
+            tool=call.name,
+            arguments=arguments,
+        )
+        if call.name not in self.profile.tools:
+            decision = PolicyDecision(
+                allowed=False, reason=f"tool {call.name!r} is not enabled for this agent"
+            )
+        else:
+            decision = await self._decide(invocation)
+        await journal.tool_decided(context.turn_id, call, decision)
+        if not decision.allowed:
+            return ToolOutcome(ok=False, error=f"denied by policy: {decision.reason}")
+        return await self._tools.execute(invocation)
+
+    async def _decide(self, invocation: ToolInvocation) -> PolicyDecision:
+        try:
+            return await self._policy.decide_tool(invocation)
+        except AgentClusterError as exc:
+            # Fail closed: no decision means no tool call.
+            return PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")

@@ -1,0 +1,197 @@
+"""One activated session inside a host: its memory, its turn worker and its live feed.
+
+Turns run one at a time in arrival order. The worker asks the store for the session's open turns
+(ordered by when their message was committed), so a message committed by any gateway replica is
+picked up in order once the host is told to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+from agentcluster.agent import AgentLoop, TurnContext
+from agentcluster.domain import Message, Session, Turn
+from agentcluster.errors import StaleEpochError
+from agentcluster.events import Usage
+from agentcluster.llm._types import ChatMessage, ToolCallSpec
+from agentcluster.runtime._feed import LiveFeed
+from agentcluster.runtime._journal import StoreJournal
+from agentcluster.store import SqlStateStore
+
+__all__ = ["Activation", "history_from_messages"]
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_TURN = "the turn was interrupted by a host restart"
+
+
+def _chat(message: Message) -> ChatMessage:
+    calls = [ToolCallSpec.model_validate(call) for call in message.tool_calls or []]
+    return ChatMessage(
+        role=message.role,
+        content=message.content,
+        tool_calls=calls or None,
+        tool_call_id=message.tool_call_id,
+    )
+
+
+def history_from_messages(messages: list[Message], exclude_turns: set[str]) -> list[ChatMessage]:
+    """The conversation as the model should see it: turn by turn, each turn's user message first.
+
+    Messages are stored in commit order, where a queued message may sit between an earlier turn's
+    steps; grouping by turn restores the conversation. Turns in ``exclude_turns`` (queued, not yet
+    started) are left out: a turn only sees messages that arrived before it.
+    """
+    order: list[str] = []
+    by_turn: dict[str, list[Message]] = defaultdict(list)
+    for message in messages:
+        key = message.turn_id or message.message_id
+        if key in exclude_turns:
+            continue
+        if key not in by_turn:
+            order.append(key)
+        by_turn[key].append(message)
+    history: list[ChatMessage] = []
+    for key in order:
+        group = by_turn[key]
+        group.sort(key=lambda m: m.role != "user")  # stable: user first, the rest in commit order
+        history.extend(_chat(message) for message in group)
+    return history
+
+
+class Activation:
+    """A live session: owns the epoch it claimed and the history it loaded."""
+
+    def __init__(
+        self,
+        session: Session,
+        epoch: int,
+        history: list[ChatMessage],
+        store: SqlStateStore,
+        loop: AgentLoop,
+    ) -> None:
+        self.session = session
+        self.epoch = epoch
+        self.history = history
+        self.feed = LiveFeed(session.session_id)
+        self._store = store
+        self._loop = loop
+        self._journal = StoreJournal(store, session.tenant_id, session.session_id, epoch, self.feed)
+        self._worker: asyncio.Task[None] | None = None
+        self._turn_task: asyncio.Task[object] | None = None
+        self._current_turn: str | None = None
+        self._wake = asyncio.Event()
+        self.stale = False
+        self.last_active = time.monotonic()
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def current_turn(self) -> str | None:
+        return self._current_turn
+
+    def pump(self) -> None:
+        """Make sure the worker looks for open turns (idempotent)."""
+        self.last_active = time.monotonic()
+        self._wake.set()
+        if not self.busy:
+            self._worker = asyncio.create_task(self._work(), name=f"session-{self.session_id}")
+
+    async def _work(self) -> None:
+        try:
+            while self._wake.is_set() and not self.stale:
+                self._wake.clear()
+                for turn in await self._store.open_turns(self.session_id):
+                    if self.stale:
+                        return
+                    await self._run(turn)
+                    self._wake.set()  # look again: more may have arrived meanwhile
+                    break
+        except StaleEpochError:
+            self.stale = True
+            self.feed.close()
+        # A worker must never die silently with turns pending: log it; the next message or the
+        # host's reconcile tick pumps again.
+        except Exception:
+            log.exception("session %s: turn worker failed", self.session_id)
+        finally:
+            self.last_active = time.monotonic()
+
+    async def _run(self, turn: Turn) -> None:
+        profile = self._loop.profile
+        interrupted = turn.status == "running"
+        if interrupted and (
+            profile.turn_retry.on_interrupt == "fail"
+            or turn.attempt >= profile.turn_retry.max_attempts
+        ):
+            await self._journal.turn_failed(
+                turn.turn_id, "HostRestarted", INTERRUPTED_TURN, False, _usage(turn)
+            )
+            return
+        if not interrupted:
+            message = await self._store.get_message(self.session.tenant_id, turn.message_id)
+            self.history.append(_chat(message))
+        context = TurnContext(
+            tenant_id=self.session.tenant_id,
+            session_id=self.session_id,
+            turn_id=turn.turn_id,
+            agent=self.session.agent,
+            attempt=turn.attempt + 1,
+        )
+        prior_steps = await self._prior_steps(turn) if interrupted else 0
+        self._current_turn = turn.turn_id
+        self._turn_task = asyncio.create_task(
+            self._loop.run_turn(context, self.history, self._journal, prior_steps=prior_steps)
+        )
+        try:
+            await self._turn_task
+        except asyncio.CancelledError:
+            worker = asyncio.current_task()
+            if worker is not None and worker.cancelling():
+                raise  # the worker itself is being stopped, not just the turn
+        finally:
+            self._current_turn = None
+            self._turn_task = None
+            self.last_active = time.monotonic()
+
+    async def _prior_steps(self, turn: Turn) -> int:
+        messages = await self._store.list_messages(self.session.tenant_id, self.session_id)
+        return sum(1 for m in messages if m.turn_id == turn.turn_id and m.role == "assistant")
+
+    async def cancel(self, turn_id: str | None) -> bool:
+        """Cancel the running turn (at its next await) or a queued one; True if one was found."""
+        if self._turn_task is not None and turn_id in (None, self._current_turn):
+            self._turn_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._turn_task)
+            return True
+        if turn_id is None:
+            return False
+        for turn in await self._store.open_turns(self.session_id):
+            if turn.turn_id == turn_id and turn.status == "queued":
+                reason = "cancelled before it started"
+                await self._journal.turn_cancelled(turn_id, reason, _usage(turn))
+                return True
+        return False
+
+    async def stop(self) -> None:
+        """Stop the worker (host shutdown or passivation) and end live subscriptions."""
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self.feed.close()
+
+
+def _usage(turn: Turn) -> Usage:
+    return Usage.model_validate(turn.usage or {})

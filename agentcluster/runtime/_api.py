@@ -1,0 +1,90 @@
+"""The in-cluster Python API: send a message to a session and stream its events.
+
+The gateway (and any in-cluster code) calls this; it commits through the store first, so a message
+is durable before anything is acknowledged, then tells the session's host to run its turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from agentcluster import events as ev
+from agentcluster.domain import Session, Submission
+from agentcluster.errors import TerminalFailure
+from agentcluster.runtime._feed import StreamItem
+from agentcluster.store import SqlStateStore
+
+__all__ = ["Runtime", "SessionRouter"]
+
+TERMINAL = (ev.TurnCompleted, ev.TurnFailed, ev.TurnCancelled)
+
+
+class SessionRouter(Protocol):
+    """Port: reaches the host of a session (Ray actors in production)."""
+
+    async def notify(self, session_id: str) -> None: ...
+
+    async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool: ...
+
+    def stream(
+        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+    ) -> AsyncIterator[StreamItem]: ...
+
+
+class Runtime:
+    """Sessions, messages and their event streams, scoped by tenant."""
+
+    def __init__(self, store: SqlStateStore, router: SessionRouter) -> None:
+        self.store = store
+        self.router = router
+
+    async def create_session(
+        self, tenant_id: str, agent: str, metadata: dict[str, Any] | None = None
+    ) -> Session:
+        return await self.store.create_session(tenant_id, agent, metadata)
+
+    async def send_message(
+        self,
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Commit the message (durable from here on), then wake the session's host.
+
+        A resend with the same idempotency key returns the first submission and starts nothing.
+        """
+        submission = await self.store.submit_message(
+            tenant_id, session_id, content, idempotency_key=idempotency_key
+        )
+        await self.router.notify(session_id)
+        return submission
+
+    def stream(
+        self, tenant_id: str, session_id: str, *, after_seq: int = 0, until_turn: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Events after ``after_seq`` (persisted, then live, with deltas), in order."""
+        return self.router.stream(tenant_id, session_id, after_seq, until_turn)
+
+    async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None = None) -> bool:
+        await self.store.get_session(tenant_id, session_id)  # tenant scoping: 404 otherwise
+        return await self.router.cancel(tenant_id, session_id, turn_id)
+
+    async def ask(
+        self,
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> ev.TurnCompleted | ev.TurnFailed | ev.TurnCancelled:
+        """Send a message and wait for its turn's outcome event."""
+        submission = await self.send_message(
+            tenant_id, session_id, content, idempotency_key=idempotency_key
+        )
+        async for item in self.stream(tenant_id, session_id, until_turn=submission.turn_id):
+            if isinstance(item, TERMINAL) and item.turn_id == submission.turn_id:
+                return item
+        raise TerminalFailure(f"the stream of session {session_id} ended before turn finished")

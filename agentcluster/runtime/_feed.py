@@ -1,0 +1,89 @@
+"""Live feed of one session: committed events and streamed deltas, fanned out to subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from agentcluster.events import Event
+
+__all__ = ["Delta", "LiveFeed", "Overflow", "StreamItem"]
+
+
+class Delta(BaseModel):
+    """A fragment of streamed model output; live only, never persisted (the step's
+    ``llm.completed`` event carries the whole text)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["delta"] = "delta"
+    session_id: str
+    turn_id: str
+    step: int
+    index: int
+    text: str
+
+
+class Overflow(BaseModel):
+    """Sent instead of items a slow subscriber missed; it should resubscribe after its last seq."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["overflow"] = "overflow"
+    session_id: str
+
+
+StreamItem = Event | Delta | Overflow
+
+
+class LiveFeed:
+    """Fan-out to bounded subscriber queues. A subscriber that falls behind gets one Overflow and
+    is dropped, so a slow reader never blocks a turn."""
+
+    def __init__(self, session_id: str, *, queue_size: int = 1024) -> None:
+        self.session_id = session_id
+        self._queue_size = queue_size
+        self._subscribers: set[asyncio.Queue[StreamItem | None]] = set()
+        self._delta_index = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> asyncio.Queue[StreamItem | None]:
+        queue: asyncio.Queue[StreamItem | None] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[StreamItem | None]) -> None:
+        self._subscribers.discard(queue)
+
+    def publish(self, item: StreamItem) -> None:
+        for queue in list(self._subscribers):
+            if queue.qsize() >= self._queue_size - 1:
+                self._subscribers.discard(queue)
+                queue.put_nowait(Overflow(session_id=self.session_id))
+            else:
+                queue.put_nowait(item)
+
+    def publish_delta(self, turn_id: str, step: int, text: str) -> None:
+        self._delta_index += 1
+        self.publish(
+            Delta(
+                session_id=self.session_id,
+                turn_id=turn_id,
+                step=step,
+                index=self._delta_index,
+                text=text,
+            )
+        )
+
+    def close(self) -> None:
+        """End every subscription (the session is passivated or moved)."""
+        for queue in list(self._subscribers):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+        self._subscribers.clear()

@@ -1,0 +1,232 @@
+"""SessionHostCore: many virtual actors (sessions) in one process. Plain Python; the Ray actor in
+``actors/session.py`` only wraps it.
+
+Activation claims the session with a new fencing epoch, loads its history and open turns from the
+store; passivation stops the worker, releases ownership and frees the memory. A host that restarts
+(same name, new process) finds the sessions it owned that still have open turns and resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from agentcluster.agent import AgentLoop
+from agentcluster.errors import ConfigError, NotFoundError
+from agentcluster.events import EventBase
+from agentcluster.runtime._activation import Activation, history_from_messages
+from agentcluster.runtime._feed import StreamItem
+from agentcluster.store import SqlStateStore
+
+__all__ = ["HostStats", "RuntimeDeps", "SessionHostCore"]
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
+
+
+@dataclass
+class RuntimeDeps:
+    """What a host needs, built once per process (see agentcluster.runtime.build_runtime_deps)."""
+
+    store: SqlStateStore
+    loops: dict[str, AgentLoop]
+
+
+class HostStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host_id: str
+    active_sessions: int
+    running_turns: int
+    subscribers: int
+    activations: int
+    passivations: int
+
+
+class SessionHostCore:
+    """Hosts sessions; every public coroutine is safe to call concurrently."""
+
+    def __init__(
+        self,
+        host_id: str,
+        deps_factory: Callable[[], Awaitable[RuntimeDeps]],
+        *,
+        idle_passivate_s: float = 300.0,
+        reconcile_interval_s: float = 5.0,
+    ) -> None:
+        self.host_id = host_id
+        self._deps_factory = deps_factory
+        self._deps: RuntimeDeps | None = None
+        self._ready_lock = asyncio.Lock()
+        self._idle_passivate_s = idle_passivate_s
+        self._reconcile_interval_s = reconcile_interval_s
+        self._activations: dict[str, Activation] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reconciler: asyncio.Task[None] | None = None
+        self.activations_total = 0
+        self.passivations_total = 0
+
+    async def _ready(self) -> RuntimeDeps:
+        if self._deps is None:
+            async with self._ready_lock:
+                if self._deps is None:
+                    self._deps = await self._deps_factory()
+                    self._reconciler = asyncio.create_task(self._reconcile_forever())
+                    await self._recover(self._deps)
+        return self._deps
+
+    async def start(self) -> None:
+        """Build dependencies and resume sessions this host owned before a restart."""
+        await self._ready()
+
+    async def _recover(self, deps: RuntimeDeps) -> None:
+        for session_id in await deps.store.sessions_with_open_turns(self.host_id):
+            (await self._activate(session_id)).pump()
+
+    # -- activation -------------------------------------------------------------------------
+
+    async def _activate(self, session_id: str) -> Activation:
+        active = self._activations.get(session_id)
+        if active is not None and not active.stale:
+            return active
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            active = self._activations.get(session_id)
+            if active is not None and not active.stale:
+                return active
+            activation = await self._load(session_id)
+            self._activations[session_id] = activation
+            self.activations_total += 1
+            return activation
+
+    async def _load(self, session_id: str) -> Activation:
+        deps = await self._ready()
+        session = await deps.store.get_session_unscoped(session_id)
+        loop = deps.loops.get(session.agent)
+        if loop is None:
+            raise ConfigError(f"session {session_id}: agent {session.agent!r} has no profile")
+        epoch = await deps.store.claim_session(session_id, self.host_id)
+        messages = await deps.store.list_messages(session.tenant_id, session_id)
+        queued = {t.turn_id for t in await deps.store.open_turns(session_id) if t.status == "queued"}
+        history = history_from_messages(messages, exclude_turns=queued)
+        return Activation(session, epoch, history, deps.store, loop)
+
+    async def notify(self, session_id: str) -> None:
+        """A message was committed for this session: activate it and run its open turns."""
+        (await self._activate(session_id)).pump()
+
+    async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
+        activation = await self._owned(tenant_id, session_id)
+        return await activation.cancel(turn_id)
+
+    async def _owned(self, tenant_id: str, session_id: str) -> Activation:
+        activation = await self._activate(session_id)
+        if activation.session.tenant_id != tenant_id:
+            raise NotFoundError(f"session {session_id} not found")
+        return activation
+
+    async def stream(
+        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Persisted events after ``after_seq``, then live deltas and events, without gap or
+        duplicate. Ends after ``until_turn``'s terminal event when given, or when the session is
+        passivated or moves to another host (resubscribe with the last seq seen)."""
+        activation = await self._owned(tenant_id, session_id)
+        deps = await self._ready()
+        queue = activation.feed.subscribe()  # first: nothing committed from now on is missed
+        try:
+            last = after_seq
+            while True:
+                page = await deps.store.list_events(tenant_id, session_id, after_seq=last)
+                for event in page:
+                    last = event.seq
+                    yield event
+                    if _ends(event, until_turn):
+                        return
+                if len(page) < 1000:
+                    break
+            while (item := await queue.get()) is not None:
+                if isinstance(item, EventBase):
+                    if item.seq <= last:
+                        continue
+                    last = item.seq
+                yield item
+                if _ends(item, until_turn):
+                    return
+        finally:
+            activation.feed.unsubscribe(queue)
+            activation.last_active = time.monotonic()
+
+    # -- passivation ------------------------------------------------------------------------
+
+    async def passivate(self, session_id: str) -> bool:
+        """Stop and forget an activation, releasing ownership; False if it is not here."""
+        activation = self._activations.pop(session_id, None)
+        if activation is None:
+            return False
+        await activation.stop()
+        if not activation.stale and self._deps is not None:
+            await self._deps.store.release_session(session_id, activation.epoch)
+        self.passivations_total += 1
+        return True
+
+    async def passivate_idle(self, idle_s: float | None = None) -> int:
+        """Passivate sessions idle for ``idle_s`` (default: the configured idle time)."""
+        limit = self._idle_passivate_s if idle_s is None else idle_s
+        now = time.monotonic()
+        idle = [
+            a.session_id
+            for a in self._activations.values()
+            if a.stale or (not a.busy and a.feed.subscribers == 0 and now - a.last_active >= limit)
+        ]
+        for session_id in idle:
+            await self.passivate(session_id)
+        return len(idle)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval_s)
+            # One bad tick (a database blip during release) must not end passivation for good.
+            try:
+                await self.passivate_idle()
+            except Exception:
+                log.exception("host %s: reconcile tick failed", self.host_id)
+
+    def stats(self) -> HostStats:
+        activations = list(self._activations.values())
+        return HostStats(
+            host_id=self.host_id,
+            active_sessions=len(activations),
+            running_turns=sum(1 for a in activations if a.current_turn is not None),
+            subscribers=sum(a.feed.subscribers for a in activations),
+            activations=self.activations_total,
+            passivations=self.passivations_total,
+        )
+
+    def active_session_ids(self) -> list[str]:
+        return list(self._activations)
+
+    async def stop(self) -> None:
+        """Passivate everything (ownership released) and stop the reconciler."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        for session_id in list(self._activations):
+            await self.passivate(session_id)
+
+
+def _ends(item: StreamItem, until_turn: str | None) -> bool:
+    return (
+        until_turn is not None
+        and isinstance(item, EventBase)
+        and item.type in TERMINAL  # type: ignore[attr-defined]
+        and getattr(item, "turn_id", None) == until_turn
+    )

@@ -1,0 +1,185 @@
+"""The store-backed TurnJournal: every step is a fenced transaction, then goes to the live feed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agentcluster import events as ev
+from agentcluster.agent import TurnJournal
+from agentcluster.domain import TurnStatus
+from agentcluster.events import Usage
+from agentcluster.llm._types import LlmResult, ToolCallSpec
+from agentcluster.runtime._feed import LiveFeed
+from agentcluster.store import SessionWriter, SqlStateStore
+from agentcluster.tools._base import PolicyDecision, ToolOutcome
+
+__all__ = ["StoreJournal"]
+
+
+class StoreJournal(TurnJournal):
+    """Records one session's turn steps with the owner epoch (a stale host cannot write)."""
+
+    def __init__(
+        self, store: SqlStateStore, tenant_id: str, session_id: str, epoch: int, feed: LiveFeed
+    ) -> None:
+        self._store = store
+        self._tenant_id = tenant_id
+        self._session_id = session_id
+        self._epoch = epoch
+        self._feed = feed
+        self._last_answer: str | None = None
+
+    async def _write(self, change: Callable[[SessionWriter], Awaitable[None]]) -> None:
+        async with self._store.writer(self._session_id, epoch=self._epoch) as writer:
+            await change(writer)
+        for event in writer.emitted:  # only after the commit: the feed never shows a rollback
+            self._feed.publish(event)
+
+    def _ids(self) -> dict[str, str]:
+        return {"tenant_id": self._tenant_id, "session_id": self._session_id}
+
+    async def turn_started(self, turn_id: str, attempt: int) -> None:
+        async def change(writer: SessionWriter) -> None:
+            recorded = await writer.start_turn(turn_id)
+            await writer.emit(ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded))
+
+        await self._write(change)
+
+    async def delta(self, turn_id: str, step: int, text: str) -> None:
+        self._feed.publish_delta(turn_id, step, text)
+
+    async def llm_completed(self, turn_id: str, step: int, result: LlmResult) -> None:
+        calls = [call.model_dump() for call in result.tool_calls]
+
+        async def change(writer: SessionWriter) -> None:
+            self._last_answer = await writer.add_message(
+                "assistant", result.content or "", turn_id=turn_id, tool_calls=calls or None
+            )
+            await writer.emit(
+                ev.LlmCompleted(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    step=step,
+                    model=result.model,
+                    content=result.content,
+                    tool_calls=calls,
+                    usage=result.usage,
+                    latency_ms=result.latency_ms,
+                )
+            )
+
+        await self._write(change)
+
+    async def tool_requested(
+        self, turn_id: str, call: ToolCallSpec, arguments: dict[str, Any]
+    ) -> None:
+        async def change(writer: SessionWriter) -> None:
+            await writer.record_tool_call(call.id, turn_id, call.name, arguments)
+            await writer.emit(
+                ev.ToolRequested(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    tool_call_id=call.id,
+                    tool=call.name,
+                    arguments=arguments,
+                )
+            )
+
+        await self._write(change)
+
+    async def tool_decided(self, turn_id: str, call: ToolCallSpec, decision: PolicyDecision) -> None:
+        async def change(writer: SessionWriter) -> None:
+            verdict = "allow" if decision.allowed else "deny"
+            status = "allowed" if decision.allowed else "denied"
+            await writer.finish_tool_call(turn_id, call.id, status=status, decision=verdict)
+            await writer.emit(
+                ev.ToolDecided(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    tool_call_id=call.id,
+                    tool=call.name,
+                    allowed=decision.allowed,
+                    reason=decision.reason,
+                    engine=decision.engine,
+                )
+            )
+
+        await self._write(change)
+
+    async def tool_completed(
+        self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
+    ) -> None:
+        async def change(writer: SessionWriter) -> None:
+            await writer.add_message("tool", content, turn_id=turn_id, tool_call_id=call.id)
+            await writer.finish_tool_call(
+                turn_id,
+                call.id,
+                status="completed" if outcome.ok else "failed",
+                result=outcome.model_dump(mode="json"),
+            )
+            await writer.emit(
+                ev.ToolCompleted(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    tool_call_id=call.id,
+                    tool=call.name,
+                    ok=outcome.ok,
+                    result=outcome.result,
+                    error=outcome.error,
+                    latency_ms=outcome.latency_ms,
+                )
+            )
+
+        await self._write(change)
+
+    async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None:
+        async def change(writer: SessionWriter) -> None:
+            answer = self._last_answer or await writer.add_message(
+                "assistant", content, turn_id=turn_id
+            )
+            await writer.finish_turn(
+                turn_id, "completed", usage=usage.model_dump(), answer_message_id=answer
+            )
+            await writer.emit(
+                ev.TurnCompleted(
+                    **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
+                )
+            )
+
+        await self._write(change)
+
+    async def turn_failed(
+        self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage
+    ) -> None:
+        await self._finish(
+            turn_id,
+            "failed",
+            usage,
+            error,
+            ev.TurnFailed(
+                **self._ids(),
+                turn_id=turn_id,
+                error_type=error_type,
+                error=error,
+                retryable=retryable,
+            ),
+        )
+
+    async def turn_cancelled(self, turn_id: str, reason: str, usage: Usage) -> None:
+        await self._finish(
+            turn_id,
+            "cancelled",
+            usage,
+            reason,
+            ev.TurnCancelled(**self._ids(), turn_id=turn_id, reason=reason),
+        )
+
+    async def _finish(
+        self, turn_id: str, status: TurnStatus, usage: Usage, error: str, event: ev.Event
+    ) -> None:
+        async def change(writer: SessionWriter) -> None:
+            await writer.finish_turn(turn_id, status, usage=usage.model_dump(), error=error)
+            await writer.emit(event)
+
+        await self._write(change)
