@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "DbSettings",
     "GatewaySettings",
     "KafkaSettings",
+    "LlmSettings",
     "PolicySettings",
     "RedisSettings",
     "RelaySettings",
@@ -37,6 +39,7 @@ __all__ = [
     "environment",
     "flag",
     "load_settings",
+    "prepare_offline_environment",
     "project_root",
 ]
 
@@ -69,6 +72,33 @@ def flag(name: str, default: bool = False) -> bool:
 def environment() -> dict[str, str]:
     """A copy of the whole environment, for handing to child processes (Ray runtime_env, etc.)."""
     return dict(os.environ)
+
+
+def prepare_offline_environment() -> None:
+    """Set the variables that keep LiteLLM, tiktoken and browser-use off the network.
+
+    Call it before ``litellm`` or ``tiktoken`` is imported (the LLM adapter does, at its top):
+    LiteLLM reads ``LITELLM_LOCAL_MODEL_COST_MAP`` at import, or it downloads the cost map; tiktoken
+    downloads its encodings unless ``TIKTOKEN_CACHE_DIR`` points at the copies LiteLLM bundles.
+    Values already set win (``setdefault``), so an operator can still override each one.
+    """
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "false")
+    os.environ.setdefault("BROWSER_USE_CLOUD_SYNC", "false")
+    os.environ.setdefault("BROWSER_USE_VERSION_CHECK", "false")
+    tokenizers = _litellm_tokenizers_dir()
+    if tokenizers is not None:
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(tokenizers))
+
+
+def _litellm_tokenizers_dir() -> Path | None:
+    # find_spec locates a top-level package without importing it (importing litellm takes seconds
+    # and would fetch the cost map before the variable above is set).
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "litellm_core_utils" / "tokenizers"
+    return folder if folder.is_dir() else None
 
 
 def project_root() -> Path:
@@ -231,6 +261,34 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=21016, ge=1, le=65535)
 
 
+class LlmSettings(BaseSettings):
+    """LLM calls through LiteLLM: endpoint, per-call timeout, retries and circuit breaking.
+
+    ``api_base`` set means every model goes to that OpenAI-compatible endpoint (a bare model name is
+    sent as ``openai/<name>``); unset means LiteLLM routes by the model's provider prefix.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SA01_LLM_", **_SECTION)
+
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    breaker_fail_max: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("api_base")
+    @classmethod
+    def _check_api_base(cls, value: str | None) -> str | None:
+        return _http_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_none(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -244,6 +302,7 @@ class Settings(BaseModel):
     auth: AuthSettings
     crypto: CryptoSettings
     gateway: GatewaySettings
+    llm: LlmSettings
 
     @property
     def db_dsn(self) -> str:
@@ -275,6 +334,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "auth": AuthSettings,
     "crypto": CryptoSettings,
     "gateway": GatewaySettings,
+    "llm": LlmSettings,
 }
 
 
