@@ -34,6 +34,7 @@ __all__ = [
     "PolicySettings",
     "RedisSettings",
     "RelaySettings",
+    "RuntimeSettings",
     "Settings",
     "env",
     "environment",
@@ -289,6 +290,29 @@ class LlmSettings(BaseSettings):
         return value if value and value.strip() else None
 
 
+class RuntimeSettings(BaseSettings):
+    """Session hosts: placement, capacity and lifecycle."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_RUNTIME_", **_SECTION)
+
+    agents_dir: Path = Field(default_factory=lambda: project_root() / "configs" / "agents")
+    namespace: str = Field(default="agentcluster", pattern=r"^[A-Za-z0-9_.-]+$")
+    host_prefix: str = Field(default="ac-host", pattern=r"^[a-z0-9-]+$")
+    sessions_per_host: int = Field(default=500, ge=1, le=100_000)
+    target_utilization: float = Field(default=0.8, gt=0, le=1)
+    min_hosts: int = Field(default=1, ge=1, le=1000)
+    max_hosts: int = Field(default=8, ge=1, le=1000)
+    host_num_cpus: float = Field(default=0.0, ge=0, le=64)
+    idle_passivate_s: float = Field(default=300.0, gt=0, le=86_400)
+    reconcile_interval_s: float = Field(default=5.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RuntimeSettings:
+        if self.min_hosts > self.max_hosts:
+            raise ValueError("min_hosts must be <= max_hosts")
+        return self
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -303,6 +327,7 @@ class Settings(BaseModel):
     crypto: CryptoSettings
     gateway: GatewaySettings
     llm: LlmSettings
+    runtime: RuntimeSettings
 
     @property
     def db_dsn(self) -> str:
@@ -335,6 +360,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "crypto": CryptoSettings,
     "gateway": GatewaySettings,
     "llm": LlmSettings,
+    "runtime": RuntimeSettings,
 }
 
 

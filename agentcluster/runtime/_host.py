@@ -93,6 +93,8 @@ class SessionHostCore:
     # -- activation -------------------------------------------------------------------------
 
     async def _activate(self, session_id: str) -> Activation:
+        # Ready first, outside the session lock: recovery activates sessions itself.
+        deps = await self._ready()
         active = self._activations.get(session_id)
         if active is not None and not active.stale:
             return active
@@ -101,13 +103,12 @@ class SessionHostCore:
             active = self._activations.get(session_id)
             if active is not None and not active.stale:
                 return active
-            activation = await self._load(session_id)
+            activation = await self._load(deps, session_id)
             self._activations[session_id] = activation
             self.activations_total += 1
             return activation
 
-    async def _load(self, session_id: str) -> Activation:
-        deps = await self._ready()
+    async def _load(self, deps: RuntimeDeps, session_id: str) -> Activation:
         session = await deps.store.get_session_unscoped(session_id)
         loop = deps.loops.get(session.agent)
         if loop is None:

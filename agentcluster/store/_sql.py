@@ -772,19 +772,43 @@ class SqlStateStore:
         return _turn(row)
 
     async def open_turns(self, session_id: str) -> list[Turn]:
-        """Queued and running turns of a session, oldest first (what an activation must finish)."""
+        """Queued and running turns of a session in arrival order (what an activation must run)."""
+        query = (
+            select(TurnRow)
+            .join(MessageRow, MessageRow.message_id == TurnRow.message_id)
+            .where(TurnRow.session_id == session_id, TurnRow.status.in_(("queued", "running")))
+            .order_by(MessageRow.position)
+        )
         async with self._begin() as connection:
-            rows = (
-                await connection.execute(
-                    select(TurnRow)
-                    .where(
-                        TurnRow.session_id == session_id,
-                        TurnRow.status.in_(("queued", "running")),
-                    )
-                    .order_by(TurnRow.created_at, TurnRow.turn_id)
-                )
-            ).all()
+            rows = (await connection.execute(query)).all()
         return [_turn(row) for row in rows]
+
+    async def get_message(self, tenant_id: str, message_id: str) -> Message:
+        async with self._begin() as connection:
+            row = (
+                await connection.execute(
+                    select(MessageRow).where(
+                        MessageRow.message_id == message_id, MessageRow.tenant_id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"message {message_id} not found")
+        return _message(row)
+
+    async def sessions_with_open_turns(self, owner_host: str) -> list[str]:
+        """Sessions owned by ``owner_host`` that still have queued or running turns."""
+        query = (
+            select(SessionRow.session_id)
+            .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
+            .where(
+                SessionRow.owner_host == owner_host,
+                TurnRow.status.in_(("queued", "running")),
+            )
+            .distinct()
+        )
+        async with self._begin() as connection:
+            return list((await connection.execute(query)).scalars().all())
 
     # -- outbox ---------------------------------------------------------------------------------
 

@@ -1,0 +1,279 @@
+"""SessionHost Ray actors and the router that places sessions on them.
+
+All Ray API calls of the runtime live in this module: ``ray.remote`` is applied once, to the plain
+:class:`SessionHost` wrapper around :class:`~agentcluster.runtime.SessionHostCore`, and the
+:class:`RaySessionRouter` is the only code that names, creates or looks up host actors.
+
+Placement: hosts are named, detached, restartable actors ``<prefix>-<n>``; a session maps to a host
+by rendezvous hashing over the current host count (so growing or shrinking moves only the sessions
+that must move, and the fencing epoch makes every move safe). Hosts are spread over nodes with the
+SPREAD scheduling strategy. With ``sessions_per_host == 1`` (isolation mode) every session gets its
+own actor, named after the session, running the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from agentcluster.config import RuntimeSettings, Settings
+from agentcluster.errors import DependencyUnavailable
+from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
+from agentcluster.runtime._hostset import plan_host_count
+
+__all__ = ["HostController", "RaySessionRouter", "SessionHost"]
+
+log = logging.getLogger(__name__)
+
+
+class SessionHost:
+    """The Ray-facing shell of a SessionHostCore (one per actor process)."""
+
+    def __init__(self, host_id: str, settings: Settings, isolation: bool = False) -> None:
+        runtime = settings.runtime
+        self._isolation = isolation
+        self._core = SessionHostCore(
+            host_id,
+            lambda: build_runtime_deps(settings),
+            idle_passivate_s=runtime.idle_passivate_s,
+            reconcile_interval_s=runtime.reconcile_interval_s,
+        )
+
+    async def ready(self) -> HostStats:
+        await self._core.start()
+        return self._core.stats()
+
+    async def notify(self, session_id: str) -> None:
+        await self._core.notify(session_id)
+
+    async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
+        return await self._core.cancel(tenant_id, session_id, turn_id)
+
+    async def stream(
+        self, tenant_id: str, session_id: str, after_seq: int, until_turn: str | None
+    ) -> AsyncIterator[StreamItem]:
+        async for item in self._core.stream(tenant_id, session_id, after_seq, until_turn):
+            yield item
+
+    async def passivate(self, session_id: str) -> bool:
+        return await self._core.passivate(session_id)
+
+    async def passivate_idle(self, idle_s: float | None = None) -> int:
+        count = await self._core.passivate_idle(idle_s)
+        if self._isolation and not self._core.active_session_ids():
+            # Isolation mode: an actor without its session is a process doing nothing.
+            ray.actor.exit_actor()
+        return count
+
+    async def stats(self) -> HostStats:
+        return self._core.stats()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def drain(self) -> int:
+        """Passivate every session (before the host is removed)."""
+        sessions = self._core.active_session_ids()
+        await self._core.stop()
+        return len(sessions)
+
+
+class HostController:
+    """Holds the host count every router uses and reconciles it to load between min and max."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._count = settings.runtime.min_hosts
+
+    def count(self) -> int:
+        return self._count
+
+    def set_count(self, count: int) -> int:
+        runtime = self._settings.runtime
+        self._count = max(runtime.min_hosts, min(runtime.max_hosts, count))
+        return self._count
+
+    async def reconcile(self) -> int:
+        """One tick: read every host's load, grow or shrink by the plan; returns the count."""
+        router = RaySessionRouter(self._settings, controller=None, count=self._count)
+        loads = await router.host_loads()
+        target = plan_host_count(
+            [stats.active_sessions for stats in loads], self._settings.runtime
+        )
+        if target < self._count:
+            for index in range(target, self._count):
+                await router.retire(index)
+        self._count = target
+        await router.ensure_hosts(target)
+        return self._count
+
+
+_SessionHostActor = ray.remote(SessionHost)
+_HostControllerActor = ray.remote(HostController)
+
+
+def _score(session_id: str, host: int) -> int:
+    digest = hashlib.blake2b(f"{host}:{session_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def pick_host(session_id: str, count: int) -> int:
+    """Rendezvous (highest random weight) hashing: stable, and minimal moves when count changes."""
+    return max(range(count), key=lambda host: _score(session_id, host))
+
+
+class RaySessionRouter:
+    """Maps sessions to host actors, creating hosts on demand. The only place hosts are named."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        controller: ActorHandle | None | bool = True,
+        count: int | None = None,
+    ) -> None:
+        self._settings = settings
+        self._runtime: RuntimeSettings = settings.runtime
+        self._handles: dict[str, ActorHandle] = {}
+        self._count = count or self._runtime.min_hosts
+        self._count_at = time.monotonic() if count else 0.0
+        self._controller = controller
+
+    # -- names and handles ------------------------------------------------------------------
+
+    def _host_name(self, index: int) -> str:
+        return f"{self._runtime.host_prefix}-{index}"
+
+    def _session_actor_name(self, session_id: str) -> str:
+        return f"{self._runtime.host_prefix}-session-{session_id}"
+
+    def _options(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self._runtime.namespace,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "max_restarts": -1,
+            "max_task_retries": -1,
+            "max_concurrency": 10_000,
+            "num_cpus": self._runtime.host_num_cpus,
+            "scheduling_strategy": "SPREAD",
+        }
+
+    def _handle(self, name: str, host_id: str, isolation: bool) -> ActorHandle:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = _SessionHostActor.options(**self._options(name)).remote(  # type: ignore[attr-defined]
+                host_id, self._settings, isolation
+            )
+            self._handles[name] = handle
+        return handle
+
+    def _controller_handle(self) -> ActorHandle:
+        if not isinstance(self._controller, bool) and self._controller is not None:
+            return self._controller
+        name = f"{self._runtime.host_prefix}-controller"
+        options = self._options(name) | {"max_concurrency": 16}
+        options.pop("scheduling_strategy")
+        handle = _HostControllerActor.options(**options).remote(self._settings)  # type: ignore[attr-defined]
+        self._controller = handle
+        return handle
+
+    async def _host_count(self) -> int:
+        if self._controller is None or time.monotonic() - self._count_at < 1.0:
+            return self._count
+        self._count = int(await self._controller_handle().count.remote())
+        self._count_at = time.monotonic()
+        return self._count
+
+    async def host_for(self, session_id: str) -> ActorHandle:
+        """The actor that hosts ``session_id`` (created if it does not exist yet)."""
+        if self._runtime.sessions_per_host == 1:
+            name = self._session_actor_name(session_id)
+            return self._handle(name, name, isolation=True)
+        index = pick_host(session_id, await self._host_count())
+        name = self._host_name(index)
+        return self._handle(name, name, isolation=False)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def notify(self, session_id: str) -> None:
+        host = await self.host_for(session_id)
+        await _call(host.notify.remote(session_id))
+
+    async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
+        host = await self.host_for(session_id)
+        return bool(await _call(host.cancel.remote(tenant_id, session_id, turn_id)))
+
+    async def stream(
+        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        host = await self.host_for(session_id)
+        generator = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
+            tenant_id, session_id, after_seq, until_turn
+        )
+        async for ref in generator:
+            yield await ref
+
+    async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
+        """Create (if needed) and start hosts 0..count-1; returns their stats."""
+        count = count or await self._host_count()
+        hosts = [self._handle(self._host_name(i), self._host_name(i), False) for i in range(count)]
+        return list(await asyncio.gather(*(_call(host.ready.remote()) for host in hosts)))
+
+    async def host_loads(self) -> list[HostStats]:
+        count = await self._host_count()
+        hosts = [self._handle(self._host_name(i), self._host_name(i), False) for i in range(count)]
+        return list(await asyncio.gather(*(_call(host.stats.remote()) for host in hosts)))
+
+    async def retire(self, index: int) -> None:
+        """Drain and end host ``index``; its sessions reactivate elsewhere from the store."""
+        name = self._host_name(index)
+        try:
+            handle = ray.get_actor(name, namespace=self._runtime.namespace)
+        except ValueError:
+            return
+        await _call(handle.drain.remote())
+        ray.kill(handle, no_restart=True)
+        self._handles.pop(name, None)
+
+    async def set_host_count(self, count: int) -> int:
+        self._count = int(await self._controller_handle().set_count.remote(count))
+        self._count_at = time.monotonic()
+        await self.ensure_hosts(self._count)
+        return self._count
+
+    async def reconcile(self) -> int:
+        """Ask the controller to reconcile the host set to load now."""
+        self._count = int(await self._controller_handle().reconcile.remote())
+        self._count_at = time.monotonic()
+        return self._count
+
+    def actor(self, session_id: str) -> ActorHandle:
+        """The isolation-mode actor of a session, or the host it maps to (for tests/benchmarks)."""
+        if self._runtime.sessions_per_host == 1:
+            name = self._session_actor_name(session_id)
+            return self._handle(name, name, isolation=True)
+        name = self._host_name(pick_host(session_id, self._count))
+        return self._handle(name, name, isolation=False)
+
+
+async def _call(ref: Any) -> Any:
+    """Await a Ray call, turning Ray's own failures into ours (naming Ray)."""
+    try:
+        return await ref
+    except ray.exceptions.RayActorError as exc:
+        raise DependencyUnavailable("ray", f"session host unavailable: {exc}") from exc
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayTaskError):
+            raise cause from None
+        raise

@@ -1,0 +1,33 @@
+"""Builds a process's runtime dependencies from the settings (store, LLM, tools, agent loops)."""
+
+from __future__ import annotations
+
+from agentcluster.agent import AgentLoop, load_profiles
+from agentcluster.bootstrap import open_state_store
+from agentcluster.config import Settings
+from agentcluster.llm import BreakerRegistry, ChatMessage, LiteLLMClient, ToolSchema, trim_history
+from agentcluster.runtime._host import RuntimeDeps
+from agentcluster.tools import AllowAllPolicy, InProcessToolExecutor, builtin_registry
+
+__all__ = ["build_runtime_deps", "trim_to_window"]
+
+
+def trim_to_window(
+    messages: list[ChatMessage], context_window: int, reserve: int, tools: list[ToolSchema]
+) -> list[ChatMessage]:
+    """The agent loop's Trimmer: tiktoken counts, system prompt and latest turns kept."""
+    kept, _dropped, _tokens = trim_history(messages, context_window, reserve, tools)
+    return kept
+
+
+async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
+    """Store, LLM client (with per-model breakers), tools, policy and one loop per agent."""
+    store = await open_state_store(settings)
+    llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm))
+    executor = InProcessToolExecutor(builtin_registry())
+    policy = AllowAllPolicy()
+    loops = {
+        name: AgentLoop(profile, llm, executor, policy, trim_to_window)
+        for name, profile in load_profiles(settings.runtime.agents_dir).items()
+    }
+    return RuntimeDeps(store=store, loops=loops)

@@ -1,0 +1,329 @@
+"""The agent runtime on a real local Ray, real PostgreSQL and LiteLLM against the fake LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import ray
+import yaml
+
+from actors.session import RaySessionRouter
+from agentcluster import events as ev
+from agentcluster.config import Settings, load_settings
+from agentcluster.runtime import Delta, Runtime, SessionHostCore, build_runtime_deps
+from agentcluster.store import SqlStateStore, open_store
+from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, Script, ToolCall
+from tests.conftest import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+PROFILE = {
+    "name": "tester",
+    "model": "fake-a",
+    "fallback_models": ["fake-b"],
+    "system_prompt": "You are a test agent.",
+    "tools": ["calculator", "current_time"],
+    "max_steps": 4,
+    "max_output_tokens": 256,
+    "context_window": 4096,
+    "turn_retry": {"on_interrupt": "resume", "max_attempts": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeLLM]:
+    server = FakeLLM(Script()).start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"enable_worker_prestart": True},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def settings(
+    postgres_dsn: str, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    agents = tmp_path_factory.mktemp("agents")
+    (agents / "tester.yaml").write_text(yaml.safe_dump(PROFILE))
+    return load_settings(
+        {
+            "db": {"dsn": postgres_dsn},
+            "llm": {
+                "api_base": fake_llm.base_url,
+                "api_key": "test",
+                "max_retries": 1,
+                "retry_backoff_s": 0.01,
+            },
+            "runtime": {
+                "agents_dir": agents,
+                "host_prefix": f"t{uuid.uuid4().hex[:6]}",
+                "min_hosts": 2,
+                "max_hosts": 4,
+                "idle_passivate_s": 3600,
+                "reconcile_interval_s": 1,
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[SqlStateStore]:
+    opened = await open_store(settings.db_dsn)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def router(ray_cluster: None, settings: Settings) -> RaySessionRouter:
+    return RaySessionRouter(settings)
+
+
+@pytest.fixture
+def runtime(store: SqlStateStore, router: RaySessionRouter) -> Runtime:
+    return Runtime(store, router)
+
+
+async def _session(runtime: Runtime) -> tuple[str, str]:
+    tenant = await runtime.store.create_tenant("runtime-tests")
+    session = await runtime.create_session(tenant.tenant_id, "tester")
+    return tenant.tenant_id, session.session_id
+
+
+def _last_is_tool(request: RecordedRequest) -> bool:
+    return request.messages[-1]["role"] == "tool"
+
+
+def _mentions(token: str) -> Any:
+    def check(request: RecordedRequest) -> bool:
+        return any(token in str(m.get("content")) for m in request.messages)
+
+    return check
+
+
+async def _turn_outcome(runtime: Runtime, tenant_id: str, turn_id: str) -> str:
+    async def done() -> str | None:
+        turn = await runtime.store.get_turn(tenant_id, turn_id)
+        return turn.status if turn.status in {"completed", "failed", "cancelled"} else None
+
+    return await eventually(done, timeout=90, message=f"turn {turn_id} finished")
+
+
+async def test_a_two_step_tool_turn_streams_its_events_in_order(
+    runtime: Runtime, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: _mentions(token)(r) and _last_is_tool(r),
+            reply=Reply(content="The answer is 42 exactly"),
+        )
+    )
+    fake_llm.script.add_rule(
+        Rule(
+            when=_mentions(token),
+            reply=Reply(tool_calls=[ToolCall("calculator", {"expression": "6*7"})]),
+            times=1,
+        )
+    )
+    tenant_id, session_id = await _session(runtime)
+    submission = await runtime.send_message(tenant_id, session_id, f"six times seven {token}")
+    items = [
+        item
+        async for item in runtime.stream(tenant_id, session_id, until_turn=submission.turn_id)
+    ]
+    events = [item for item in items if isinstance(item, ev.EventBase)]
+    assert [e.type for e in events] == [
+        "session.created",
+        "message.received",
+        "turn.started",
+        "llm.completed",
+        "tool.requested",
+        "tool.decided",
+        "tool.completed",
+        "llm.completed",
+        "turn.completed",
+    ]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    completed = events[-1]
+    assert isinstance(completed, ev.TurnCompleted)
+    assert completed.content == "The answer is 42 exactly"
+    tool_done = next(e for e in events if isinstance(e, ev.ToolCompleted))
+    assert tool_done.ok and tool_done.result["value"] == 42
+
+    deltas = [item.text for item in items if isinstance(item, Delta)]
+    assert "".join(deltas).split() == "The answer is 42 exactly".split()
+    indexes = [item.index for item in items if isinstance(item, Delta)]
+    assert indexes == sorted(indexes)
+    turn = await runtime.store.get_turn(tenant_id, submission.turn_id)
+    assert turn.usage["total_tokens"] > 0 and turn.usage["prompt_tokens"] > 0
+    history = await runtime.store.list_messages(tenant_id, session_id)
+    assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_twenty_concurrent_messages_run_one_turn_at_a_time_in_order(
+    runtime: Runtime, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when=_mentions(token), reply=Reply(content="noted", ttft_s=0.02))
+    )
+    tenant_id, session_id = await _session(runtime)
+    submissions = await asyncio.gather(
+        *(runtime.send_message(tenant_id, session_id, f"{token} n{i}") for i in range(20))
+    )
+    for submission in submissions:
+        assert await _turn_outcome(runtime, tenant_id, submission.turn_id) == "completed"
+    events = await runtime.store.list_events(tenant_id, session_id)
+    arrival = [e.turn_id for e in events if isinstance(e, ev.MessageReceived)]
+    lifecycle = [
+        (e.type, e.turn_id)
+        for e in events
+        if isinstance(e, ev.TurnStarted | ev.TurnCompleted)
+    ]
+    expected: list[tuple[str, str]] = []
+    for turn_id in arrival:
+        expected += [("turn.started", turn_id), ("turn.completed", turn_id)]
+    assert lifecycle == expected
+    seen = [
+        r.messages[-1]["content"]
+        for r in fake_llm.requests
+        if token in str(r.messages[-1].get("content"))
+    ]
+    contents = {e.turn_id: e.content for e in events if isinstance(e, ev.MessageReceived)}
+    assert seen == [contents[turn_id] for turn_id in arrival]
+
+
+async def test_passivation_then_reactivation_keeps_the_whole_history(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="ack")))
+    tenant_id, session_id = await _session(runtime)
+    for index in range(2):
+        done = await runtime.ask(tenant_id, session_id, f"{token} before {index}")
+        assert isinstance(done, ev.TurnCompleted)
+    host = router.actor(session_id)
+    assert await host.passivate.remote(session_id)
+    session = await runtime.store.get_session(tenant_id, session_id)
+    assert session.owner_host is None
+    done = await runtime.ask(tenant_id, session_id, f"{token} after")
+    assert isinstance(done, ev.TurnCompleted)
+    last = [r for r in fake_llm.requests if _mentions(f"{token} after")(r)][-1]
+    assert [m["role"] for m in last.messages] == [
+        "system", "user", "assistant", "user", "assistant", "user"
+    ]
+    assert (await host.stats.remote()).passivations >= 1
+
+
+async def test_kill_9_of_a_host_mid_turn_loses_no_message(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    slow = Rule(when=_mentions(f"{token} slow"), reply=Reply(content="late", ttft_s=30), times=1)
+    fake_llm.script.add_rule(slow)
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="recovered")))
+    tenant_id, session_id = await _session(runtime)
+    first = await runtime.send_message(tenant_id, session_id, f"{token} slow")
+
+    async def running() -> bool:
+        turn = await runtime.store.get_turn(tenant_id, first.turn_id)
+        return turn.status == "running"
+
+    await eventually(running, timeout=60, message="the first turn started")
+    host = router.actor(session_id)
+    os.kill(await host.pid.remote(), signal.SIGKILL)
+
+    second = await runtime.send_message(tenant_id, session_id, f"{token} next")
+    assert await _turn_outcome(runtime, tenant_id, second.turn_id) == "completed"
+    first_turn = await runtime.store.get_turn(tenant_id, first.turn_id)
+    assert first_turn.status in {"completed", "failed"}
+    assert first_turn.attempt == 2 or first_turn.error
+    messages = await runtime.store.list_messages(tenant_id, session_id)
+    users = [m.content for m in messages if m.role == "user"]
+    assert users == [f"{token} slow", f"{token} next"]
+    events = await runtime.store.list_events(tenant_id, session_id)
+    outcomes = {
+        e.turn_id: e.type for e in events if isinstance(e, ev.TurnCompleted | ev.TurnFailed)
+    }
+    assert set(outcomes) == {first.turn_id, second.turn_id}
+
+
+async def test_two_hosts_claiming_one_session_only_one_can_write(
+    settings: Settings, fake_llm: FakeLLM, store: SqlStateStore
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="from the owner")))
+    tenant = await store.create_tenant("fencing")
+    session = await store.create_session(tenant.tenant_id, "tester")
+    deps = await build_runtime_deps(settings)
+    host_a = SessionHostCore("host-a", lambda: asyncio.sleep(0, deps))
+    host_b = SessionHostCore("host-b", lambda: asyncio.sleep(0, deps))
+    try:
+        await host_a.notify(session.session_id)  # A activates (epoch 1)
+        await host_b.notify(session.session_id)  # B claims it (epoch 2): A is fenced off
+        submission = await store.submit_message(tenant.tenant_id, session.session_id, token)
+        await host_a.notify(session.session_id)  # A tries to run the turn: its writes fail
+        await host_b.notify(session.session_id)
+        assert await _wait_status(store, tenant.tenant_id, submission.turn_id) == "completed"
+        final = await store.get_session(tenant.tenant_id, session.session_id)
+        assert final.owner_host == "host-b"
+        started = [
+            e
+            for e in await store.list_events(tenant.tenant_id, session.session_id)
+            if isinstance(e, ev.TurnStarted)
+        ]
+        assert len(started) == 1
+        assert await host_a.passivate_idle(0) == 1  # its stale activation is dropped...
+        assert (await store.get_session(tenant.tenant_id, session.session_id)).owner_host == (
+            "host-b"  # ...without releasing B's ownership
+        )
+    finally:
+        await host_a.stop()
+        await host_b.stop()
+        await deps.store.close()
+
+
+async def _wait_status(store: SqlStateStore, tenant_id: str, turn_id: str) -> str:
+    async def done() -> str | None:
+        turn = await store.get_turn(tenant_id, turn_id)
+        return turn.status if turn.status in {"completed", "failed", "cancelled"} else None
+
+    return await eventually(done, timeout=60, message=f"turn {turn_id} finished")
+
+
+async def test_isolation_mode_runs_one_actor_per_session(
+    ray_cluster: None, settings: Settings, store: SqlStateStore, fake_llm: FakeLLM
+) -> None:
+    isolated = settings.model_copy(
+        update={"runtime": settings.runtime.model_copy(update={"sessions_per_host": 1})}
+    )
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="alone")))
+    runtime = Runtime(store, RaySessionRouter(isolated))
+    tenant_id = (await store.create_tenant("isolation")).tenant_id
+    one = (await runtime.create_session(tenant_id, "tester")).session_id
+    two = (await runtime.create_session(tenant_id, "tester")).session_id
+    for session_id in (one, two):
+        done = await runtime.ask(tenant_id, session_id, token)
+        assert isinstance(done, ev.TurnCompleted) and done.content == "alone"
+    router = RaySessionRouter(isolated)
+    pids = {await router.actor(one).pid.remote(), await router.actor(two).pid.remote()}
+    assert len(pids) == 2
+
