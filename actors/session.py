@@ -103,11 +103,9 @@ class HostController:
 
     async def reconcile(self) -> int:
         """One tick: read every host's load, grow or shrink by the plan; returns the count."""
-        router = RaySessionRouter(self._settings, controller=None, count=self._count)
+        router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
         loads = await router.host_loads()
-        target = plan_host_count(
-            [stats.active_sessions for stats in loads], self._settings.runtime
-        )
+        target = plan_host_count([stats.active_sessions for stats in loads], self._settings.runtime)
         if target < self._count:
             for index in range(target, self._count):
                 await router.retire(index)
@@ -134,18 +132,15 @@ class RaySessionRouter:
     """Maps sessions to host actors, creating hosts on demand. The only place hosts are named."""
 
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        controller: ActorHandle | None | bool = True,
-        count: int | None = None,
+        self, settings: Settings, *, use_controller: bool = True, count: int | None = None
     ) -> None:
         self._settings = settings
         self._runtime: RuntimeSettings = settings.runtime
-        self._handles: dict[str, ActorHandle] = {}
+        self._handles: dict[str, Any] = {}
         self._count = count or self._runtime.min_hosts
         self._count_at = time.monotonic() if count else 0.0
-        self._controller = controller
+        self._use_controller = use_controller
+        self._controller: Any = None
 
     # -- names and handles ------------------------------------------------------------------
 
@@ -168,27 +163,24 @@ class RaySessionRouter:
             "scheduling_strategy": "SPREAD",
         }
 
-    def _handle(self, name: str, host_id: str, isolation: bool) -> ActorHandle:
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = _SessionHostActor.options(**self._options(name)).remote(  # type: ignore[attr-defined]
+    def _handle(self, name: str, host_id: str, isolation: bool) -> Any:
+        if name not in self._handles:
+            options = self._options(name)
+            self._handles[name] = _SessionHostActor.options(**options).remote(
                 host_id, self._settings, isolation
             )
-            self._handles[name] = handle
-        return handle
+        return self._handles[name]
 
-    def _controller_handle(self) -> ActorHandle:
-        if not isinstance(self._controller, bool) and self._controller is not None:
-            return self._controller
-        name = f"{self._runtime.host_prefix}-controller"
-        options = self._options(name) | {"max_concurrency": 16}
-        options.pop("scheduling_strategy")
-        handle = _HostControllerActor.options(**options).remote(self._settings)  # type: ignore[attr-defined]
-        self._controller = handle
-        return handle
+    def _controller_handle(self) -> Any:
+        if self._controller is None:
+            name = f"{self._runtime.host_prefix}-controller"
+            options = self._options(name) | {"max_concurrency": 16}
+            options.pop("scheduling_strategy")
+            self._controller = _HostControllerActor.options(**options).remote(self._settings)
+        return self._controller
 
     async def _host_count(self) -> int:
-        if self._controller is None or time.monotonic() - self._count_at < 1.0:
+        if not self._use_controller or time.monotonic() - self._count_at < 1.0:
             return self._count
         self._count = int(await self._controller_handle().count.remote())
         self._count_at = time.monotonic()
@@ -217,7 +209,7 @@ class RaySessionRouter:
         self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
     ) -> AsyncIterator[StreamItem]:
         host = await self.host_for(session_id)
-        generator = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
+        generator: Any = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
             tenant_id, session_id, after_seq, until_turn
         )
         async for ref in generator:

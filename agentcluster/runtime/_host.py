@@ -115,7 +115,9 @@ class SessionHostCore:
             raise ConfigError(f"session {session_id}: agent {session.agent!r} has no profile")
         epoch = await deps.store.claim_session(session_id, self.host_id)
         messages = await deps.store.list_messages(session.tenant_id, session_id)
-        queued = {t.turn_id for t in await deps.store.open_turns(session_id) if t.status == "queued"}
+        queued = {
+            t.turn_id for t in await deps.store.open_turns(session_id) if t.status == "queued"
+        }
         history = history_from_messages(messages, exclude_turns=queued)
         return Activation(session, epoch, history, deps.store, loop)
 
@@ -228,6 +230,6 @@ def _ends(item: StreamItem, until_turn: str | None) -> bool:
     return (
         until_turn is not None
         and isinstance(item, EventBase)
-        and item.type in TERMINAL  # type: ignore[attr-defined]
+        and getattr(item, "type", "") in TERMINAL
         and getattr(item, "turn_id", None) == until_turn
     )

@@ -88,7 +88,9 @@ class StoreJournal(TurnJournal):
 
         await self._write(change)
 
-    async def tool_decided(self, turn_id: str, call: ToolCallSpec, decision: PolicyDecision) -> None:
+    async def tool_decided(
+        self, turn_id: str, call: ToolCallSpec, decision: PolicyDecision
+    ) -> None:
         async def change(writer: SessionWriter) -> None:
             verdict = "allow" if decision.allowed else "deny"
             status = "allowed" if decision.allowed else "denied"

@@ -12,8 +12,15 @@ from agentcluster.agent import AgentLoop, AgentProfile, TurnContext, TurnJournal
 from agentcluster.domain import Message
 from agentcluster.errors import InfrastructureError
 from agentcluster.events import Usage
-from agentcluster.llm import LLM, ChatMessage, DeltaSink, LlmRequest, LlmResult, ToolCallSpec
-from agentcluster.llm import ToolSchema
+from agentcluster.llm import (
+    LLM,
+    ChatMessage,
+    DeltaSink,
+    LlmRequest,
+    LlmResult,
+    ToolCallSpec,
+    ToolSchema,
+)
 from agentcluster.runtime import history_from_messages, plan_host_count
 from agentcluster.tools import (
     AllowAllPolicy,
@@ -34,9 +41,11 @@ class ScriptedLLM(LLM):
         self.script = list(script)
         self.requests: list[LlmRequest] = []
         self.gate: asyncio.Event | None = None
+        self.called = asyncio.Event()
 
     async def complete(self, request: LlmRequest, on_delta: DeltaSink | None = None) -> LlmResult:
         self.requests.append(request)
+        self.called.set()
         if self.gate is not None:
             await self.gate.wait()
         item = self.script.pop(0)
@@ -209,8 +218,7 @@ async def test_cancel_is_recorded_and_propagates() -> None:
     task = asyncio.create_task(
         _loop(llm).run_turn(CONTEXT, [ChatMessage(role="user", content="x")], journal)
     )
-    while not llm.requests:
-        await asyncio.sleep(0)
+    await llm.called.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
