@@ -87,31 +87,57 @@ class SessionHost:
 
 
 class HostController:
-    """Holds the host count every router uses and reconciles it to load between min and max."""
+    """Holds the host count every router uses and reconciles it to load between min and max.
+
+    An async actor: the first call starts a loop that reconciles every ``reconcile_interval_s``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._count = settings.runtime.min_hosts
+        self._loop_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
-    def count(self) -> int:
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._reconcile_forever())
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.runtime.reconcile_interval_s)
+            # A host that is restarting must not stop the host set from converging later.
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("host controller: reconcile failed")
+
+    async def count(self) -> int:
+        self._ensure_loop()
         return self._count
 
-    def set_count(self, count: int) -> int:
+    async def set_count(self, count: int) -> int:
+        self._ensure_loop()
         runtime = self._settings.runtime
         self._count = max(runtime.min_hosts, min(runtime.max_hosts, count))
         return self._count
 
     async def reconcile(self) -> int:
         """One tick: read every host's load, grow or shrink by the plan; returns the count."""
-        router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
-        loads = await router.host_loads()
-        target = plan_host_count([stats.active_sessions for stats in loads], self._settings.runtime)
-        if target < self._count:
-            for index in range(target, self._count):
-                await router.retire(index)
-        self._count = target
-        await router.ensure_hosts(target)
-        return self._count
+        self._ensure_loop()
+        async with self._lock:
+            router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
+            loads = await router.host_loads()
+            target = plan_host_count(
+                [stats.active_sessions for stats in loads], self._settings.runtime
+            )
+            if target < self._count:
+                # Shrink first in the routers' view, then drain: new work stops arriving there.
+                self._count = target
+                for index in range(target, len(loads)):
+                    await router.retire(index)
+            self._count = target
+            await router.ensure_hosts(target)
+            return self._count
 
 
 _SessionHostActor = ray.remote(SessionHost)

@@ -326,3 +326,36 @@ async def test_isolation_mode_runs_one_actor_per_session(
     router = RaySessionRouter(isolated)
     pids = {await router.actor(one).pid.remote(), await router.actor(two).pid.remote()}
     assert len(pids) == 2
+
+
+async def test_the_host_set_reconciles_to_load_between_min_and_max(
+    ray_cluster: None, settings: Settings, store: SqlStateStore
+) -> None:
+    small = settings.model_copy(
+        update={
+            "runtime": settings.runtime.model_copy(
+                update={
+                    "host_prefix": f"s{uuid.uuid4().hex[:6]}",
+                    "sessions_per_host": 2,
+                    "target_utilization": 1.0,
+                    "min_hosts": 1,
+                    "max_hosts": 3,
+                    "reconcile_interval_s": 3600,  # only the explicit reconcile calls below
+                }
+            )
+        }
+    )
+    router = RaySessionRouter(small)
+    assert await router.set_host_count(1) == 1
+    tenant_id = (await store.create_tenant("scaling")).tenant_id
+    sessions = [(await store.create_session(tenant_id, "tester")).session_id for _ in range(5)]
+    for session_id in sessions:
+        await router.notify(session_id)  # all on the single host
+    assert await router.reconcile() == 3  # needs ceil(5 / 2) = 3, capped at max_hosts
+    assert len(await router.host_loads()) == 3
+    for stats in await router.host_loads():
+        host = ray.get_actor(stats.host_id, namespace=small.runtime.namespace)
+        await host.passivate_idle.remote(0)
+    assert await router.reconcile() == 2  # idle: shrink one host at a time
+    assert await router.reconcile() == 1
+    assert await router.reconcile() == 1  # never below min_hosts
