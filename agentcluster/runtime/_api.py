@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from agentcluster import events as ev
+from agentcluster.bootstrap import open_state_store
+from agentcluster.config import Settings, load_settings
 from agentcluster.domain import Session, Submission
 from agentcluster.errors import TerminalFailure
 from agentcluster.runtime._feed import StreamItem
@@ -38,6 +40,21 @@ class Runtime:
     def __init__(self, store: SqlStateStore, router: SessionRouter) -> None:
         self.store = store
         self.router = router
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> Runtime:
+        """The runtime of the Ray cluster this process is connected to (``ray.init`` first).
+
+        Opens the state store (running migrations) and routes to SessionHost actors.
+        """
+        from actors.session import RaySessionRouter  # the Ray edge, imported only when used
+
+        settings = settings or load_settings()
+        store = await open_state_store(settings)
+        return cls(store, RaySessionRouter(settings))
+
+    async def close(self) -> None:
+        await self.store.close()
 
     async def create_session(
         self, tenant_id: str, agent: str, metadata: dict[str, Any] | None = None
