@@ -4,10 +4,11 @@
 OpenAI client) at :attr:`FakeLLM.base_url` and the real network path runs.
 """
 
-from agentcluster.testing.fake_llm import (
+# Imported from the private modules, not from fake_llm, so that `python -m
+# agentcluster.testing.fake_llm` does not find its own module already imported.
+from agentcluster.testing._script import (
     Action,
     Failure,
-    FakeLLM,
     FinishReason,
     RecordedRequest,
     Reply,
@@ -19,6 +20,7 @@ from agentcluster.testing.fake_llm import (
     demo_reply,
     example_from_schema,
 )
+from agentcluster.testing._server import FakeLLM
 
 __all__ = [
     "Action",

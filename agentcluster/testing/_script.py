@@ -312,7 +312,8 @@ class Script:
         rules: Iterable[Rule] = (),
         default: ActionLike | Responder | None = None,
     ) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a rule's `when` predicate may look at the script (e.g. `remaining`).
+        self._lock = threading.RLock()
         self._queue: list[Action] = [_as_action(item) for item in replies]
         self._rules: list[Rule] = list(rules)
         self._uses: dict[int, int] = {}
