@@ -359,3 +359,33 @@ async def test_the_host_set_reconciles_to_load_between_min_and_max(
     assert await router.reconcile() == 2  # idle: shrink one host at a time
     assert await router.reconcile() == 1
     assert await router.reconcile() == 1  # never below min_hosts
+
+
+async def test_cancel_stops_a_running_turn_and_a_queued_one(
+    runtime: Runtime, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when_last_user_contains=f"{token} slow", reply=Reply(content="too late", ttft_s=60))
+    )
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="fine")))
+    tenant_id, session_id = await _session(runtime)
+    running = await runtime.send_message(tenant_id, session_id, f"{token} slow")
+    queued = await runtime.send_message(tenant_id, session_id, f"{token} queued")
+
+    async def started() -> bool:
+        return (await runtime.store.get_turn(tenant_id, running.turn_id)).status == "running"
+
+    await eventually(started, timeout=60, message="the slow turn started")
+    assert await runtime.cancel(tenant_id, session_id, queued.turn_id)
+    assert await runtime.cancel(tenant_id, session_id)  # the running one
+    assert await _turn_outcome(runtime, tenant_id, running.turn_id) == "cancelled"
+    assert await _turn_outcome(runtime, tenant_id, queued.turn_id) == "cancelled"
+    done = await runtime.ask(tenant_id, session_id, f"{token} after")
+    assert isinstance(done, ev.TurnCompleted) and done.content == "fine"
+    cancelled = [
+        e.turn_id
+        for e in await runtime.store.list_events(tenant_id, session_id)
+        if isinstance(e, ev.TurnCancelled)
+    ]
+    assert sorted(cancelled) == sorted([running.turn_id, queued.turn_id])
