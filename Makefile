@@ -11,7 +11,7 @@ DEPS := bash cluster/services/deps.sh
 PYTEST_ARGS ?=
 
 .PHONY: help install lock deps-up deps-down deps-status run test test-unit test-integration \
-        quality format lint typecheck clean
+        bench quality format lint typecheck clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,9 @@ test-unit: install ## Unit tests only (no services)
 
 test-integration: install deps-up ## Integration tests only
 	set -a && source .data/services.env && set +a && $(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
+	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation
 
 format: install ## Format with black and ruff --fix (line length 100)
 	$(BIN)/black -q .

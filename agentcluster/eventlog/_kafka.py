@@ -108,6 +108,10 @@ class KafkaPublisher:
     async def publish(self, records: Sequence[OutboxRecord]) -> list[bool]:
         """Send records in order; returns, per record, whether the broker acknowledged it.
 
+        Bounded: aiokafka keeps retrying a batch while a known broker is unreachable, so records
+        not acknowledged within the request timeout count as not sent (the relay then recreates
+        the producer, which abandons them, and sends them again later).
+
         Raises:
             InfrastructureError: the producer is not started or could not enqueue at all.
         """
@@ -122,12 +126,9 @@ class KafkaPublisher:
                     )
                 )
         except (KafkaError, OSError) as exc:
-            # Records already handed to the producer may still be delivered; their outcome is
-            # collected below, the rest count as not sent.
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            sent = [not isinstance(outcome, BaseException) for outcome in outcomes]
-            if not any(sent):
+            if not futures:
                 raise InfrastructureError(_DEPENDENCY, f"send failed: {exc!r}") from exc
-            return sent + [False] * (len(records) - len(sent))
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        return [not isinstance(outcome, BaseException) for outcome in outcomes]
+        if futures:
+            await asyncio.wait(futures, timeout=self._request_timeout_ms / 1000)
+        sent = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        return sent + [False] * (len(records) - len(sent))
