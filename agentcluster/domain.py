@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "Activated",
     "ApiKey",
     "Message",
     "MessageRole",
@@ -110,3 +111,11 @@ class OutboxRecord(_Record):
     session_id: str
     seq: int
     payload: bytes
+
+
+class Activated(_Record):
+    """What a host loads when it activates a session (one transaction, see activate_session)."""
+
+    session: Session
+    messages: list[Message]
+    open_turns: list[Turn]

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import Select, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from agentcluster import events as ev
 from agentcluster.domain import (
+    Activated,
     ApiKey,
     Message,
     MessageRole,
@@ -208,6 +209,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(stamp), session_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"invalid cursor {cursor!r}") from exc
+
+
+def _open_turns_query(session_id: str) -> Select[Any]:
+    return (
+        select(TurnRow)
+        .join(MessageRow, MessageRow.message_id == TurnRow.message_id)
+        .where(TurnRow.session_id == session_id, TurnRow.status.in_(("queued", "running")))
+        .order_by(MessageRow.position)
+    )
 
 
 class SessionWriter:
@@ -711,6 +721,40 @@ class SqlStateStore:
             raise NotFoundError(f"session {session_id} not found")
         return int(epoch)
 
+    async def activate_session(self, session_id: str, host_id: str) -> Activated:
+        """Claim a session and load what an activation needs, in one transaction.
+
+        Returns the session (with its new owner epoch), its messages in commit order and its open
+        turns in arrival order.
+
+        Raises:
+            NotFoundError: no such session.
+        """
+        async with self._begin() as connection:
+            row = (
+                await connection.execute(
+                    update(SessionRow)
+                    .where(SessionRow.session_id == session_id)
+                    .values(owner_epoch=SessionRow.owner_epoch + 1, owner_host=host_id)
+                    .returning(*SessionRow.__table__.columns)
+                )
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"session {session_id} not found")
+            messages = (
+                await connection.execute(
+                    select(MessageRow)
+                    .where(MessageRow.session_id == session_id)
+                    .order_by(MessageRow.position)
+                )
+            ).all()
+            turns = (await connection.execute(_open_turns_query(session_id))).all()
+        return Activated(
+            session=_session(row),
+            messages=[_message(m) for m in messages],
+            open_turns=[_turn(t) for t in turns],
+        )
+
     async def release_session(self, session_id: str, epoch: int) -> bool:
         """Give up ownership if still the owner (passivation); True if released."""
         async with self._begin() as connection:
@@ -773,14 +817,8 @@ class SqlStateStore:
 
     async def open_turns(self, session_id: str) -> list[Turn]:
         """Queued and running turns of a session in arrival order (what an activation must run)."""
-        query = (
-            select(TurnRow)
-            .join(MessageRow, MessageRow.message_id == TurnRow.message_id)
-            .where(TurnRow.session_id == session_id, TurnRow.status.in_(("queued", "running")))
-            .order_by(MessageRow.position)
-        )
         async with self._begin() as connection:
-            rows = (await connection.execute(query)).all()
+            rows = (await connection.execute(_open_turns_query(session_id))).all()
         return [_turn(row) for row in rows]
 
     async def get_message(self, tenant_id: str, message_id: str) -> Message:

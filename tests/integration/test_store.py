@@ -252,3 +252,17 @@ async def test_outbox_hands_out_and_marks_events(store: SqlStateStore) -> None:
     await store.mark_published([r.position for r in pending])
     left = [r for r in await store.fetch_unpublished(10_000) if r.session_id == session.session_id]
     assert left == []
+
+
+async def test_activation_claims_and_loads_in_one_go(store: SqlStateStore) -> None:
+    tenant_id = await _tenant(store)
+    session = await store.create_session(tenant_id, "default")
+    first = await store.submit_message(tenant_id, session.session_id, "one")
+    second = await store.submit_message(tenant_id, session.session_id, "two")
+    loaded = await store.activate_session(session.session_id, "host-x")
+    assert loaded.session.owner_epoch == session.owner_epoch + 1
+    assert loaded.session.owner_host == "host-x"
+    assert [m.content for m in loaded.messages] == ["one", "two"]
+    assert [t.turn_id for t in loaded.open_turns] == [first.turn_id, second.turn_id]
+    with pytest.raises(NotFoundError):
+        await store.activate_session("no-such-session", "host-x")
