@@ -102,8 +102,13 @@ class KafkaPublisher:
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         # Nothing to save on failure: unacknowledged records stay unpublished in the outbox.
-        with contextlib.suppress(TimeoutError, KafkaError, OSError):
+        try:
             await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
+        except (TimeoutError, KafkaError, OSError):
+            # stop() flushes first, which never ends while the broker is down: drop the
+            # connections ourselves so no socket outlives the producer.
+            with contextlib.suppress(TimeoutError, KafkaError, OSError):
+                await asyncio.wait_for(producer.client.close(), 5)
 
     async def publish(self, records: Sequence[OutboxRecord]) -> list[bool]:
         """Send records in order; returns, per record, whether the broker acknowledged it.
