@@ -94,6 +94,8 @@ class Submission(_Record):
     message_id: str
     turn_id: str
     created: bool
+    seq: int = 0
+    """The seq of its ``message.received`` event (0 for an idempotent resend)."""
 
 
 class Page(_Record):

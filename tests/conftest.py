@@ -10,7 +10,7 @@ import asyncio
 import os
 import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,6 +52,22 @@ def service(name: str) -> str:
     if not value:
         pytest.fail(f"{name} is not set: start the services with `make deps-up`", pytrace=False)
     return value
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster for the whole test session (started on first use)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"enable_worker_prestart": True},
+    )
+    yield
+    ray.shutdown()
 
 
 T = TypeVar("T")

@@ -495,27 +495,23 @@ class SqlStateStore:
             ).one_or_none()
         return None if row is None else _api_key(row)
 
-    async def list_api_keys(self, tenant_id: str) -> list[ApiKey]:
+    async def list_api_keys(self, tenant_id: str | None) -> list[ApiKey]:
+        """Keys of a tenant (of every tenant when None, for an admin), oldest first."""
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+        if tenant_id is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant_id)
         async with self._begin() as connection:
-            rows = (
-                await connection.execute(
-                    select(ApiKeyRow)
-                    .where(ApiKeyRow.tenant_id == tenant_id)
-                    .order_by(ApiKeyRow.created_at)
-                )
-            ).all()
+            rows = (await connection.execute(query)).all()
         return [_api_key(row) for row in rows]
 
-    async def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
+    async def revoke_api_key(self, tenant_id: str | None, key_id: str) -> None:
+        """Revoke a live key (of ``tenant_id`` when given; any tenant's for an admin)."""
+        conditions = [ApiKeyRow.key_id == key_id, ApiKeyRow.revoked_at.is_(None)]
+        if tenant_id is not None:
+            conditions.append(ApiKeyRow.tenant_id == tenant_id)
         async with self._begin() as connection:
             result = await connection.execute(
-                update(ApiKeyRow)
-                .where(
-                    ApiKeyRow.key_id == key_id,
-                    ApiKeyRow.tenant_id == tenant_id,
-                    ApiKeyRow.revoked_at.is_(None),
-                )
-                .values(revoked_at=utcnow())
+                update(ApiKeyRow).where(*conditions).values(revoked_at=utcnow())
             )
         if result.rowcount == 0:
             raise NotFoundError(f"api key {key_id} not found")
@@ -681,7 +677,7 @@ class SqlStateStore:
                 "user", content, turn_id=turn_id, idempotency_key=idempotency_key
             )
             await writer.add_turn(turn_id, message_id)
-            await writer.emit(
+            received = await writer.emit(
                 ev.MessageReceived(
                     tenant_id=writer.tenant_id,
                     session_id=session_id,
@@ -690,7 +686,7 @@ class SqlStateStore:
                     content=content,
                 )
             )
-        return Submission(message_id=message_id, turn_id=turn_id, created=True)
+        return Submission(message_id=message_id, turn_id=turn_id, created=True, seq=received.seq)
 
     async def close_session(self, tenant_id: str, session_id: str, reason: str = "") -> Session:
         """Close a session (idempotent) and record ``session.closed``."""

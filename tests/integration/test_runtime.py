@@ -44,19 +44,6 @@ def fake_llm() -> Iterator[FakeLLM]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config={"enable_worker_prestart": True},
-    )
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def settings(
     postgres_dsn: str, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:

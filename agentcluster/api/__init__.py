@@ -1,0 +1,52 @@
+"""The HTTP API v1 contract shared by the gateway and the Python client."""
+
+from agentcluster.api._models import (
+    MAX_CONTENT_CHARS,
+    AgentList,
+    AgentOut,
+    CancelIn,
+    CancelOut,
+    Health,
+    KeyCreated,
+    KeyCreateIn,
+    KeyList,
+    KeyOut,
+    MessageAccepted,
+    MessageIn,
+    MessageList,
+    MessageOut,
+    Problem,
+    Ready,
+    ReadyDependency,
+    SessionCreateIn,
+    SessionList,
+    SessionOut,
+    TurnOut,
+)
+
+PROBLEM_BASE = "https://agentcluster.dev/problems/"
+
+__all__ = [
+    "MAX_CONTENT_CHARS",
+    "PROBLEM_BASE",
+    "AgentList",
+    "AgentOut",
+    "CancelIn",
+    "CancelOut",
+    "Health",
+    "KeyCreateIn",
+    "KeyCreated",
+    "KeyList",
+    "KeyOut",
+    "MessageAccepted",
+    "MessageIn",
+    "MessageList",
+    "MessageOut",
+    "Problem",
+    "Ready",
+    "ReadyDependency",
+    "SessionCreateIn",
+    "SessionList",
+    "SessionOut",
+    "TurnOut",
+]

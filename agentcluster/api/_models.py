@@ -1,0 +1,210 @@
+"""HTTP API v1 bodies: what the gateway accepts and returns, and what the Python client parses.
+
+Request bodies reject unknown fields; every response model is the single source for both the
+OpenAPI schema and the client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentcluster.domain import ApiKey, Message, Session
+from agentcluster.events import Usage
+
+__all__ = [
+    "MAX_CONTENT_CHARS",
+    "AgentList",
+    "AgentOut",
+    "CancelIn",
+    "CancelOut",
+    "Health",
+    "KeyCreateIn",
+    "KeyCreated",
+    "KeyList",
+    "KeyOut",
+    "MessageAccepted",
+    "MessageIn",
+    "MessageList",
+    "MessageOut",
+    "Problem",
+    "Ready",
+    "ReadyDependency",
+    "SessionCreateIn",
+    "SessionList",
+    "SessionOut",
+    "TurnOut",
+]
+
+MAX_CONTENT_CHARS = 32_000
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Problem(_Out):
+    """RFC 9457 problem details; ``type`` is stable, e.g. ``https://agentcluster.dev/problems/not-found``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    instance: str | None = None
+
+
+class SessionCreateIn(_In):
+    agent: str = Field(default="default", min_length=1, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionOut(_Out):
+    session_id: str
+    agent: str
+    status: Literal["active", "closed"]
+    metadata: dict[str, Any]
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+
+    @classmethod
+    def of(cls, session: Session) -> SessionOut:
+        return cls(
+            session_id=session.session_id,
+            agent=session.agent,
+            status=session.status,
+            metadata=session.metadata,
+            last_seq=session.last_seq,
+            created_at=session.created_at,
+            updated_at=session.updated_at,
+            closed_at=session.closed_at,
+        )
+
+
+class SessionList(_Out):
+    items: list[SessionOut]
+    next_cursor: str | None = None
+
+
+class MessageIn(_In):
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+
+
+class MessageAccepted(_Out):
+    """202: the message is committed; its turn runs in the background."""
+
+    session_id: str
+    message_id: str
+    turn_id: str
+
+
+class TurnOut(_Out):
+    """The outcome of a turn (``?wait=true``)."""
+
+    session_id: str
+    message_id: str
+    turn_id: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    content: str | None = None
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class MessageOut(_Out):
+    message_id: str
+    turn_id: str | None
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, message: Message) -> MessageOut:
+        return cls(
+            message_id=message.message_id,
+            turn_id=message.turn_id,
+            role=message.role,
+            content=message.content,
+            tool_calls=message.tool_calls,
+            tool_call_id=message.tool_call_id,
+            created_at=message.created_at,
+        )
+
+
+class MessageList(_Out):
+    items: list[MessageOut]
+
+
+class CancelIn(_In):
+    turn_id: str | None = None
+
+
+class CancelOut(_Out):
+    cancelled: bool
+
+
+class AgentOut(_Out):
+    name: str
+    description: str
+    model: str
+    fallback_models: list[str]
+    tools: list[str]
+
+
+class AgentList(_Out):
+    items: list[AgentOut]
+
+
+class KeyCreateIn(_In):
+    """Admin only. Without ``tenant_id`` a new tenant named ``tenant_name`` is created."""
+
+    name: str = Field(min_length=1, max_length=200)
+    tenant_id: str | None = Field(default=None, max_length=64)
+    tenant_name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class KeyOut(_Out):
+    key_id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(**key.model_dump())
+
+
+class KeyCreated(KeyOut):
+    """Returned once: ``secret`` is the key itself and is never shown again."""
+
+    secret: str
+
+
+class KeyList(_Out):
+    items: list[KeyOut]
+
+
+class ReadyDependency(_Out):
+    name: str
+    state: Literal["up", "down", "embedded"]
+    detail: str = ""
+    latency_ms: float = 0.0
+
+
+class Ready(_Out):
+    status: Literal["ready", "degraded"]
+    dependencies: list[ReadyDependency]
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the gateway and the Kafka inbound worker."""

@@ -1,0 +1,90 @@
+"""End-to-end fixtures: local Ray with the Serve app on loopback, PostgreSQL, the fake LLM."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import yaml
+from ray import serve
+
+from agentcluster.config import Settings, load_settings
+from agentcluster.testing.fake_llm import FakeLLM, Script
+from deployments.gateway import build_gateway
+from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
+
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
+PROFILE = {
+    "name": "tester",
+    "model": "fake-a",
+    "system_prompt": "You are a test agent.",
+    "tools": ["calculator", "current_time"],
+    "max_steps": 4,
+    "max_output_tokens": 256,
+    "context_window": 4096,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLLM]:
+    server = FakeLLM(Script()).start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(
+    postgres_dsn: str,  # noqa: F811
+    fake_llm: FakeLLM,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    agents = tmp_path_factory.mktemp("agents")
+    (agents / "tester.yaml").write_text(yaml.safe_dump(PROFILE))
+    return load_settings(
+        {
+            "db": {"dsn": postgres_dsn},
+            "llm": {"api_base": fake_llm.base_url, "api_key": "test", "max_retries": 1},
+            "auth": {"admin_key": ADMIN_KEY},
+            "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway_url(ray_cluster: None, e2e_settings: Settings) -> Iterator[str]:
+    """The Serve app on a loopback port, shared by the e2e tests."""
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(
+        build_gateway(e2e_settings, autoscaling_config={"min_replicas": 2, "max_replicas": 2}),
+        name="agentcluster",
+        route_prefix="/",
+    )
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+async def http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+async def tenant_key(http: httpx.AsyncClient) -> str:
+    response = await http.post(
+        "/v1/keys",
+        json={"name": "e2e", "tenant_name": f"t-{uuid.uuid4().hex[:8]}"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["secret"])
