@@ -10,8 +10,8 @@ DEPS := bash cluster/services/deps.sh
 # Integration tests read service endpoints from .data/services.env (written by deps-up).
 PYTEST_ARGS ?=
 
-.PHONY: help install lock deps-up deps-down deps-status run test test-unit test-integration \
-        bench quality format lint typecheck clean
+.PHONY: help install lock deps-up deps-down deps-status run stack-up health health-wait test \
+        test-unit test-integration bench quality format lint typecheck clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -42,10 +42,21 @@ deps-down: ## Stop the local services (data is kept in .data/)
 deps-status: ## Show which local services are up
 	$(DEPS) status
 
-run: install ## Set up and run the main job (for now: migrate the embedded store and check deps)
-	$(BIN)/agentcluster db upgrade
-	$(BIN)/agentcluster check
-	@echo "agentcluster: the gateway and session runtime are not built yet (see README, Status)."
+run: install ## Set up and run the main job: Ray + gateway on 127.0.0.1:21016, embedded defaults
+	$(BIN)/agentcluster serve
+
+stack-up: install deps-up ## Like run, against the services of deps-up (PostgreSQL, Kafka, Redis, OPA)
+	set -a && source .data/services.env && set +a && $(BIN)/agentcluster serve
+
+GATEWAY_URL ?= http://127.0.0.1:21016
+
+health: ## Ask the running gateway whether it and its dependencies are ready
+	curl -sS --max-time 10 $(GATEWAY_URL)/v1/ready; echo
+
+health-wait: ## Wait (up to 120 s) until the gateway answers ready
+	for i in $$(seq 1 120); do \
+	  curl -sf --max-time 2 $(GATEWAY_URL)/v1/ready >/dev/null && { echo ready; exit 0; }; sleep 1; \
+	done; echo "gateway not ready after 120 s" >&2; exit 1
 
 test: install deps-up ## Set up everything and run the whole test suite against real services
 	set -a && source .data/services.env && set +a && $(BIN)/pytest $(PYTEST_ARGS)

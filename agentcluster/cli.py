@@ -1,8 +1,8 @@
 """The ``agentcluster`` command line.
 
-Commands so far: ``db upgrade`` / ``db current`` (migrations), ``check`` (probe every configured
-dependency), ``relay`` (run the outbox relay in the foreground), ``config`` (show effective
-settings).
+Commands: ``serve`` (Ray and the gateway on this machine: the main job), ``db upgrade`` /
+``db current`` (migrations), ``check`` (probe every configured dependency), ``relay`` (run the
+outbox relay in the foreground), ``config`` (show effective settings).
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="probe every configured dependency")
     commands.add_parser("relay", help="relay the outbox to Kafka until interrupted")
     commands.add_parser("config", help="print the effective settings (secrets masked)")
+    serve = commands.add_parser(
+        "serve", help="run Ray and the gateway on this machine until interrupted (the main job)"
+    )
+    serve.add_argument(
+        "--address", default="local", help="Ray address: 'local' starts a new Ray (default)"
+    )
     return parser
 
 
@@ -103,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
         if args.command == "config":
             return _config(settings)
+        if args.command == "serve":
+            from agentcluster.launcher import serve_forever
+
+            serve_forever(settings, ray_address=args.address)
+            return 0
         if args.command == "db":
             runner = _db_upgrade if args.db_command == "upgrade" else _db_current
             return asyncio.run(runner(settings))

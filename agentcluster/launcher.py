@@ -1,0 +1,129 @@
+"""Start agentcluster on this machine: a local Ray, the Serve gateway, and, when no LLM is
+configured, the bundled fake LLM in a clearly labelled demo mode (``agentcluster serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentcluster.bootstrap import open_state_store
+from agentcluster.config import Settings
+from agentcluster.testing.fake_llm import FakeLLM
+
+__all__ = ["Launch", "prepare_demo", "serve_forever"]
+
+DEMO_TENANT = "demo"
+
+
+@dataclass
+class Launch:
+    """What was started, for the banner."""
+
+    settings: Settings
+    url: str
+    demo_llm_url: str | None
+    api_key: str | None
+    admin_key: str | None
+
+
+def _demo_key_file(settings: Settings) -> Path:
+    return settings.data_dir / "demo-api-key"
+
+
+async def _demo_api_key(settings: Settings) -> str:
+    """The demo tenant's API key: created once, kept under the data dir (git-ignored)."""
+    path = _demo_key_file(settings)
+    store = await open_state_store(settings)
+    try:
+        if path.exists():
+            secret = path.read_text().strip()
+            if await store.authenticate(secret) is not None:
+                return secret
+        tenant = await store.create_tenant(DEMO_TENANT)
+        _key, secret = await store.create_api_key(tenant.tenant_id, "demo")
+    finally:
+        await store.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def prepare_demo(settings: Settings) -> tuple[Settings, str | None, FakeLLM | None]:
+    """With no LLM configured, start the fake LLM and point the settings at it.
+
+    Returns the (possibly updated) settings, the fake LLM's URL and its server handle.
+    """
+    if settings.llm.api_base is not None:
+        return settings, None, None
+    server = FakeLLM(host="127.0.0.1", models=("demo",)).start_in_thread()
+    llm = settings.llm.model_copy(update={"api_base": server.base_url, "api_key": "demo"})
+    return settings.model_copy(update={"llm": llm}), server.base_url, server
+
+
+def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
+    """Start Ray and the gateway, print how to use them, and block until interrupted."""
+    import ray
+    from ray import serve
+
+    from deployments.gateway import build_gateway
+
+    settings, demo_url, demo_server = prepare_demo(settings)
+    api_key = asyncio.run(_demo_api_key(settings)) if demo_url else None
+    ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    try:
+        host, port = settings.gateway.host, settings.gateway.port
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_gateway(settings), name="agentcluster", route_prefix="/")
+        launch = Launch(
+            settings=settings,
+            url=f"http://{host}:{port}",
+            demo_llm_url=demo_url,
+            api_key=api_key,
+            admin_key=settings.auth.admin_key,
+        )
+        print(banner(launch), flush=True)
+        _wait_for_signal()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if demo_server is not None:
+            demo_server.stop()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def banner(launch: Launch) -> str:
+    """How to talk to the running cluster."""
+    lines = [
+        "",
+        f"agentcluster is up: {launch.url}  (API docs: {launch.url}/docs)",
+        f"  state store: {launch.settings.db_dsn.split('@')[-1]}",
+    ]
+    if launch.demo_llm_url:
+        lines += [
+            f"  DEMO MODE: no LLM configured; answers come from the bundled fake LLM at "
+            f"{launch.demo_llm_url}",
+            "  (set SA01_LLM_API_BASE / SA01_LLM_API_KEY, or a provider prefix, for a real model)",
+        ]
+    key = launch.api_key or "<your api key>"
+    lines += [
+        "",
+        f"  export AGENTCLUSTER_URL={launch.url} AGENTCLUSTER_API_KEY={key}",
+        "  curl -s -X POST $AGENTCLUSTER_URL/v1/sessions -H \"Authorization: Bearer "
+        "$AGENTCLUSTER_API_KEY\" -H 'Content-Type: application/json' -d '{\"agent\": \"default\"}'",
+        "  curl -s -X POST \"$AGENTCLUSTER_URL/v1/sessions/<session_id>/messages?wait=true\" "
+        "-H \"Authorization: Bearer $AGENTCLUSTER_API_KEY\" -H 'Content-Type: application/json' "
+        "-d '{\"content\": \"what is 6 * 7?\"}'",
+        "",
+        "  Ctrl-C stops it.",
+    ]
+    return "\n".join(lines)
