@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hmac
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +30,14 @@ from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
 __all__ = ["Caller", "create_app"]
 
 MAX_BODY_BYTES = 256 * 1024
+
+
+def replica_id() -> str:
+    """Which gateway replica answers (a response header, for debugging and tests). Computed per
+    call: the app is pickled into each replica, so a module constant would be the builder's."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 HEARTBEAT_S = 15
 WAIT_TIMEOUT_S = 300.0
 
@@ -389,6 +399,7 @@ def create_app(
         name = getattr(route, "path", "unmatched")
         LATENCY.labels(name).observe(time.perf_counter() - started)
         REQUESTS.labels(name, str(response.status_code)).inc()
+        response.headers["x-agentcluster-replica"] = replica_id()
         return response
 
     for router in (sessions, agents, keys, system):

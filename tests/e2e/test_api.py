@@ -158,6 +158,40 @@ async def test_event_stream_resumes_without_gap_or_duplicate(
     assert resumed == by_query
 
 
+async def test_a_stream_resumes_on_another_replica(
+    http: httpx.AsyncClient, tenant_key: str, fake_llm: FakeLLM, gateway_url: str
+) -> None:
+    token = uuid.uuid4().hex
+    _answer(fake_llm, token, "replicated")
+    session_id = await _session(http, tenant_key)
+    await http.post(
+        f"/v1/sessions/{session_id}/messages?wait=true",
+        json={"content": token},
+        headers=_auth(tenant_key),
+    )
+    url = f"/v1/sessions/{session_id}/events"
+    # A stream held open keeps its replica busy, so Serve routes the resumed stream to the other.
+    async with http.stream("GET", url, headers=_auth(tenant_key)) as held:
+        first = held.headers["x-agentcluster-replica"]
+        async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as other:
+            for _ in range(20):
+                headers = _auth(tenant_key) | {"Last-Event-ID": "2"}
+                async with other.stream("GET", url, headers=headers) as response:
+                    if response.headers["x-agentcluster-replica"] == first:
+                        continue
+                    seen: list[dict[str, str]] = []
+                    buffer = ""
+                    async for chunk in response.aiter_text():
+                        buffer += chunk
+                        seen = [e for e in _sse(buffer) if "id" in e]
+                        if seen and seen[-1]["event"] == "turn.completed":
+                            break
+                    assert [int(e["id"]) for e in seen] == list(range(3, 3 + len(seen)))
+                    assert seen[-1]["event"] == "turn.completed"
+                    return
+    pytest.fail("every resumed stream landed on the first replica; is min_replicas 2?")
+
+
 async def test_auth_and_tenant_isolation(http: httpx.AsyncClient, tenant_key: str) -> None:
     session_id = await _session(http, tenant_key)
     _problem(await http.get(f"/v1/sessions/{session_id}"), 401, "unauthorized")
