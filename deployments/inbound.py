@@ -1,0 +1,145 @@
+"""The Kafka inbound worker as a Ray actor: consumes ``agent.inbound`` into the runtime.
+
+``ray.remote`` is applied here once; :func:`start_inbound` is the only code that names the actor.
+The actor is detached and restartable: a restarted actor starts consuming again by itself (its
+``__init__`` runs on the actor's event loop), resuming at the group's committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from agentcluster.config import Settings
+from agentcluster.errors import ConfigError, InfrastructureError
+from agentcluster.eventlog import ensure_topics, load_topics
+from agentcluster.inbound import DEFAULT_GROUP_ID, InboundConsumer, InboundStats
+from agentcluster.runtime import Runtime
+
+__all__ = ["InboundWorker", "InboundWorkerActor", "start_inbound"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_INITIAL_S = 0.5
+_RETRY_MAX_S = 10.0
+
+
+class InboundWorker:
+    """Owns one :class:`InboundConsumer` and the :class:`Runtime` it submits to."""
+
+    def __init__(self, settings: Settings, group_id: str = DEFAULT_GROUP_ID) -> None:
+        if settings.kafka.bootstrap_servers is None:
+            raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: the inbound worker needs Kafka")
+        self._settings = settings
+        self._servers = settings.kafka.bootstrap_servers
+        self._group_id = group_id
+        self._stop_timeout_s = 2 * settings.kafka.request_timeout_ms / 1000
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._runtime: Runtime | None = None
+        self._consumer: InboundConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._resume: asyncio.Task[None] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside an event loop: the caller starts it explicitly
+        # In an actor (first start or a restart after a crash) nobody else may call start().
+        self._resume = asyncio.create_task(self._start_until_up())
+
+    async def _start_until_up(self) -> None:
+        """Start, retrying while Kafka or the database is unreachable (after an actor restart)."""
+        delay = _RETRY_INITIAL_S
+        while not self._stop.is_set():
+            try:
+                await self.start()
+                return
+            except InfrastructureError as exc:
+                log.warning("inbound worker: start failed, retrying in %.1fs: %s", delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def start(self) -> InboundStats:
+        """Connect the runtime and start consuming in the background (idempotent).
+
+        Raises:
+            DependencyUnavailable: Kafka or the database cannot be reached.
+        """
+        async with self._lock:
+            if self._task is None and not self._stop.is_set():
+                await self._open()
+        return await self.stats()
+
+    async def _open(self) -> None:
+        kafka = self._settings.kafka
+        runtime = await Runtime.connect(self._settings)
+        try:
+            inbound = load_topics(kafka.topics_file).inbound
+            await ensure_topics(self._servers, [inbound], timeout_s=kafka.request_timeout_ms / 1000)
+            consumer = InboundConsumer(
+                self._servers,
+                inbound.name,
+                runtime.send_message,
+                group_id=self._group_id,
+                client_id=f"{kafka.client_id}-inbound",
+                request_timeout_ms=kafka.request_timeout_ms,
+            )
+            await consumer.start()
+        except BaseException:
+            await runtime.close()
+            raise
+        self._runtime, self._consumer = runtime, consumer
+        self._task = asyncio.create_task(consumer.run(self._stop))
+
+    async def stats(self) -> InboundStats:
+        return self._consumer.stats() if self._consumer is not None else InboundStats()
+
+    async def stop(self) -> InboundStats:
+        """Finish the record in hand, commit, leave the group and close the runtime."""
+        self._stop.set()
+        async with self._lock:
+            if self._task is not None:
+                # Bounded: a submit stuck on a dead dependency is cancelled, which commits what
+                # the store took and leaves the rest to be read again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._task, self._stop_timeout_s)
+            stats = await self.stats()
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._runtime is not None:
+                await self._runtime.close()
+            self._task = self._consumer = self._runtime = None
+        return stats
+
+
+InboundWorkerActor = ray.remote(InboundWorker)
+
+
+async def start_inbound(
+    settings: Settings, *, group_id: str = DEFAULT_GROUP_ID
+) -> ActorHandle | None:
+    """The inbound worker of this cluster, created if needed and started; None without Kafka.
+
+    Call it with Ray initialized. Raises DependencyUnavailable when Kafka or the database cannot be
+    reached (the actor stays and keeps trying to start).
+    """
+    if settings.kafka.bootstrap_servers is None:
+        return None
+    runtime = settings.runtime
+    options: dict[str, Any] = {
+        "name": f"{runtime.host_prefix}-inbound",
+        "namespace": runtime.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "num_cpus": 0,
+    }
+    handle: Any = InboundWorkerActor.options(**options).remote(settings, group_id)
+    await handle.start.remote()
+    return handle
