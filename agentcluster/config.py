@@ -40,6 +40,7 @@ __all__ = [
     "environment",
     "flag",
     "load_settings",
+    "normalize_dsn",
     "prepare_offline_environment",
     "project_root",
 ]
@@ -126,19 +127,30 @@ class DbSettings(BaseSettings):
     def _normalise_dsn(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        scheme, sep, rest = value.strip().partition("://")
-        if not sep or not rest:
-            raise ValueError("expected a URL such as postgresql://user:pass@host:5432/db")
-        aliases = {
-            "postgres": "postgresql+asyncpg",
-            "postgresql": "postgresql+asyncpg",
-            "postgresql+asyncpg": "postgresql+asyncpg",
-            "sqlite": "sqlite+aiosqlite",
-            "sqlite+aiosqlite": "sqlite+aiosqlite",
-        }
-        if scheme not in aliases:
-            raise ValueError(f"unsupported scheme {scheme!r}; use postgresql:// or sqlite://")
-        return f"{aliases[scheme]}://{rest}"
+        return normalize_dsn(value)
+
+
+_DSN_SCHEMES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def normalize_dsn(value: str) -> str:
+    """The SQLAlchemy async URL for a database DSN (postgresql:// means asyncpg).
+
+    Raises:
+        ValueError: not a URL, or a database agentcluster does not support.
+    """
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep or not rest:
+        raise ValueError("expected a URL such as postgresql://user:pass@host:5432/db")
+    if scheme not in _DSN_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme!r}; use postgresql:// or sqlite://")
+    return f"{_DSN_SCHEMES[scheme]}://{rest}"
 
 
 class KafkaSettings(BaseSettings):

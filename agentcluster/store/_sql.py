@@ -42,7 +42,9 @@ from agentcluster.domain import (
     Turn,
     TurnStatus,
 )
+from agentcluster.config import normalize_dsn
 from agentcluster.errors import (
+    ConfigError,
     ConflictError,
     DependencyUnavailable,
     InfrastructureError,
@@ -128,6 +130,10 @@ async def open_store(
     Raises:
         DependencyUnavailable: the database cannot be reached.
     """
+    try:
+        dsn = normalize_dsn(dsn)
+    except ValueError as exc:
+        raise ConfigError(f"SA01_DB_DSN: {exc}") from None
     engine = _make_engine(dsn, pool_size, connect_timeout_s, echo)
     store = SqlStateStore(engine, description=_describe(dsn))
     try:
