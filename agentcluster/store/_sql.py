@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from agentcluster import events as ev
+from agentcluster.config import normalize_dsn
 from agentcluster.domain import (
     Activated,
     ApiKey,
@@ -42,7 +43,6 @@ from agentcluster.domain import (
     Turn,
     TurnStatus,
 )
-from agentcluster.config import normalize_dsn
 from agentcluster.errors import (
     ConfigError,
     ConflictError,
