@@ -118,11 +118,11 @@ def banner(launch: Launch) -> str:
     lines += [
         "",
         f"  export AGENTCLUSTER_URL={launch.url} AGENTCLUSTER_API_KEY={key}",
-        "  curl -s -X POST $AGENTCLUSTER_URL/v1/sessions -H \"Authorization: Bearer "
-        "$AGENTCLUSTER_API_KEY\" -H 'Content-Type: application/json' -d '{\"agent\": \"default\"}'",
-        "  curl -s -X POST \"$AGENTCLUSTER_URL/v1/sessions/<session_id>/messages?wait=true\" "
+        '  curl -s -X POST $AGENTCLUSTER_URL/v1/sessions -H "Authorization: Bearer '
+        '$AGENTCLUSTER_API_KEY" -H \'Content-Type: application/json\' -d \'{"agent": "default"}\'',
+        '  curl -s -X POST "$AGENTCLUSTER_URL/v1/sessions/<session_id>/messages?wait=true" '
         "-H \"Authorization: Bearer $AGENTCLUSTER_API_KEY\" -H 'Content-Type: application/json' "
-        "-d '{\"content\": \"what is 6 * 7?\"}'",
+        '-d \'{"content": "what is 6 * 7?"}\'',
         "",
         "  Ctrl-C stops it.",
     ]
