@@ -15,7 +15,7 @@ from agentcluster.client._errors import ProtocolError
 from agentcluster.events import Event, EventBase, load_event
 from agentcluster.runtime._feed import Delta
 
-__all__ = ["EVENT_TYPES", "Overflowed", "ServerSentEvent", "SSEDecoder", "StreamItem", "decode"]
+__all__ = ["EVENT_TYPES", "Overflowed", "SSEDecoder", "ServerSentEvent", "StreamItem", "decode"]
 
 StreamItem = Event | Delta
 """What the event streams yield: a persisted event (with ``seq``) or a live text fragment."""
@@ -75,9 +75,8 @@ class SSEDecoder:
         elif name == "id":
             if "\0" not in value:
                 self.last_event_id = value
-        elif name == "retry":
-            if value.isdigit():
-                self.retry = int(value)
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
         # Other field names are ignored, as the spec requires.
 
     def _dispatch(self) -> ServerSentEvent | None:

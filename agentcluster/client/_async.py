@@ -1,0 +1,275 @@
+"""The asyncio client: executes the shared :class:`~agentcluster.client._calls.Call` specs with
+``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from agentcluster.api import (
+    AgentList,
+    AgentOut,
+    CancelOut,
+    Health,
+    KeyCreated,
+    KeyList,
+    MessageAccepted,
+    MessageList,
+    Ready,
+    SessionList,
+    SessionOut,
+    TurnOut,
+)
+from agentcluster.client import _calls as calls
+from agentcluster.client._calls import Call, RetryPolicy, new_idempotency_key
+from agentcluster.client._sse import StreamItem
+from agentcluster.client._streams import EventTail, TurnTail
+
+__all__ = ["AsyncClient"]
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """Asyncio client of the agentcluster HTTP API v1 (the same methods as ``Client``, awaited).
+
+    Args:
+        base_url: the gateway, e.g. ``http://127.0.0.1:21016``.
+        api_key: sent as ``Authorization: Bearer <key>`` (an admin key for the key routes).
+        timeout: seconds per request (connect, read, write, pool); event streams need the server's
+            heartbeats to come more often than this.
+        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        retries: resends after a retryable failure (see :class:`RetryPolicy`); session and key
+            creation are resent only when the request certainly did not reach the gateway.
+        backoff: first backoff in seconds, doubled per attempt.
+        max_retry_after: longest ``Retry-After`` honoured; longer raises ``RateLimited``.
+        sleep: how to wait between attempts (tests pass a recorder).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = 2,
+        backoff: float = 0.5,
+        max_retry_after: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._policy = RetryPolicy(
+            retries=retries, backoff=backoff, max_retry_after=max_retry_after
+        )
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=calls.default_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Self:
+        """A client for ``AGENTCLUSTER_URL`` (default ``http://127.0.0.1:21016``) with
+        ``AGENTCLUSTER_API_KEY``; ``options`` are the constructor's keyword arguments."""
+        base_url, api_key = calls.connection_from_env()
+        return cls(base_url, api_key, **options)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- execution ----------------------------------------------------------------------------
+
+    async def _run(self, call: Call[T]) -> T:
+        return call.parse(await self._send(call, stream=False))
+
+    async def _send(self, call: Call[Any], *, stream: bool) -> httpx.Response:
+        attempt = 0
+        while True:
+            request = calls.build_request(self._http, call)
+            delay: float | None
+            try:
+                response = await self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                delay = self._policy.after_error(call, exc, attempt)
+            else:
+                delay = self._policy.after_response(call, response, attempt)
+                if delay is None:
+                    return response
+                await response.aclose()
+            await self._sleep(delay)
+            attempt += 1
+
+    @asynccontextmanager
+    async def _open(self, call: Call[Any]) -> AsyncIterator[httpx.Response]:
+        response = await self._send(call, stream=True)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+            calls.check_stream(response)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _follow(self, tail: EventTail) -> AsyncIterator[StreamItem]:
+        while True:
+            error: httpx.TransportError | None = None
+            try:
+                async with self._open(tail.next_call()) as response:
+                    async for line in response.aiter_lines():
+                        item = tail.feed(line)
+                        if item is not None:
+                            yield item
+                        if tail.interrupted:
+                            break
+            except httpx.TransportError as exc:
+                error = exc
+            delay = tail.reconnect_delay(error)
+            if delay is None:
+                return
+            await self._sleep(delay)
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    async def create_session(
+        self, agent: str = "default", metadata: dict[str, Any] | None = None
+    ) -> SessionOut:
+        """Start a session with ``agent``. Not resent after an ambiguous failure (a lost answer
+        would otherwise create a second session); a ``ConnectionFailed`` may mean it exists."""
+        return await self._run(calls.create_session(agent, metadata))
+
+    async def list_sessions(self, limit: int = 50, cursor: str | None = None) -> SessionList:
+        """One page of this tenant's sessions; pass ``next_cursor`` back for the next page."""
+        return await self._run(calls.list_sessions(limit, cursor))
+
+    async def iter_sessions(self, limit: int = 50) -> AsyncIterator[SessionOut]:
+        """Every session, fetching pages of ``limit`` as the iteration needs them."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_sessions(limit, cursor)
+            for session in page.items:
+                yield session
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_session(self, session_id: str) -> SessionOut:
+        """One session."""
+        return await self._run(calls.get_session(session_id))
+
+    async def close_session(self, session_id: str) -> SessionOut:
+        """Close a session; returns it closed."""
+        return await self._run(calls.close_session(session_id))
+
+    # --- messages and turns -------------------------------------------------------------------
+
+    async def send_message(
+        self, session_id: str, content: str, *, idempotency_key: str | None = None
+    ) -> MessageAccepted:
+        """Commit a user message and return at once; its turn runs in the background.
+
+        Without ``idempotency_key`` one is generated per call and reused across this call's
+        retries, so a resend after a lost answer never starts a second turn.
+        """
+        key = idempotency_key or new_idempotency_key()
+        return await self._run(calls.send_message(session_id, content, key))
+
+    async def ask(
+        self,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        turn_timeout: float | None = 330.0,
+    ) -> TurnOut:
+        """Send a message and wait for its turn to finish (``?wait=true``).
+
+        The gateway waits up to 5 minutes, then answers with the turn still ``running``;
+        ``turn_timeout`` bounds the request in seconds (None: the client's timeout). Idempotency
+        keys work as in :meth:`send_message`.
+        """
+        key = idempotency_key or new_idempotency_key()
+        return await self._run(calls.ask(session_id, content, key, turn_timeout))
+
+    def stream_turn(
+        self, session_id: str, content: str, *, idempotency_key: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Send a message and yield its turn's events and text deltas until the turn's
+        ``turn.completed``/``turn.failed``/``turn.cancelled``. A broken stream is resumed."""
+        key = idempotency_key or new_idempotency_key()
+        return self._follow(TurnTail(session_id, content, key, self._policy))
+
+    async def messages(self, session_id: str) -> MessageList:
+        """The session's conversation."""
+        return await self._run(calls.messages(session_id))
+
+    def events(
+        self, session_id: str, *, after: int = 0, follow: bool = True
+    ) -> AsyncIterator[StreamItem]:
+        """Yield the session's events with ``seq > after`` and live deltas.
+
+        With ``follow`` the stream is reconnected after the last seen seq whenever the server
+        ends it, and iteration stops only at ``session.closed`` (or when you stop). Events are
+        never yielded twice.
+
+        Breaking out early? Wrap the iterator in ``contextlib.aclosing`` so its connection
+        closes at once rather than when the generator is collected.
+        """
+        return self._follow(EventTail(session_id, after=after, follow=follow, policy=self._policy))
+
+    async def cancel(self, session_id: str, turn_id: str | None = None) -> CancelOut:
+        """Cancel ``turn_id``, or the session's running turn when None."""
+        return await self._run(calls.cancel(session_id, turn_id))
+
+    # --- agents, health -----------------------------------------------------------------------
+
+    async def agents(self) -> AgentList:
+        """The agent profiles sessions can use."""
+        return await self._run(calls.agents())
+
+    async def agent(self, name: str) -> AgentOut:
+        """One agent profile."""
+        return await self._run(calls.agent(name))
+
+    async def health(self) -> Health:
+        """Liveness of the gateway."""
+        return await self._run(calls.health())
+
+    async def ready(self) -> Ready:
+        """Readiness and each dependency's state; a degraded gateway is returned, not raised."""
+        return await self._run(calls.ready())
+
+    # --- keys (admin key) ---------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, tenant_id: str | None = None, tenant_name: str | None = None
+    ) -> KeyCreated:
+        """Create an API key for ``tenant_id`` (or a new tenant ``tenant_name``). The secret is
+        only in this answer. Not resent after an ambiguous failure."""
+        return await self._run(calls.create_key(name, tenant_id, tenant_name))
+
+    async def list_keys(self, tenant_id: str | None = None) -> KeyList:
+        """API keys, of one tenant or all."""
+        return await self._run(calls.list_keys(tenant_id))
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke an API key."""
+        await self._run(calls.revoke_key(key_id))
