@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import pytest
 
+from agentcluster.testing.fake_llm import FakeLLM, Script
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".data" / "services.env"
 
@@ -68,6 +70,14 @@ def ray_cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLLM]:
+    """The scripted OpenAI-compatible server on loopback; tests add rules keyed on unique text."""
+    server = FakeLLM(Script()).start_in_thread()
+    yield server
+    server.stop()
 
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import yaml
 from ray import serve
 
 from agentcluster.config import Settings, load_settings
-from agentcluster.testing.fake_llm import FakeLLM, Script
+from agentcluster.testing.fake_llm import FakeLLM
 from deployments.gateway import build_gateway
 from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
 
@@ -32,13 +32,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM(Script()).start_in_thread()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,13 @@ async def test_the_store_and_the_event_log_name_themselves() -> None:
 
 
 async def test_embedded_defaults_report_their_stand_ins(tmp_path: object) -> None:
-    settings = load_settings({"db": {"dsn": "sqlite:///" + str(tmp_path) + "/x.db"}})
+    settings = load_settings(
+        {
+            "db": {"dsn": "sqlite:///" + str(tmp_path) + "/x.db"},
+            "kafka": {"bootstrap_servers": None},
+            "redis": {"url": None},
+            "policy": {"url": None},
+        }
+    )
     statuses = {status.name: status.state for status in await probe_all(settings)}
     assert statuses == {"sqlite": "up", "kafka": "embedded", "redis": "embedded", "opa": "embedded"}

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from agentcluster.eventlog import KafkaPublisher, OutboxRelay, TopicSpec, ensure
 from agentcluster.inbound import InboundConsumer, InboundMessage, InboundStats, Submit
 from agentcluster.runtime import Runtime
 from agentcluster.store import SqlStateStore, open_store
-from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, Script
+from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from deployments.inbound import start_inbound
 from tests.conftest import eventually, service
 
@@ -53,13 +53,6 @@ def _servers() -> str:
 
 def _unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM(Script()).start_in_thread()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from agentcluster import events as ev
 from agentcluster.config import Settings, load_settings
 from agentcluster.runtime import Delta, Runtime, SessionHostCore, build_runtime_deps
 from agentcluster.store import SqlStateStore, open_store
-from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, Script, ToolCall
+from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
 from tests.conftest import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -34,13 +34,6 @@ PROFILE = {
     "context_window": 4096,
     "turn_retry": {"on_interrupt": "resume", "max_attempts": 3},
 }
-
-
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM(Script()).start_in_thread()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,224 @@
+"""What the gateway does, independent of the transport: the HTTP routes and the in-cluster
+DeploymentHandle methods both call this, so the two clients get the same behaviour."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from agentcluster import api
+from agentcluster import events as ev
+from agentcluster.agent import AgentProfile
+from agentcluster.config import Settings
+from agentcluster.domain import Submission
+from agentcluster.errors import NotFoundError, ValidationFailed
+from agentcluster.gateway._problems import ProblemError
+from agentcluster.runtime import Runtime, StreamItem
+
+__all__ = ["Caller", "GatewayService"]
+
+WAIT_TIMEOUT_S = 300.0
+TERMINAL = (ev.TurnCompleted, ev.TurnFailed, ev.TurnCancelled)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a tenant's key, or the admin key (no tenant)."""
+
+    tenant_id: str | None
+    key_id: str | None
+    admin: bool = False
+
+    def tenant(self) -> str:
+        if self.tenant_id is None:
+            raise ProblemError(
+                403, "forbidden", "the admin key manages keys; use a tenant key for sessions"
+            )
+        return self.tenant_id
+
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise ProblemError(403, "forbidden", "this endpoint needs the admin key")
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
+
+
+def _agent_out(profile: AgentProfile) -> api.AgentOut:
+    return api.AgentOut(
+        name=profile.name,
+        description=profile.description,
+        model=profile.model,
+        fallback_models=list(profile.fallback_models),
+        tools=list(profile.tools),
+    )
+
+
+class GatewayService:
+    """The API's operations on the runtime, scoped by the caller's tenant."""
+
+    def __init__(
+        self, runtime: Runtime, settings: Settings, profiles: dict[str, AgentProfile]
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.profiles = profiles
+
+    async def authenticate(self, token: str | None) -> Caller:
+        """The caller behind a bearer token (the admin key or a tenant's API key)."""
+        if not token:
+            raise _unauthorized("missing API key")
+        admin_key = self.settings.auth.admin_key
+        if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
+            return Caller(tenant_id=None, key_id=None, admin=True)
+        key = await self.runtime.store.authenticate(token)
+        if key is None:
+            raise _unauthorized("invalid API key")
+        return Caller(tenant_id=key.tenant_id, key_id=key.key_id)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self, caller: Caller, body: api.SessionCreateIn) -> api.SessionOut:
+        tenant_id = caller.tenant()
+        if body.agent not in self.profiles:
+            known = ", ".join(sorted(self.profiles))
+            raise ValidationFailed(f"unknown agent {body.agent!r}; known agents: {known}")
+        session = await self.runtime.create_session(tenant_id, body.agent, body.metadata)
+        return api.SessionOut.of(session)
+
+    async def list_sessions(
+        self, caller: Caller, limit: int = 50, cursor: str | None = None
+    ) -> api.SessionList:
+        page = await self.runtime.store.list_sessions(caller.tenant(), limit=limit, cursor=cursor)
+        return api.SessionList(
+            items=[api.SessionOut.of(s) for s in page.items], next_cursor=page.next_cursor
+        )
+
+    async def get_session(self, caller: Caller, session_id: str) -> api.SessionOut:
+        return api.SessionOut.of(await self.runtime.store.get_session(caller.tenant(), session_id))
+
+    async def close_session(self, caller: Caller, session_id: str) -> api.SessionOut:
+        closed = await self.runtime.store.close_session(
+            caller.tenant(), session_id, "closed by the API"
+        )
+        return api.SessionOut.of(closed)
+
+    # -- messages, turns, events ------------------------------------------------------------
+
+    async def submit(
+        self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
+    ) -> Submission:
+        """Commit the message (durable before anything is acknowledged) and wake its host."""
+        return await self.runtime.send_message(
+            caller.tenant(), session_id, body.content, idempotency_key=idempotency_key
+        )
+
+    async def send_message(
+        self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
+    ) -> api.MessageAccepted:
+        submission = await self.submit(caller, session_id, body, idempotency_key)
+        return api.MessageAccepted(
+            session_id=session_id, message_id=submission.message_id, turn_id=submission.turn_id
+        )
+
+    async def ask(
+        self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
+    ) -> api.TurnOut:
+        """Send and wait (up to WAIT_TIMEOUT_S) for the turn's outcome."""
+        submission = await self.submit(caller, session_id, body, idempotency_key)
+        return await self.wait(caller, session_id, submission)
+
+    def turn_items(
+        self, caller: Caller, session_id: str, submission: Submission
+    ) -> AsyncIterator[StreamItem]:
+        """The turn's events and deltas, from its ``message.received`` to its outcome."""
+        return self._turn_items(caller.tenant(), session_id, submission)
+
+    async def _turn_items(
+        self, tenant_id: str, session_id: str, submission: Submission
+    ) -> AsyncIterator[StreamItem]:
+        items = self.runtime.stream(
+            tenant_id,
+            session_id,
+            after_seq=max(submission.seq - 1, 0),
+            until_turn=submission.turn_id,
+        )
+        async for item in items:
+            if getattr(item, "turn_id", submission.turn_id) == submission.turn_id:
+                yield item
+
+    async def wait(self, caller: Caller, session_id: str, submission: Submission) -> api.TurnOut:
+        tenant_id = caller.tenant()
+        store = self.runtime.store
+        turn = await store.get_turn(tenant_id, submission.turn_id)
+        if turn.status in {"queued", "running"}:
+            deadline = time.monotonic() + WAIT_TIMEOUT_S
+            async for item in self._turn_items(tenant_id, session_id, submission):
+                if isinstance(item, TERMINAL) or time.monotonic() > deadline:
+                    break
+            turn = await store.get_turn(tenant_id, submission.turn_id)
+        content = None
+        if turn.answer_message_id:
+            content = (await store.get_message(tenant_id, turn.answer_message_id)).content
+        return api.TurnOut(
+            session_id=session_id,
+            message_id=submission.message_id,
+            turn_id=turn.turn_id,
+            status=turn.status,
+            content=content,
+            error=turn.error,
+            usage=ev.Usage.model_validate(turn.usage or {}),
+        )
+
+    async def messages(self, caller: Caller, session_id: str) -> api.MessageList:
+        tenant_id = caller.tenant()
+        await self.runtime.store.get_session(tenant_id, session_id)
+        messages = await self.runtime.store.list_messages(tenant_id, session_id)
+        return api.MessageList(items=[api.MessageOut.of(m) for m in messages])
+
+    async def events(
+        self, caller: Caller, session_id: str, after: int = 0
+    ) -> AsyncIterator[StreamItem]:
+        """Checks the session (404 before any streaming), then returns its event stream."""
+        tenant_id = caller.tenant()
+        await self.runtime.store.get_session(tenant_id, session_id)
+        return self.runtime.stream(tenant_id, session_id, after_seq=after)
+
+    async def cancel(
+        self, caller: Caller, session_id: str, turn_id: str | None = None
+    ) -> api.CancelOut:
+        cancelled = await self.runtime.cancel(caller.tenant(), session_id, turn_id)
+        return api.CancelOut(cancelled=cancelled)
+
+    # -- agents and keys --------------------------------------------------------------------
+
+    def agents(self, caller: Caller) -> api.AgentList:
+        return api.AgentList(items=[_agent_out(p) for p in self.profiles.values()])
+
+    def agent(self, caller: Caller, name: str) -> api.AgentOut:
+        profile = self.profiles.get(name)
+        if profile is None:
+            raise NotFoundError(f"agent {name!r} not found")
+        return _agent_out(profile)
+
+    async def create_key(self, caller: Caller, body: api.KeyCreateIn) -> api.KeyCreated:
+        caller.require_admin()
+        store = self.runtime.store
+        if body.tenant_id is not None:
+            tenant_id = (await store.get_tenant(body.tenant_id)).tenant_id
+        else:
+            tenant_id = (await store.create_tenant(body.tenant_name or body.name)).tenant_id
+        key, secret = await store.create_api_key(tenant_id, body.name)
+        return api.KeyCreated(**api.KeyOut.of(key).model_dump(), secret=secret)
+
+    async def list_keys(self, caller: Caller, tenant_id: str | None = None) -> api.KeyList:
+        caller.require_admin()
+        keys = await self.runtime.store.list_api_keys(tenant_id)
+        return api.KeyList(items=[api.KeyOut.of(k) for k in keys])
+
+    async def revoke_key(self, caller: Caller, key_id: str) -> None:
+        caller.require_admin()
+        await self.runtime.store.revoke_api_key(None, key_id)
