@@ -31,6 +31,7 @@ from agentcluster.client._errors import (
     Unauthorized,
     Unavailable,
 )
+from agentcluster.client._handle import HandleClient, connect
 from agentcluster.client._sse import ServerSentEvent, SSEDecoder, StreamItem
 from agentcluster.client._sync import Client
 from agentcluster.runtime import Delta
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionFailed",
     "Delta",
     "Forbidden",
+    "HandleClient",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
@@ -56,4 +58,5 @@ __all__ = [
     "StreamItem",
     "Unauthorized",
     "Unavailable",
+    "connect",
 ]

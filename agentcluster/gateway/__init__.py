@@ -1,8 +1,8 @@
 """The gateway: HTTP API v1 (FastAPI) over the runtime, with problem+json errors."""
 
-from agentcluster.gateway._app import create_app, replica_id
-from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._app import create_app, current_service, replica_id
 from agentcluster.gateway._problems import BodyLimit, ProblemError, problem
+from agentcluster.gateway._service import Caller, GatewayService
 
 __all__ = [
     "BodyLimit",
@@ -10,6 +10,7 @@ __all__ = [
     "GatewayService",
     "ProblemError",
     "create_app",
+    "current_service",
     "problem",
     "replica_id",
 ]

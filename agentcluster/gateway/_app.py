@@ -20,14 +20,31 @@ from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
+from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._service import Caller, GatewayService
 from agentcluster.health import probe_all
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
 
-__all__ = ["create_app", "replica_id"]
+__all__ = ["create_app", "current_service", "replica_id"]
 
 MAX_BODY_BYTES = 256 * 1024
+
+
+_SERVICE: list[GatewayService] = []
+
+
+def _register(service: GatewayService) -> None:
+    # Module state on purpose: Serve pickles the app into each replica, so the handle methods'
+    # copy of it is not the one whose lifespan ran; both see this module, imported once.
+    _SERVICE[:] = [service]
+
+
+def current_service() -> GatewayService:
+    """This process's gateway service (set when the app starts)."""
+    if not _SERVICE:
+        raise DependencyUnavailable("gateway", "the gateway app has not started in this process")
+    return _SERVICE[0]
 
 
 def replica_id() -> str:
@@ -258,6 +275,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await (connect or Runtime.connect)(settings)
         app.state.service = GatewayService(runtime, settings, profiles)
+        _register(app.state.service)
         try:
             yield
         finally:
