@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings
+from agentcluster.errors import AgentClusterError
 from agentcluster.testing.fake_llm import FakeLLM
 
 __all__ = ["Launch", "prepare_demo", "serve_forever"]
@@ -78,6 +79,7 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
         host, port = settings.gateway.host, settings.gateway.port
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_gateway(settings), name="agentcluster", route_prefix="/")
+        _start_kafka_workers(settings)
         launch = Launch(
             settings=settings,
             url=f"http://{host}:{port}",
@@ -92,6 +94,21 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
         ray.shutdown()
         if demo_server is not None:
             demo_server.stop()
+
+
+def _start_kafka_workers(settings: Settings) -> None:
+    """With Kafka configured: the outbox relay and the inbound consumer, one actor each."""
+    if settings.kafka.bootstrap_servers is None:
+        return
+    from actors.relay import start_relay
+    from deployments.inbound import start_inbound
+
+    start_relay(settings)
+    try:
+        asyncio.run(start_inbound(settings))
+    except AgentClusterError as exc:
+        # The actor stays and keeps trying; the operator should know why it is not consuming yet.
+        print(f"agentcluster: Kafka inbound not consuming yet: {exc.message}", flush=True)
 
 
 def _wait_for_signal() -> None:

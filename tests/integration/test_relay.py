@@ -7,12 +7,15 @@ import subprocess
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import ray
 from aiokafka import AIOKafkaConsumer
 
+from actors.relay import start_relay
 from agentcluster import events as ev
-from agentcluster.config import RelaySettings
+from agentcluster.config import RelaySettings, load_settings
 from agentcluster.eventlog import KafkaPublisher, OutboxRelay, TopicSpec, ensure_topics
 from agentcluster.store import SqlStateStore, open_store
 from tests.conftest import ROOT, eventually, service
@@ -181,3 +184,30 @@ async def _published_at_least(relay: OutboxRelay, count: int) -> bool:
 
 async def _failed_at_least(relay: OutboxRelay, count: int) -> bool:
     return relay.failures >= count
+
+
+async def test_the_relay_actor_publishes_the_clusters_events(
+    ray_cluster: None, pg_store: SqlStateStore, postgres_dsn: str, tmp_path: Path
+) -> None:
+    topics = tmp_path / "topics.yaml"
+    name = f"test.events.{uuid.uuid4().hex[:8]}"
+    topics.write_text(f"events: {{name: {name}, partitions: 3}}\n")
+    settings = load_settings(
+        {
+            "db": {"dsn": postgres_dsn},
+            "kafka": {
+                "bootstrap_servers": service("SA01_KAFKA_BOOTSTRAP_SERVERS"),
+                "topics_file": topics,
+            },
+            "runtime": {"host_prefix": f"r{uuid.uuid4().hex[:6]}"},
+        }
+    )
+    tenant_id = (await pg_store.create_tenant("relay-actor")).tenant_id
+    session_id = (await pg_store.create_session(tenant_id, "default")).session_id
+    actor = start_relay(settings)
+    try:
+        received = await _consume(name, {session_id}, 1)
+        assert received[0].type == "session.created"
+    finally:
+        await actor.stop.remote()
+        ray.kill(actor, no_restart=True)

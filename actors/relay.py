@@ -1,0 +1,98 @@
+"""The outbox relay as one named, detached, restartable Ray actor per cluster.
+
+Exactly one relay per database keeps per-session order simple (see agentcluster.eventlog); the
+named actor is that one. ``ray.remote`` is applied here once; :func:`start_relay` names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from agentcluster.bootstrap import build_relay, open_state_store
+from agentcluster.config import Settings
+from agentcluster.errors import ConfigError, InfrastructureError
+from agentcluster.eventlog import OutboxRelay
+from agentcluster.store import SqlStateStore
+
+__all__ = ["RelayWorker", "RelayWorkerActor", "start_relay"]
+
+log = logging.getLogger(__name__)
+
+
+class RelayWorker:
+    """Runs the relay loop in the background of its actor, starting again after a restart."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.kafka.bootstrap_servers is None:
+            raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: the relay needs Kafka")
+        self._settings = settings
+        self._stop = asyncio.Event()
+        self._store: SqlStateStore | None = None
+        self._relay: OutboxRelay | None = None
+        # Built inside the actor's event loop: start at once, and again after a restart.
+        self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())
+
+    async def _open(self) -> OutboxRelay:
+        delay = 0.5
+        while True:
+            try:
+                self._store = await open_state_store(self._settings)
+                relay = await build_relay(self._settings, self._store)
+                assert relay is not None  # Kafka is configured (checked in __init__)
+                return relay
+            except InfrastructureError as exc:
+                log.warning("relay: cannot start yet, retrying in %.1fs: %s", delay, exc)
+                if self._store is not None:
+                    await self._store.close()
+                    self._store = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    raise
+                delay = min(delay * 2, 10.0)
+
+    async def _run(self) -> None:
+        self._relay = await self._open()
+        await self._relay.run(self._stop)
+
+    async def stats(self) -> dict[str, int]:
+        lag = await self._store.outbox_lag() if self._store is not None else 0
+        relay = self._relay
+        return {
+            "published": relay.published if relay else 0,
+            "failures": relay.failures if relay else 0,
+            "lag": lag,
+        }
+
+    async def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError, InfrastructureError):
+            await self._task
+        if self._store is not None:
+            await self._store.close()
+
+
+RelayWorkerActor = ray.remote(RelayWorker)
+
+
+def start_relay(settings: Settings) -> ActorHandle | None:
+    """The cluster's relay actor, created if needed; None when Kafka is not configured."""
+    if settings.kafka.bootstrap_servers is None:
+        return None
+    runtime = settings.runtime
+    options: dict[str, Any] = {
+        "name": f"{runtime.host_prefix}-relay",
+        "namespace": runtime.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "num_cpus": 0,
+    }
+    handle: Any = RelayWorkerActor.options(**options).remote(settings)
+    return handle
