@@ -23,6 +23,7 @@ from agentcluster.api._models import (
     SessionOut,
     TurnOut,
 )
+from agentcluster.api._stream import Delta, Overflow, StreamItem
 
 PROBLEM_BASE = "https://agentcluster.dev/problems/"
 
@@ -33,6 +34,7 @@ __all__ = [
     "AgentOut",
     "CancelIn",
     "CancelOut",
+    "Delta",
     "Health",
     "KeyCreateIn",
     "KeyCreated",
@@ -42,11 +44,13 @@ __all__ = [
     "MessageIn",
     "MessageList",
     "MessageOut",
+    "Overflow",
     "Problem",
     "Ready",
     "ReadyDependency",
     "SessionCreateIn",
     "SessionList",
     "SessionOut",
+    "StreamItem",
     "TurnOut",
 ]

@@ -15,6 +15,7 @@ Request and response bodies are the models of :mod:`agentcluster.api`; errors ar
 :class:`ApiError` subclasses (problem+json answers) and :class:`ConnectionFailed`.
 """
 
+from agentcluster.api import Delta
 from agentcluster.client._async import AsyncClient
 from agentcluster.client._calls import DEFAULT_URL, RetryPolicy
 from agentcluster.client._errors import (
@@ -34,7 +35,6 @@ from agentcluster.client._errors import (
 from agentcluster.client._handle import HandleClient, connect
 from agentcluster.client._sse import ServerSentEvent, SSEDecoder, StreamItem
 from agentcluster.client._sync import Client
-from agentcluster.runtime import Delta
 
 __all__ = [
     "DEFAULT_URL",

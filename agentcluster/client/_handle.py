@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agentcluster import api
-from agentcluster.runtime import StreamItem
+from agentcluster.api import StreamItem
 
 __all__ = ["HandleClient", "connect"]
 

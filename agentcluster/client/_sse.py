@@ -11,9 +11,9 @@ from typing import get_args
 
 from pydantic import ValidationError as PydanticValidationError
 
+from agentcluster.api import Delta
 from agentcluster.client._errors import ProtocolError
 from agentcluster.events import Event, EventBase, load_event
-from agentcluster.runtime._feed import Delta
 
 __all__ = ["EVENT_TYPES", "Overflowed", "SSEDecoder", "ServerSentEvent", "StreamItem", "decode"]
 

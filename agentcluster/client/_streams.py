@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 
+from agentcluster.api import Delta
 from agentcluster.client import _calls as calls
 from agentcluster.client._calls import Call, RetryPolicy
 from agentcluster.client._errors import ConnectionFailed
 from agentcluster.client._sse import Overflowed, SSEDecoder, StreamItem, decode
-from agentcluster.runtime._feed import Delta
 
 __all__ = ["EventTail", "TurnTail"]
 
