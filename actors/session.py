@@ -238,8 +238,16 @@ class RaySessionRouter:
         generator: Any = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
             tenant_id, session_id, after_seq, until_turn
         )
-        async for ref in generator:
-            yield await ref
+        finished = False
+        try:
+            async for ref in generator:
+                yield await ref
+            finished = True
+        finally:
+            if not finished:
+                # The consumer left early (client disconnected): end the host's subscription
+                # now, or it would hold the session active until the next restart.
+                ray.cancel(generator)
 
     async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
         """Create (if needed) and start hosts 0..count-1; returns their stats."""

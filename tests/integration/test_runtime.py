@@ -369,3 +369,24 @@ async def test_cancel_stops_a_running_turn_and_a_queued_one(
         if isinstance(e, ev.TurnCancelled)
     ]
     assert sorted(cancelled) == sorted([running.turn_id, queued.turn_id])
+
+
+async def test_a_subscriber_that_leaves_early_releases_the_session(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="bye")))
+    tenant_id, session_id = await _session(runtime)
+    done = await runtime.ask(tenant_id, session_id, token)
+    assert isinstance(done, ev.TurnCompleted)
+    host = router.actor(session_id)
+    stream = runtime.stream(tenant_id, session_id, after_seq=0)
+    first = await anext(stream)
+    assert first.seq == 1  # type: ignore[union-attr]
+    assert (await host.stats.remote()).subscribers >= 1
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    async def released() -> bool:
+        return bool((await host.stats.remote()).subscribers == 0)
+
+    await eventually(released, timeout=30, message="the host dropped the subscription")
