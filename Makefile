@@ -68,7 +68,8 @@ test-integration: install deps-up ## Integration tests only
 	set -a && source .data/services.env && set +a && $(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
-	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation
+	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation && \
+	  $(BIN)/python -m benchmarks.turn_overhead
 
 format: install ## Format with black and ruff --fix (line length 100)
 	$(BIN)/black -q .

@@ -57,6 +57,23 @@ def _agent_out(profile: AgentProfile) -> api.AgentOut:
     )
 
 
+def _turn_out(
+    session_id: str,
+    submission: Submission,
+    event: ev.TurnCompleted | ev.TurnFailed | ev.TurnCancelled,
+) -> api.TurnOut:
+    fields = {
+        "session_id": session_id,
+        "message_id": submission.message_id,
+        "turn_id": submission.turn_id,
+    }
+    if isinstance(event, ev.TurnCompleted):
+        return api.TurnOut(**fields, status="completed", content=event.content, usage=event.usage)
+    if isinstance(event, ev.TurnFailed):
+        return api.TurnOut(**fields, status="failed", error=event.error)
+    return api.TurnOut(**fields, status="cancelled", error=event.reason)
+
+
 class GatewayService:
     """The API's operations on the runtime, scoped by the caller's tenant."""
 
@@ -151,15 +168,17 @@ class GatewayService:
                 yield item
 
     async def wait(self, caller: Caller, session_id: str, submission: Submission) -> api.TurnOut:
+        """The turn's outcome, from its terminal event (persisted or live) when it arrives in
+        time; otherwise the turn as the store has it (e.g. still running)."""
         tenant_id = caller.tenant()
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        async for item in self._turn_items(tenant_id, session_id, submission):
+            if isinstance(item, TERMINAL):
+                return _turn_out(session_id, submission, item)
+            if time.monotonic() > deadline:
+                break
         store = self.runtime.store
         turn = await store.get_turn(tenant_id, submission.turn_id)
-        if turn.status in {"queued", "running"}:
-            deadline = time.monotonic() + WAIT_TIMEOUT_S
-            async for item in self._turn_items(tenant_id, session_id, submission):
-                if isinstance(item, TERMINAL) or time.monotonic() > deadline:
-                    break
-            turn = await store.get_turn(tenant_id, submission.turn_id)
         content = None
         if turn.answer_message_id:
             content = (await store.get_message(tenant_id, turn.answer_message_id)).content

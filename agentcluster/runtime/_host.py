@@ -114,17 +114,15 @@ class SessionHostCore:
             return activation
 
     async def _load(self, deps: RuntimeDeps, session_id: str) -> Activation:
-        session = await deps.store.get_session_unscoped(session_id)
+        # One transaction: claim (new epoch), history and open turns.
+        loaded = await deps.store.activate_session(session_id, self.host_id)
+        session = loaded.session
         loop = deps.loops.get(session.agent)
         if loop is None:
             raise ConfigError(f"session {session_id}: agent {session.agent!r} has no profile")
-        epoch = await deps.store.claim_session(session_id, self.host_id)
-        messages = await deps.store.list_messages(session.tenant_id, session_id)
-        queued = {
-            t.turn_id for t in await deps.store.open_turns(session_id) if t.status == "queued"
-        }
-        history = history_from_messages(messages, exclude_turns=queued)
-        return Activation(session, epoch, history, deps.store, loop)
+        queued = {t.turn_id for t in loaded.open_turns if t.status == "queued"}
+        history = history_from_messages(loaded.messages, exclude_turns=queued)
+        return Activation(session, session.owner_epoch, history, deps.store, loop)
 
     async def notify(self, session_id: str) -> None:
         """A message was committed for this session: activate it and run its open turns."""
