@@ -144,7 +144,12 @@ ensure_apt() {
 # OPA build runs in the background while the other services start (it is the slow part).
 # It installs into .data/opa-build/ and is moved into place only once it succeeded.
 OPA_BUILD_PID=""
-opa_ok() { [[ -x $OPA_BIN ]] && "$OPA_BIN" version 2>/dev/null | grep -qx "Version: $OPA_VERSION"; }
+# Capture first: with pipefail, `grep -q` closing the pipe early can fail opa with SIGPIPE.
+opa_ok() {
+  local out
+  [[ -x $OPA_BIN ]] && out=$("$OPA_BIN" version 2>/dev/null) || return 1
+  grep -qx "Version: $OPA_VERSION" <<<"$out"
+}
 
 opa_build_start() {
   opa_ok && return 0
