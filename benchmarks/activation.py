@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import shlex
 import sys
 import time
 import uuid
@@ -38,13 +37,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import ray
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 
 from actors.session import RaySessionRouter
-from agentcluster.config import Settings, env, load_settings, project_root
+from agentcluster.config import Settings, load_settings, project_root
 from agentcluster.runtime import RuntimeDeps, SessionHostCore, build_runtime_deps
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.store.models import Base
@@ -52,10 +49,13 @@ from benchmarks._common import (
     KIB,
     MIB,
     Memory,
+    create_database,
+    drop_database,
     machine_description,
     markdown_table,
     percentile,
     replace_section,
+    server_dsn,
     total_memory,
 )
 
@@ -113,41 +113,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # -- database ---------------------------------------------------------------------------------
-
-
-def server_dsn() -> str:
-    """The PostgreSQL server to create the benchmark database on."""
-    dsn = env("SA01_DB_DSN")
-    services = project_root() / ".data" / "services.env"
-    if not dsn and services.exists():
-        for line in services.read_text().splitlines():
-            key, _, raw = line.strip().removeprefix("export ").partition("=")
-            if key == "SA01_DB_DSN":
-                dsn = shlex.split(raw)[0]
-    if not dsn or make_url(dsn).get_backend_name() != "postgresql":
-        raise SystemExit("SA01_DB_DSN: a PostgreSQL DSN is needed (start services: make deps-up)")
-    return dsn
-
-
-async def _admin(dsn: str, statement: str) -> None:
-    url = make_url(dsn).set(drivername="postgresql")
-    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-async def create_database(server: str) -> str:
-    """A fresh database on ``server``; returns its DSN."""
-    name = f"ac_bench_{uuid.uuid4().hex[:12]}"
-    await _admin(server, f'CREATE DATABASE "{name}"')
-    return make_url(server).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(server: str, dsn: str) -> None:
-    name = make_url(dsn).database
-    await _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- seeding ----------------------------------------------------------------------------------
