@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "EVENTS",
+    "TURN_OUTCOMES",
     "Event",
     "EventBase",
     "LlmCompleted",
@@ -178,6 +179,9 @@ Event = Annotated[
 ]
 
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+
+TURN_OUTCOMES = (TurnCompleted, TurnFailed, TurnCancelled)
+"""The events that end a turn (for ``isinstance``)."""
 
 
 def dump_event(event: Event) -> bytes:

@@ -10,6 +10,7 @@ import platform
 import re
 import shlex
 import socket
+import sys
 import time
 import uuid
 from collections import deque
@@ -148,6 +149,17 @@ def replace_section(path: Path, heading: str, body: str, title: str = "# Benchma
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(text_out: str, out: str, section: str, title: str) -> None:
+    """Print a benchmark's report and, unless ``out`` is ``-``, replace its section in ``out``."""
+    print(text_out)
+    if out == "-":
+        return
+    path = Path(out)
+    path = path if path.is_absolute() else project_root() / path
+    replace_section(path, section, text_out, title=title)
+    print(f"\nwrote {section!r} in {path}", file=sys.stderr)
 
 
 def free_port() -> int:

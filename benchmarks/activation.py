@@ -34,14 +34,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
 from sqlalchemy import insert, text
 
 from actors.session import RaySessionRouter
-from agentcluster.config import Settings, load_settings, project_root
+from agentcluster.config import Settings, load_settings
 from agentcluster.runtime import RuntimeDeps, SessionHostCore, build_runtime_deps
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.store.models import Base
@@ -54,7 +53,7 @@ from benchmarks._common import (
     machine_description,
     markdown_table,
     percentile,
-    replace_section,
+    publish,
     server_dsn,
     total_memory,
 )
@@ -555,13 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = asyncio.run(run(args, command))
     finally:
         ray.shutdown()
-    text_out = markdown(report)
-    print(text_out)
-    if args.out != "-":
-        path = Path(args.out)
-        path = path if path.is_absolute() else project_root() / path
-        replace_section(path, SECTION, text_out, title=DOC_TITLE)
-        print(f"\nwrote {SECTION!r} in {path}", file=sys.stderr)
+    publish(markdown(report), args.out, SECTION, DOC_TITLE)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from agentcluster.config import Settings, environment, load_settings, project_root
+from agentcluster.config import Settings, environment, load_settings
 from agentcluster.testing.fake_llm import FakeLLM, Script, Timing
 from benchmarks._common import (
     DOC_TITLE,
@@ -73,7 +73,7 @@ from benchmarks._common import (
     machine_description,
     markdown_table,
     percentile,
-    replace_section,
+    publish,
     server_dsn,
     wait_healthy,
     warm_sessions,
@@ -870,13 +870,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         llm.stop()
     report = Report(args, command, results, time.monotonic() - started, load_before)
-    text_out = markdown(report)
-    print(text_out)
-    if args.out != "-":
-        path = Path(args.out)
-        path = path if path.is_absolute() else project_root() / path
-        replace_section(path, SECTION, text_out, title=DOC_TITLE)
-        print(f"\nwrote {SECTION!r} in {path}", file=sys.stderr)
+    publish(markdown(report), args.out, SECTION, DOC_TITLE)
 
 
 if __name__ == "__main__":

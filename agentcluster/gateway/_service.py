@@ -20,7 +20,6 @@ from agentcluster.runtime import Runtime, StreamItem
 __all__ = ["Caller", "GatewayService"]
 
 WAIT_TIMEOUT_S = 300.0
-TERMINAL = (ev.TurnCompleted, ev.TurnFailed, ev.TurnCancelled)
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class GatewayService:
         tenant_id = caller.tenant()
         deadline = time.monotonic() + WAIT_TIMEOUT_S
         async for item in self._turn_items(tenant_id, session_id, submission):
-            if isinstance(item, TERMINAL):
+            if isinstance(item, ev.TURN_OUTCOMES):
                 return _turn_out(session_id, submission, item)
             if time.monotonic() > deadline:
                 break

@@ -19,8 +19,6 @@ from agentcluster.store import SqlStateStore
 
 __all__ = ["Runtime", "SessionRouter"]
 
-TERMINAL = (ev.TurnCompleted, ev.TurnFailed, ev.TurnCancelled)
-
 
 class SessionRouter(Protocol):
     """Port: reaches the host of a session (Ray actors in production)."""
@@ -102,6 +100,6 @@ class Runtime:
             tenant_id, session_id, content, idempotency_key=idempotency_key
         )
         async for item in self.stream(tenant_id, session_id, until_turn=submission.turn_id):
-            if isinstance(item, TERMINAL) and item.turn_id == submission.turn_id:
+            if isinstance(item, ev.TURN_OUTCOMES) and item.turn_id == submission.turn_id:
                 return item
         raise TerminalFailure(f"the stream of session {session_id} ended before turn finished")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
-from agentcluster.events import EventBase
+from agentcluster.events import TURN_OUTCOMES, EventBase
 from agentcluster.runtime._activation import Activation, history_from_messages
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
@@ -28,8 +28,6 @@ from agentcluster.store import SqlStateStore
 __all__ = ["HostStats", "RuntimeDeps", "SessionHostCore"]
 
 log = logging.getLogger(__name__)
-
-TERMINAL = {"turn.completed", "turn.failed", "turn.cancelled"}
 
 
 @dataclass
@@ -230,9 +228,4 @@ class SessionHostCore:
 
 
 def _ends(item: StreamItem, until_turn: str | None) -> bool:
-    return (
-        until_turn is not None
-        and isinstance(item, EventBase)
-        and getattr(item, "type", "") in TERMINAL
-        and getattr(item, "turn_id", None) == until_turn
-    )
+    return isinstance(item, TURN_OUTCOMES) and item.turn_id == until_turn

@@ -578,18 +578,6 @@ class SqlStateStore:
             raise NotFoundError(f"session {session_id} not found")
         return _session(row)
 
-    async def get_session_unscoped(self, session_id: str) -> Session:
-        """The session whatever its tenant: for session hosts, which serve every tenant."""
-        async with self._begin() as connection:
-            row = (
-                await connection.execute(
-                    select(SessionRow).where(SessionRow.session_id == session_id)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFoundError(f"session {session_id} not found")
-        return _session(row)
-
     async def list_sessions(
         self, tenant_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
