@@ -26,6 +26,7 @@ from agentcluster.errors import ConfigError
 
 __all__ = [
     "AuthSettings",
+    "BrowserSettings",
     "CryptoSettings",
     "DbSettings",
     "GatewaySettings",
@@ -36,6 +37,7 @@ __all__ = [
     "RelaySettings",
     "RuntimeSettings",
     "Settings",
+    "ToolSettings",
     "env",
     "environment",
     "flag",
@@ -325,6 +327,53 @@ class RuntimeSettings(BaseSettings):
         return self
 
 
+class ToolSettings(BaseSettings):
+    """Tool actors: session workspaces, sandbox limits, fetch limits, MCP servers, pool sizes."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_TOOLS_", **_SECTION)
+
+    workspace_root: Path | None = None
+    mcp_config: Path = Field(default_factory=lambda: project_root() / "configs" / "mcp.yaml")
+    call_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    python_cpu_s: int = Field(default=10, ge=1, le=3600)
+    python_memory_mb: int = Field(default=512, ge=16, le=65_536)
+    python_wall_s: float = Field(default=30.0, gt=0, le=3600)
+    fetch_max_bytes: int = Field(default=2_000_000, ge=1024, le=100_000_000)
+    fetch_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    pool_min: int = Field(default=1, ge=0, le=1000)
+    pool_max: int = Field(default=4, ge=1, le=1000)
+    lease_timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ToolSettings:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must be <= pool_max")
+        return self
+
+
+class BrowserSettings(BaseSettings):
+    """Browser actors: Chromium binary, pool sizes, idle release of sticky leases."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_BROWSER_", **_SECTION)
+
+    chromium_path: Path = Path("/usr/bin/chromium")
+    headless: bool = True
+    pool_min: int = Field(default=0, ge=0, le=1000)
+    pool_max: int = Field(default=2, ge=1, le=1000)
+    lease_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    idle_release_s: float = Field(default=120.0, gt=0, le=86_400)
+    action_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    task_max_steps: int = Field(default=10, ge=1, le=200)
+    num_cpus: float = Field(default=0.0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BrowserSettings:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must be <= pool_max")
+        return self
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -340,6 +389,8 @@ class Settings(BaseModel):
     gateway: GatewaySettings
     llm: LlmSettings
     runtime: RuntimeSettings
+    tools: ToolSettings
+    browser: BrowserSettings
 
     @property
     def db_dsn(self) -> str:
@@ -347,6 +398,11 @@ class Settings(BaseModel):
         if self.db.dsn:
             return self.db.dsn
         return f"sqlite+aiosqlite:///{self.data_dir / 'agentcluster.db'}"
+
+    @property
+    def workspace_root(self) -> Path:
+        """Where session workspaces live: the configured root, or ``workspaces`` in the data dir."""
+        return self.tools.workspace_root or self.data_dir / "workspaces"
 
 
 def _http_url(value: str | None) -> str | None:
@@ -373,6 +429,8 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
     "llm": LlmSettings,
     "runtime": RuntimeSettings,
+    "tools": ToolSettings,
+    "browser": BrowserSettings,
 }
 
 
