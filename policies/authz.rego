@@ -1,0 +1,477 @@
+# Authorization for agentcluster: tool calls, network targets of http_fetch and API actions.
+#
+# Entry point: data.agentcluster.authz.decision -> {"allowed": bool, "reason": string}.
+# The same module runs in the OPA server and, compiled to Wasm, in-process
+# (agentcluster/policy/authz.wasm; rebuild with `make policy-wasm`). Only builtins that OPA's Wasm
+# target implements natively are used (no sprintf, regex or strings.* here): check the
+# `builtins` export of a new build before reaching for another one.
+#
+# Denials are collected as messages; a request is allowed only when it is well formed, of a known
+# kind and collects no denial. Permissions are checked as `not <permitted>`, so a missing or
+# malformed piece of data denies instead of allowing.
+package agentcluster.authz
+
+import rego.v1
+
+# ---------------------------------------------------------------- decision
+
+default decision := {"allowed": false, "reason": "no policy rule matched the request"}
+
+decision := {"allowed": true, "reason": allow_reason} if {
+	count(denials) == 0
+	allow_reason
+}
+
+decision := {"allowed": false, "reason": concat("; ", sort(denials))} if count(denials) > 0
+
+known_kinds := {"tool", "network", "api"}
+
+denials contains "policy input has no kind; expected one of api, network, tool" if {
+	not input.kind
+}
+
+denials contains msg if {
+	not object.get(input, "kind", null) in known_kinds
+	msg := concat("", ["unknown policy input kind ", _show(input.kind), "; expected one of api, network, tool"])
+}
+
+# ---------------------------------------------------------------- effective settings
+# A tenant's entry overrides the defaults key by key: a key the tenant sets replaces the default
+# value for that key entirely (lists are not merged).
+
+default _defaults := {}
+
+_defaults := data.agentcluster.defaults
+
+default _tenants := {}
+
+_tenants := data.agentcluster.tenants
+
+_tenant := _tenants[input.tenant]
+
+default _tenant_settings := {}
+
+_tenant_settings := _tenant if is_object(_tenant)
+
+setting(key) := _tenant_settings[key]
+
+setting(key) := _defaults[key] if not _has_key(_tenant_settings, key)
+
+_has_key(obj, key) if _ = obj[key]
+
+_tenant_name := input.tenant if _nonempty_string(input.tenant)
+
+_tenant_name := "(none)" if not _nonempty_string(object.get(input, "tenant", null))
+
+# ---------------------------------------------------------------- common input checks
+
+denials contains "policy input has no tenant (a non-empty string)" if {
+	input.kind in known_kinds
+	not _nonempty_string(object.get(input, "tenant", null))
+}
+
+denials contains msg if {
+	input.kind in {"tool", "network"}
+	not _nonempty_string(object.get(input, "agent", null))
+	msg := concat("", [input.kind, " request has no agent (a non-empty string)"])
+}
+
+# The tenant's agent allowlist applies to tool calls, network targets and API actions that name an
+# agent.
+denials contains msg if {
+	input.kind in known_kinds
+	_nonempty_string(input.agent)
+	not _agent_available
+	msg := concat("", ["agent ", input.agent, " is not available to tenant ", _tenant_name])
+}
+
+_agent_available if {
+	some pattern in setting("agents")
+	glob.match(pattern, null, input.agent)
+}
+
+# ---------------------------------------------------------------- tool calls
+
+denials contains "tool request has no tool (a non-empty string)" if {
+	input.kind == "tool"
+	not _nonempty_string(object.get(input, "tool", null))
+}
+
+denials contains "tool request arguments must be an object" if {
+	input.kind == "tool"
+	input.arguments
+	not is_object(input.arguments)
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	_nonempty_string(input.tool)
+	not _tool_allowed_for_tenant
+	msg := concat("", ["tool ", input.tool, " is not allowed in tenant ", _tenant_name])
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	some pattern in _tenant_tool_rules.deny
+	glob.match(pattern, null, input.tool)
+	msg := concat("", ["tool ", input.tool, " is denied in tenant ", _tenant_name, " (rule ", pattern, ")"])
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	_nonempty_string(input.tool)
+	_nonempty_string(input.agent)
+	not _tool_allowed_for_agent
+	msg := concat("", ["tool ", input.tool, " is not allowed for agent ", input.agent, " in tenant ", _tenant_name])
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	_nonempty_string(input.agent)
+	some pattern in _agent_tool_rules.deny
+	glob.match(pattern, null, input.tool)
+	msg := concat("", [
+		"tool ", input.tool, " is denied for agent ", input.agent, " in tenant ", _tenant_name,
+		" (rule ", pattern, ")",
+	])
+}
+
+default _tenant_tool_rules := {"allow": [], "deny": []}
+
+_tenant_tool_rules := _tool_rules(setting("tools"))
+
+# Per-agent rules: the tenant's entry for the agent if it has one, else the defaults' entry, else
+# no restriction. Malformed entries allow nothing.
+default _agent_tool_rules := {"allow": [], "deny": []}
+
+_agent_tool_rules := _tool_rules(_agent_tool_entry)
+
+_agent_tool_entry := _tenant_settings.agent_tools[input.agent]
+
+_agent_tool_entry := _defaults.agent_tools[input.agent] if {
+	not _has_key(object.get(_tenant_settings, "agent_tools", {}), input.agent)
+}
+
+_agent_tool_entry := {} if {
+	not _has_key(object.get(_tenant_settings, "agent_tools", {}), input.agent)
+	not _has_key(object.get(_defaults, "agent_tools", {}), input.agent)
+}
+
+_tool_rules(rules) := {
+	"allow": object.get(rules, "allow", ["*"]),
+	"deny": object.get(rules, "deny", []),
+}
+
+_tool_allowed_for_tenant if {
+	some pattern in _tenant_tool_rules.allow
+	glob.match(pattern, null, input.tool)
+}
+
+_tool_allowed_for_agent if {
+	some pattern in _agent_tool_rules.allow
+	glob.match(pattern, null, input.tool)
+}
+
+# ---- argument checks
+
+default _limits := {}
+
+_limits := setting("limits")
+
+denials contains msg if {
+	input.kind == "tool"
+	input.tool == "python_exec"
+	not is_string(object.get(input, ["arguments", "code"], null))
+	msg := "python_exec needs a code argument (a string)"
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	input.tool == "python_exec"
+	size := _utf8_bytes(input.arguments.code)
+	size > _limits.python_exec_max_code_bytes
+	msg := concat("", [
+		"python_exec code is ", format_int(size, 10), " bytes; tenant ", _tenant_name,
+		" allows at most ", format_int(_limits.python_exec_max_code_bytes, 10),
+	])
+}
+
+# Tools whose argument is a URL, and the name of that argument.
+url_arguments := {"http_fetch": "url", "browser_navigate": "url"}
+
+denials contains msg if {
+	input.kind == "tool"
+	some tool, arg in url_arguments
+	input.tool == tool
+	not is_string(object.get(input, ["arguments", arg], null))
+	msg := concat("", [tool, " needs a ", arg, " argument (a string)"])
+}
+
+denials contains msg if {
+	input.kind == "tool"
+	some tool, arg in url_arguments
+	input.tool == tool
+	url := input.arguments[arg]
+	is_string(url)
+	not _url_scheme_allowed(url)
+	msg := concat("", [
+		tool, " URL ", _url_head(url), " is not allowed: use a URL starting with ",
+		concat(" or ", [concat("", [s, "://"]) | some s in _url_schemes]),
+	])
+}
+
+default _url_schemes := []
+
+_url_schemes := _limits.url_schemes
+
+_url_scheme_allowed(url) if {
+	some scheme in _url_schemes
+	startswith(lower(url), concat("", [scheme, "://"]))
+}
+
+# The start of a URL for messages, so a huge or secret-bearing URL is not echoed whole.
+_url_head(url) := url if count(url) <= 40
+
+_url_head(url) := concat("", [substring(url, 0, 40), "..."]) if count(url) > 40
+
+# ---------------------------------------------------------------- network targets
+
+denials contains "network request has no target (an object)" if {
+	input.kind == "network"
+	not is_object(object.get(input, "target", null))
+}
+
+denials contains "network target has no ip (an address string)" if {
+	input.kind == "network"
+	is_object(input.target)
+	not is_string(object.get(input, ["target", "ip"], null))
+}
+
+denials contains msg if {
+	input.kind == "network"
+	is_string(input.target.ip)
+	not _valid_ip
+	msg := concat("", ["network target ip ", _show(input.target.ip), " is not an IP address"])
+}
+
+_valid_ip if net.cidr_contains("0.0.0.0/0", input.target.ip)
+
+_valid_ip if net.cidr_contains("::/0", input.target.ip)
+
+denials contains "network target has no host (the name as written, a string)" if {
+	input.kind == "network"
+	is_object(input.target)
+	not is_string(object.get(input, ["target", "host"], null))
+}
+
+denials contains msg if {
+	input.kind == "network"
+	not object.get(input, ["target", "scheme"], null) in {s | some s in _url_schemes}
+	msg := concat("", [
+		"network scheme ", _show(object.get(input, ["target", "scheme"], null)), " is not allowed; allowed: ",
+		concat(", ", _url_schemes),
+	])
+}
+
+denials contains msg if {
+	input.kind == "network"
+	is_string(input.target.ip)
+	not _target_allowed
+	msg := concat("", [
+		_target_label, " is blocked: ", _category_text[_category], " are not allowed for tenant ",
+		_tenant_name, "; ", _category_hint[_category],
+	])
+}
+
+_target_label := concat("", [
+	object.get(input, "tool", "network access"), " to ", object.get(input.target, "host", "?"),
+	" (", input.target.ip, ")",
+])
+
+_category_text := {
+	"public": "public addresses",
+	"loopback": "loopback addresses",
+	"private": "private network addresses",
+	"link_local": "link-local addresses",
+	"metadata": "cloud metadata endpoints",
+	"reserved": "reserved addresses",
+	"multicast": "multicast addresses",
+	"unspecified": "unspecified addresses",
+	"unknown": "addresses of unknown category",
+}
+
+_category_hint[c] := "an operator can allowlist the host or a CIDR in the tenant's network policy" if {
+	some c, _ in _category_text
+	c != "metadata"
+}
+
+_category_hint["metadata"] := "an operator must list this exact address or host in the tenant's network.allow_metadata"
+
+default _network := {}
+
+_network := setting("network")
+
+_target_allowed if {
+	_category == "public"
+	object.get(_network, "allow_public", true) == true
+}
+
+_target_allowed if {
+	not _category in {"public", "metadata"}
+	_allowlisted
+}
+
+_target_allowed if {
+	_category == "metadata"
+	some entry in object.get(_network, "allow_metadata", [])
+	entry in {input.target.ip, lower(input.target.host)}
+}
+
+_allowlisted if {
+	some pattern in object.get(_network, "allow_hosts", [])
+	glob.match(lower(pattern), null, lower(input.target.host))
+}
+
+_allowlisted if {
+	some cidr in object.get(_network, "allow_cidrs", [])
+	net.cidr_contains(cidr, input.target.ip)
+}
+
+# The category is the stricter of what the caller says and what the address is: a caller that
+# labels 127.0.0.1 "public" is still asking for loopback.
+default _category := "unknown"
+
+_category := "metadata" if {
+	_is_metadata
+} else := input.target.category if {
+	input.target.category != "public"
+	input.target.category in object.keys(_category_text)
+} else := _ip_category if {
+	_ip_category
+} else := "public" if {
+	input.target.category == "public"
+}
+
+_is_metadata if lower(input.target.host) in metadata_hosts
+
+_is_metadata if input.target.ip in metadata_ips
+
+metadata_hosts := {"metadata.google.internal", "metadata.goog", "metadata"}
+
+metadata_ips := {"169.254.169.254", "fd00:ec2::254", "169.254.170.2"}
+
+# First matching category wins; metadata is checked before these.
+ip_ranges := [
+	["loopback", ["127.0.0.0/8", "::1/128"]],
+	["unspecified", ["0.0.0.0/8", "::/128"]],
+	["link_local", ["169.254.0.0/16", "fe80::/10"]],
+	["private", ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]],
+	["multicast", ["224.0.0.0/4", "ff00::/8"]],
+	[
+		"reserved",
+		[
+			"240.0.0.0/4", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",
+			"203.0.113.0/24", "64:ff9b::/96", "100::/64", "2001:db8::/32",
+		],
+	],
+]
+
+_ip_categories contains category if {
+	some entry in ip_ranges
+	category := entry[0]
+	some cidr in entry[1]
+	net.cidr_contains(cidr, input.target.ip)
+}
+
+# IPv4-mapped IPv6 (::ffff:a.b.c.d) is matched as text and comes first: Go's CIDR matching sees the
+# IPv4 address inside, the Wasm builtin does not; callers should unwrap such addresses anyway.
+_ip_category := "reserved" if {
+	startswith(lower(input.target.ip), "::ffff:")
+} else := [c | some c in _category_order; c in _ip_categories][0]
+
+_category_order := ["loopback", "unspecified", "link_local", "private", "multicast", "reserved"]
+
+# ---------------------------------------------------------------- API actions
+
+api_actions := {"session.create", "session.read", "session.message", "session.cancel", "session.delete", "keys.manage"}
+
+denials contains msg if {
+	input.kind == "api"
+	not object.get(input, "action", null) in api_actions
+	msg := concat("", [
+		"unknown API action ", _show(object.get(input, "action", null)), "; expected one of ",
+		concat(", ", sort(api_actions)),
+	])
+}
+
+denials contains msg if {
+	input.kind == "api"
+	input.action == "keys.manage"
+	not input.admin == true
+	msg := concat("", ["keys.manage needs an admin key (tenant ", _tenant_name, ")"])
+}
+
+denials contains msg if {
+	input.kind == "api"
+	input.action in setting("deny_actions")
+	msg := concat("", ["action ", input.action, " is disabled for tenant ", _tenant_name])
+}
+
+denials contains "api request agent must be a string or null" if {
+	input.kind == "api"
+	_has_key(input, "agent")
+	input.agent != null
+	not is_string(input.agent)
+}
+
+# ---------------------------------------------------------------- allow reasons
+
+# Each also restates its kind's main permission, so a denial whose message failed to build can never
+# turn into an allow.
+allow_reason := concat("", [
+	"tool ", input.tool, " is allowed for agent ", input.agent, " in tenant ", input.tenant,
+]) if {
+	input.kind == "tool"
+	_tool_allowed_for_tenant
+	_tool_allowed_for_agent
+}
+
+allow_reason := concat("", [
+	_target_label, " is allowed for tenant ", input.tenant, " (", _category, ")",
+]) if {
+	input.kind == "network"
+	_valid_ip
+	_target_allowed
+}
+
+allow_reason := concat("", ["action ", input.action, " is allowed for tenant ", input.tenant]) if {
+	input.kind == "api"
+	input.action in api_actions
+}
+
+# ---------------------------------------------------------------- helpers
+
+_nonempty_string(value) if {
+	is_string(value)
+	value != ""
+}
+
+# Bytes of the UTF-8 encoding (count() on a string counts characters). Base64 is exact once the
+# padding is taken off, and unlike hex.encode it is native in OPA's Wasm target.
+_utf8_bytes(text) := ((count(encoded) / 4) * 3) - _base64_padding(encoded) if {
+	is_string(text)
+	encoded := base64.encode(text)
+}
+
+_base64_padding(encoded) := 2 if endswith(encoded, "==")
+
+_base64_padding(encoded) := 1 if {
+	endswith(encoded, "=")
+	not endswith(encoded, "==")
+}
+
+_base64_padding(encoded) := 0 if not endswith(encoded, "=")
+
+_show(value) := concat("", ["\"", value, "\""]) if is_string(value)
+
+_show(value) := json.marshal(value) if not is_string(value)

@@ -1,0 +1,365 @@
+# opa test policies/ (run from pytest by tests/integration/test_policy_rego.py).
+# Tests replace data.agentcluster.tenants with their own, so the committed tenant files do not
+# change their outcome, except the test that checks the example tenant file is loaded.
+package agentcluster.authz_test
+
+import data.agentcluster.authz
+import rego.v1
+
+tenants := {
+	"t1": {
+		"agents": ["support", "research*"],
+		"tools": {"allow": ["*"], "deny": ["mcp.admin.*"]},
+		"agent_tools": {"support": {"allow": ["http_fetch", "browser_*", "mcp.files.*"], "deny": ["browser_task"]}},
+		"deny_actions": ["session.delete"],
+		"limits": {"python_exec_max_code_bytes": 10, "url_schemes": ["https"]},
+		"network": {
+			"allow_hosts": ["*.corp.test", "localhost"],
+			"allow_cidrs": ["127.0.0.1/32", "10.1.0.0/16"],
+			"allow_metadata": ["169.254.169.254"],
+		},
+	},
+	"narrow": {"tools": {"allow": ["browser_*"]}, "network": {"allow_public": false, "allow_hosts": ["docs.test"]}},
+	"broken": {"tools": "not an object"},
+}
+
+tool(tenant, agent, name, arguments) := {
+	"kind": "tool", "tenant": tenant, "agent": agent, "session": "s1",
+	"tool": name, "arguments": arguments,
+}
+
+net(tenant, host, ip, category) := {
+	"kind": "network", "tenant": tenant, "agent": "support", "tool": "http_fetch",
+	"target": {"scheme": "https", "host": host, "ip": ip, "port": 80, "category": category},
+}
+
+api(tenant, action, agent, admin) := {"kind": "api", "tenant": tenant, "action": action, "agent": agent, "admin": admin}
+
+decide(request) := d if {
+	d := authz.decision with input as request with data.agentcluster.tenants as tenants
+}
+
+allowed(request) if decide(request).allowed == true
+
+reason(request) := decide(request).reason
+
+# ---------------------------------------------------------------- shape of the decision
+
+test_decision_is_object_with_allowed_and_reason if {
+	d := decide(tool("t0", "a", "http_fetch", {"url": "https://x.test/"}))
+	object.keys(d) == {"allowed", "reason"}
+	is_boolean(d.allowed)
+	is_string(d.reason)
+}
+
+test_allow_reason_names_tool_agent_and_tenant if {
+	reason(tool("t0", "a", "http_fetch", {"url": "https://x.test/"})) == "tool http_fetch is allowed for agent a in tenant t0"
+}
+
+test_unknown_kind_denied if {
+	not allowed({"kind": "exec", "tenant": "t0"})
+	reason({"kind": "exec", "tenant": "t0"}) == "unknown policy input kind \"exec\"; expected one of api, network, tool"
+}
+
+test_non_string_kind_denied if {
+	not allowed({"kind": 3, "tenant": "t0"})
+	contains(reason({"kind": 3, "tenant": "t0"}), "unknown policy input kind 3")
+}
+
+test_missing_kind_denied if {
+	not allowed({"tenant": "t0"})
+	reason({"tenant": "t0"}) == "policy input has no kind; expected one of api, network, tool"
+}
+
+test_empty_input_denied if not allowed({})
+
+test_missing_tenant_denied if {
+	request := object.remove(tool("x", "a", "http_fetch", {"url": "https://x.test/"}), ["tenant"])
+	not allowed(request)
+	contains(reason(request), "policy input has no tenant")
+}
+
+test_empty_tenant_denied if not allowed(tool("", "a", "http_fetch", {"url": "https://x.test/"}))
+
+test_missing_agent_denied if {
+	request := object.remove(tool("t0", "a", "http_fetch", {"url": "https://x.test/"}), ["agent"])
+	not allowed(request)
+	contains(reason(request), "tool request has no agent")
+}
+
+test_several_denials_joined_sorted if {
+	r := reason(tool("t1", "support", "python_exec", {"code": "print('hello world')"}))
+	r == concat("; ", [
+		"python_exec code is 20 bytes; tenant t1 allows at most 10",
+		"tool python_exec is not allowed for agent support in tenant t1",
+	])
+}
+
+# ---------------------------------------------------------------- tools: defaults
+
+test_default_tenant_allows_any_tool if {
+	allowed(tool("t0", "a", "python_exec", {"code": "1"}))
+	allowed(tool("t0", "a", "mcp.files.read", {}))
+	allowed(tool("t0", "a", "browser_click", {"index": 1}))
+}
+
+test_missing_tool_denied if {
+	request := object.remove(tool("t0", "a", "x", {}), ["tool"])
+	not allowed(request)
+	contains(reason(request), "tool request has no tool")
+}
+
+test_non_object_arguments_denied if {
+	not allowed(tool("t0", "a", "browser_click", [1]))
+	contains(reason(tool("t0", "a", "browser_click", [1])), "arguments must be an object")
+}
+
+test_default_agent_tools_apply_to_all_tenants if {
+	d := decide(tool("t0", "kiosk", "python_exec", {"code": "1"})) with data.agentcluster.defaults.agent_tools as {"kiosk": {"deny": ["python_*"]}}
+	d.allowed == false
+	d.reason == "tool python_exec is denied for agent kiosk in tenant t0 (rule python_*)"
+}
+
+test_tenant_agent_entry_replaces_default_agent_entry if {
+	request := tool("t1", "support", "http_fetch", {"url": "https://x.test/"})
+	d := decide(request) with data.agentcluster.defaults.agent_tools as {"support": {"allow": []}}
+	d.allowed == true
+}
+
+# ---------------------------------------------------------------- tools: tenant and agent lists
+
+test_tenant_deny_glob if {
+	not allowed(tool("t1", "research", "mcp.admin.drop", {}))
+	reason(tool("t1", "research", "mcp.admin.drop", {})) == "tool mcp.admin.drop is denied in tenant t1 (rule mcp.admin.*)"
+}
+
+test_glob_star_crosses_dots if allowed(tool("t1", "support", "mcp.files.read.deep", {}))
+
+test_agent_allow_list if {
+	allowed(tool("t1", "support", "browser_click", {"index": 3}))
+	allowed(tool("t1", "support", "mcp.files.read", {}))
+	not allowed(tool("t1", "support", "mcp.git.log", {}))
+	reason(tool("t1", "support", "mcp.git.log", {})) == "tool mcp.git.log is not allowed for agent support in tenant t1"
+}
+
+test_agent_deny_beats_agent_allow if {
+	not allowed(tool("t1", "support", "browser_task", {"task": "x"}))
+	reason(tool("t1", "support", "browser_task", {"task": "x"})) == "tool browser_task is denied for agent support in tenant t1 (rule browser_task)"
+}
+
+test_other_agent_of_tenant_unrestricted if allowed(tool("t1", "research-2", "mcp.git.log", {}))
+
+test_tenant_allow_list if {
+	allowed(tool("narrow", "a", "browser_state", {}))
+	not allowed(tool("narrow", "a", "python_exec", {"code": "1"}))
+	reason(tool("narrow", "a", "python_exec", {"code": "1"})) == "tool python_exec is not allowed in tenant narrow"
+}
+
+test_malformed_tenant_tools_deny if not allowed(tool("broken", "a", "browser_state", {}))
+
+test_agent_not_available_to_tenant if {
+	not allowed(tool("t1", "sales", "browser_state", {}))
+	reason(tool("t1", "sales", "browser_state", {})) == "agent sales is not available to tenant t1"
+}
+
+# ---------------------------------------------------------------- tools: arguments
+
+test_python_code_within_limit if allowed(tool("t0", "a", "python_exec", {"code": "print(1)"}))
+
+test_python_code_over_default_limit if {
+	code := concat("", [x | some _ in numbers.range(1, 6554); x := "0123456789"])
+	not allowed(tool("t0", "a", "python_exec", {"code": code}))
+	reason(tool("t0", "a", "python_exec", {"code": code})) == "python_exec code is 65540 bytes; tenant t0 allows at most 65536"
+}
+
+test_python_code_counts_utf8_bytes if {
+	# 4 characters, 10 bytes: at the limit of t1 (10), one more byte is over it.
+	allowed(tool("t1", "research", "python_exec", {"code": "é€€é"}))
+	not allowed(tool("t1", "research", "python_exec", {"code": "é€€éa"}))
+	contains(reason(tool("t1", "research", "python_exec", {"code": "é€€éa"})), "is 11 bytes")
+}
+
+test_python_code_must_be_string if {
+	not allowed(tool("t0", "a", "python_exec", {"code": 42}))
+	reason(tool("t0", "a", "python_exec", {"code": 42})) == "python_exec needs a code argument (a string)"
+	not allowed(tool("t0", "a", "python_exec", {}))
+}
+
+test_http_fetch_schemes if {
+	allowed(tool("t0", "a", "http_fetch", {"url": "http://x.test/"}))
+	allowed(tool("t0", "a", "http_fetch", {"url": "HTTPS://x.test/"}))
+	not allowed(tool("t0", "a", "http_fetch", {"url": "file:///etc/passwd"}))
+	not allowed(tool("t0", "a", "http_fetch", {"url": "gopher://x.test/"}))
+	not allowed(tool("t0", "a", "http_fetch", {"url": "x.test/page"}))
+	not allowed(tool("t0", "a", "http_fetch", {"url": "httpx://x.test/"}))
+}
+
+test_http_fetch_scheme_reason if {
+	reason(tool("t0", "a", "http_fetch", {"url": "file:///etc/passwd"})) == "http_fetch URL file:///etc/passwd is not allowed: use a URL starting with http:// or https://"
+}
+
+test_long_url_shortened_in_reason if {
+	url := concat("", ["ftp://", concat("", [x | some _ in numbers.range(1, 10); x := "abcdefghij"])])
+	r := reason(tool("t0", "a", "http_fetch", {"url": url}))
+	contains(r, "ftp://abcdefghijabcdefghijabcdefghijabcd...")
+	not contains(r, "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij")
+}
+
+test_tenant_schemes_replace_default if {
+	not allowed(tool("t1", "support", "http_fetch", {"url": "http://x.test/"}))
+	allowed(tool("t1", "support", "http_fetch", {"url": "https://x.test/"}))
+}
+
+test_http_fetch_needs_url if {
+	not allowed(tool("t0", "a", "http_fetch", {}))
+	reason(tool("t0", "a", "http_fetch", {})) == "http_fetch needs a url argument (a string)"
+}
+
+test_browser_navigate_scheme if {
+	allowed(tool("t0", "a", "browser_navigate", {"url": "http://127.0.0.1:8000/form"}))
+	not allowed(tool("t0", "a", "browser_navigate", {"url": "file:///etc/passwd"}))
+	not allowed(tool("t0", "a", "browser_navigate", {"url": "javascript:alert(1)"}))
+}
+
+# ---------------------------------------------------------------- network
+
+test_public_allowed if {
+	allowed(net("t0", "example.test", "93.184.216.34", "public"))
+	reason(net("t0", "example.test", "93.184.216.34", "public")) == "http_fetch to example.test (93.184.216.34) is allowed for tenant t0 (public)"
+}
+
+test_public_ipv6_allowed if allowed(net("t0", "v6.test", "2606:2800:220:1:248:1893:25c8:1946", "public"))
+
+test_loopback_denied_by_default if {
+	not allowed(net("t0", "localhost", "127.0.0.1", "loopback"))
+	not allowed(net("t0", "localhost", "::1", "loopback"))
+	reason(net("t0", "localhost", "127.0.0.1", "loopback")) == "http_fetch to localhost (127.0.0.1) is blocked: loopback addresses are not allowed for tenant t0; an operator can allowlist the host or a CIDR in the tenant's network policy"
+}
+
+test_private_link_local_and_others_denied_by_default if {
+	not allowed(net("t0", "a", "10.0.0.1", "private"))
+	not allowed(net("t0", "a", "192.168.1.1", "private"))
+	not allowed(net("t0", "a", "172.16.5.4", "private"))
+	not allowed(net("t0", "a", "169.254.1.1", "link_local"))
+	not allowed(net("t0", "a", "0.0.0.0", "unspecified"))
+	not allowed(net("t0", "a", "224.0.0.1", "multicast"))
+	not allowed(net("t0", "a", "240.0.0.1", "reserved"))
+}
+
+test_metadata_denied_by_default if {
+	not allowed(net("t0", "169.254.169.254", "169.254.169.254", "metadata"))
+	not allowed(net("t0", "x", "fd00:ec2::254", "metadata"))
+	not allowed(net("t0", "metadata.google.internal", "169.254.169.254", "metadata"))
+	contains(reason(net("t0", "x", "fd00:ec2::254", "metadata")), "cloud metadata endpoints are not allowed")
+}
+
+test_mislabelled_category_uses_the_address if {
+	not allowed(net("t0", "sneaky.test", "127.0.0.1", "public"))
+	contains(reason(net("t0", "sneaky.test", "127.0.0.1", "public")), "loopback addresses")
+	not allowed(net("t0", "sneaky.test", "10.0.0.1", "public"))
+	not allowed(net("t0", "sneaky.test", "169.254.169.254", "public"))
+	contains(reason(net("t0", "sneaky.test", "169.254.169.254", "public")), "cloud metadata")
+	not allowed(net("t0", "metadata.google.internal", "93.184.216.34", "public"))
+	not allowed(net("t0", "x", "::ffff:127.0.0.1", "public"))
+	not allowed(net("t0", "x", "fe80::1", "public"))
+	not allowed(net("t0", "x", "fc00::1", "public"))
+}
+
+test_unknown_category_denied if {
+	not allowed(net("t0", "x", "93.184.216.34", "galactic"))
+	contains(reason(net("t0", "x", "93.184.216.34", "galactic")), "addresses of unknown category")
+}
+
+test_cidr_allowlist if {
+	allowed(net("t1", "127.0.0.1", "127.0.0.1", "loopback"))
+	not allowed(net("t1", "127.0.0.2", "127.0.0.2", "loopback"))
+	allowed(net("t1", "db", "10.1.2.3", "private"))
+	not allowed(net("t1", "db", "10.2.0.1", "private"))
+}
+
+test_host_allowlist if {
+	allowed(net("t1", "LOCALHOST", "::1", "loopback"))
+	allowed(net("t1", "wiki.corp.test", "192.168.1.1", "private"))
+	not allowed(net("t1", "wiki.corp.test.evil", "192.168.1.1", "private"))
+}
+
+test_metadata_needs_its_own_entry if {
+	# A CIDR or host glob that covers the metadata address is not enough.
+	d := decide(net("t0", "169.254.169.254", "169.254.169.254", "metadata")) with data.agentcluster.defaults.network as {"allow_cidrs": ["0.0.0.0/0", "169.254.0.0/16"], "allow_hosts": ["*"]}
+	d.allowed == false
+	allowed(net("t1", "169.254.169.254", "169.254.169.254", "metadata"))
+	not allowed(net("t1", "x", "fd00:ec2::254", "metadata"))
+}
+
+test_allow_public_false if {
+	not allowed(net("narrow", "example.test", "93.184.216.34", "public"))
+	allowed(net("narrow", "docs.test", "10.9.9.9", "private"))
+}
+
+test_network_scheme_checked if {
+	request := json.patch(net("t1", "x", "93.184.216.34", "public"), [{"op": "replace", "path": "/target/scheme", "value": "ftp"}])
+	not allowed(request)
+	reason(request) == "network scheme \"ftp\" is not allowed; allowed: https"
+}
+
+test_network_target_missing_parts_denied if {
+	not allowed({"kind": "network", "tenant": "t0", "agent": "a", "tool": "http_fetch"})
+	no_ip := json.remove(net("t0", "x", "93.184.216.34", "public"), ["/target/ip"])
+	not allowed(no_ip)
+	contains(reason(no_ip), "network target has no ip")
+	no_host := json.remove(net("t0", "x", "93.184.216.34", "public"), ["/target/host"])
+	not allowed(no_host)
+	bad_ip := net("t0", "x", "not-an-ip", "public")
+	not allowed(bad_ip)
+	reason(bad_ip) == "network target ip \"not-an-ip\" is not an IP address"
+	not allowed(net("t0", "x", "fe80::1%eth0", "public"))
+}
+
+# ---------------------------------------------------------------- API actions
+
+test_tenant_actions_allowed_by_default if {
+	every action in ["session.create", "session.read", "session.message", "session.cancel", "session.delete"] {
+		allowed(api("t0", action, null, false))
+	}
+	reason(api("t0", "session.read", null, false)) == "action session.read is allowed for tenant t0"
+}
+
+test_keys_manage_needs_admin if {
+	not allowed(api("t0", "keys.manage", null, false))
+	reason(api("t0", "keys.manage", null, false)) == "keys.manage needs an admin key (tenant t0)"
+	not allowed(object.remove(api("t0", "keys.manage", null, false), ["admin"]))
+	not allowed(api("t0", "keys.manage", null, "true"))
+	allowed(api("t0", "keys.manage", null, true))
+}
+
+test_unknown_action_denied if {
+	not allowed(api("t0", "session.explode", null, true))
+	startswith(reason(api("t0", "session.explode", null, true)), "unknown API action \"session.explode\"; expected one of keys.manage, session.cancel")
+}
+
+test_tenant_denied_action if {
+	not allowed(api("t1", "session.delete", null, false))
+	reason(api("t1", "session.delete", null, false)) == "action session.delete is disabled for tenant t1"
+	allowed(api("t1", "session.create", "support", false))
+}
+
+test_tenant_agent_allowlist_for_actions if {
+	not allowed(api("t1", "session.create", "sales", false))
+	reason(api("t1", "session.create", "sales", false)) == "agent sales is not available to tenant t1"
+	allowed(api("t1", "session.create", "research-eu", false))
+	allowed(api("t0", "session.create", "sales", false))
+}
+
+test_api_agent_must_be_string_or_null if not allowed(api("t0", "session.create", 7, false))
+
+# ---------------------------------------------------------------- committed data files
+
+test_example_tenant_file_is_loaded if {
+	d := authz.decision with input as tool("example", "support", "python_exec", {"code": "1"})
+	d.reason == "tool python_exec is not allowed for agent support in tenant example"
+}
+
+test_committed_defaults_allow_public_fetch if {
+	d := authz.decision with input as net("someone", "example.test", "93.184.216.34", "public")
+	d.allowed == true
+}
