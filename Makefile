@@ -11,7 +11,7 @@ DEPS := bash cluster/services/deps.sh
 PYTEST_ARGS ?=
 
 .PHONY: help install lock deps-up deps-down deps-status run stack-up health health-wait test \
-        test-unit test-integration bench quality format lint typecheck clean
+        test-unit test-integration bench quality format lint typecheck clean policy-wasm
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -70,6 +70,9 @@ test-integration: install deps-up ## Integration tests only
 bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
 	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation && \
 	  $(BIN)/python -m benchmarks.turn_overhead
+
+policy-wasm: install ## Rebuild the in-process policy (agentcluster/policy/authz.*) from policies/
+	$(BIN)/python -m agentcluster.policy._build --opa "$${AC_OPA_BIN:-.data/bin/opa}" --policies policies
 
 format: install ## Format with black and ruff --fix (line length 100)
 	$(BIN)/black -q .

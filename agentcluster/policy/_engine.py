@@ -1,0 +1,80 @@
+"""What both policy engines share: the typed requests built on one generic ``decide``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from agentcluster.policy._inputs import (
+    ApiAction,
+    NetworkCategory,
+    api_input,
+    network_input,
+    tool_input,
+)
+from agentcluster.tools._base import PolicyDecision, ToolInvocation
+
+__all__ = ["RegoPolicyEngine"]
+
+
+class RegoPolicyEngine(ABC):
+    """A :class:`~agentcluster.tools.PolicyEngine` evaluating ``data.agentcluster.authz.decision``.
+
+    Subclasses implement :meth:`decide`; it never raises for engine failures: an engine that
+    cannot answer denies, with a reason that names it (fail closed).
+    """
+
+    @abstractmethod
+    async def decide(self, policy_input: Mapping[str, Any]) -> PolicyDecision:
+        """Evaluate the policy for one input document (see ``policies/README.md``)."""
+
+    async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision:
+        """Decide one tool call (the PolicyEngine port)."""
+        return await self.decide(tool_input(invocation))
+
+    async def decide_network(
+        self,
+        *,
+        tenant_id: str,
+        agent: str,
+        scheme: str,
+        host: str,
+        ip: str,
+        port: int,
+        category: NetworkCategory,
+        tool: str = "http_fetch",
+    ) -> PolicyDecision:
+        """Decide one network target of a tool, after DNS resolution (every redirect hop too).
+
+        Args:
+            host: the name as written in the URL; ``ip`` the address it resolved to.
+            category: the address's class, e.g. from :func:`classify_address`.
+        """
+        return await self.decide(
+            network_input(
+                tenant_id=tenant_id,
+                agent=agent,
+                scheme=scheme,
+                host=host,
+                ip=ip,
+                port=port,
+                category=category,
+                tool=tool,
+            )
+        )
+
+    async def decide_action(
+        self,
+        tenant_id: str,
+        action: ApiAction,
+        *,
+        agent: str | None = None,
+        admin: bool = False,
+    ) -> PolicyDecision:
+        """Decide one API action of a tenant (``agent`` names the agent involved, if any)."""
+        return await self.decide(api_input(tenant_id, action, agent=agent, admin=admin))
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the engine's resources (connections, Wasm instances)."""
