@@ -76,6 +76,10 @@ class WasmPolicy(RegoPolicyEngine):
 
     async def aclose(self) -> None:
         """Release the Wasm instance."""
+        self.close()
+
+    def close(self) -> None:
+        """Release the Wasm instance (for callers without an event loop); idempotent."""
         self._policy.close()
 
     def __repr__(self) -> str:
