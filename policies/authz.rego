@@ -63,6 +63,74 @@ _tenant_name := input.tenant if _nonempty_string(input.tenant)
 
 _tenant_name := "(none)" if not _nonempty_string(object.get(input, "tenant", null))
 
+# ---- data checks: malformed settings deny every request of the tenant, naming what to fix,
+# instead of silently dropping a deny list that is not a list.
+
+denials contains msg if {
+	input.kind in known_kinds
+	count(_malformed) > 0
+	msg := concat("", [
+		"policy data for tenant ", _tenant_name, " is malformed at ", concat(", ", sort(_malformed)),
+		"; an operator must fix it",
+	])
+}
+
+_malformed contains key if {
+	some key in ["agents", "deny_actions"]
+	not _string_list(setting(key))
+}
+
+_malformed contains key if {
+	some key in ["tools", "network", "limits"]
+	value := setting(key)
+	not is_object(value)
+}
+
+_malformed contains concat(".", ["tools", field]) if {
+	some field in ["allow", "deny"]
+	value := setting("tools")[field]
+	not _string_list(value)
+}
+
+_malformed contains concat(".", ["agent_tools", input.agent]) if {
+	_nonempty_string(input.agent)
+	not is_object(_agent_tool_entry)
+}
+
+_malformed contains concat(".", ["agent_tools", input.agent, field]) if {
+	some field in ["allow", "deny"]
+	value := _agent_tool_entry[field]
+	not _string_list(value)
+}
+
+_malformed contains concat(".", ["network", field]) if {
+	some field in ["allow_hosts", "allow_cidrs", "allow_metadata"]
+	value := setting("network")[field]
+	not _string_list(value)
+}
+
+_malformed contains "network.allow_public" if {
+	value := setting("network").allow_public
+	not is_boolean(value)
+}
+
+_malformed contains "limits.url_schemes" if {
+	value := setting("limits").url_schemes
+	not _string_list(value)
+}
+
+_malformed contains "limits.python_exec_max_code_bytes" if {
+	value := setting("limits").python_exec_max_code_bytes
+	not is_number(value)
+}
+
+_string_list(value) if {
+	is_array(value)
+	every item in value {
+		is_string(item)
+	}
+}
+
 # ---------------------------------------------------------------- common input checks
 
 denials contains "policy input has no tenant (a non-empty string)" if {

@@ -155,7 +155,41 @@ test_tenant_allow_list if {
 	reason(tool("narrow", "a", "python_exec", {"code": "1"})) == "tool python_exec is not allowed in tenant narrow"
 }
 
-test_malformed_tenant_tools_deny if not allowed(tool("broken", "a", "browser_state", {}))
+test_malformed_tenant_tools_deny if {
+	not allowed(tool("broken", "a", "browser_state", {}))
+	reason(tool("broken", "a", "browser_state", {})) == concat("; ", [
+		"policy data for tenant broken is malformed at tools; an operator must fix it",
+		"tool browser_state is not allowed in tenant broken",
+	])
+	not allowed(api("broken", "session.read", null, false))
+}
+
+test_malformed_lists_deny_instead_of_being_ignored if {
+	bad := {"bad": {
+		"tools": {"deny": "python_exec"},
+		"agents": "support",
+		"agent_tools": {"a": {"allow": ["*"], "deny": [1]}},
+		"network": {"allow_cidrs": "127.0.0.1/32", "allow_public": "yes"},
+		"limits": {"python_exec_max_code_bytes": "10", "url_schemes": ["https"]},
+	}}
+	d := authz.decision with input as tool("bad", "a", "python_exec", {"code": "1"}) with data.agentcluster.tenants as bad
+	d.allowed == false
+	contains(d.reason, concat("", [
+		"policy data for tenant bad is malformed at agent_tools.a.deny, agents, ",
+		"limits.python_exec_max_code_bytes, network.allow_cidrs, network.allow_public, tools.deny;",
+	]))
+	m := authz.decision with input as api("bad", "session.read", null, false) with data.agentcluster.tenants as {"bad": {"agent_tools": {"a": "x"}}}
+	m.allowed == true
+	n := authz.decision with input as tool("bad", "a", "x", {}) with data.agentcluster.tenants as {"bad": {"agent_tools": {"a": "x"}}}
+	contains(n.reason, "malformed at agent_tools.a;")
+}
+
+test_committed_data_is_well_formed if {
+	every tenant in ["example", "someone-else"] {
+		d := authz.decision with input as tool(tenant, "research", "browser_state", {})
+		not contains(d.reason, "malformed")
+	}
+}
 
 test_agent_not_available_to_tenant if {
 	not allowed(tool("t1", "sales", "browser_state", {}))

@@ -34,6 +34,7 @@ RUN = uuid.uuid4().hex[:10]
 T = f"ptest-{RUN}-t"  # has a data entry (below)
 D = f"ptest-{RUN}-d"  # has none: the committed defaults apply
 M = f"ptest-{RUN}-m"  # allowlists one metadata address
+B = f"ptest-{RUN}-b"  # has malformed data
 
 TENANTS: dict[str, Any] = {
     T: {
@@ -53,6 +54,7 @@ TENANTS: dict[str, Any] = {
         },
     },
     M: {"network": {"allow_metadata": ["169.254.169.254"], "allow_cidrs": ["169.254.0.0/16"]}},
+    B: {"tools": {"deny": "python_exec"}, "network": {"allow_cidrs": "127.0.0.1/32"}},
 }
 
 
@@ -95,6 +97,8 @@ ROWS = [
     Row(
         "tenant code limit", tool(T, "research", "python_exec", code="x" * 65), False, "at most 64"
     ),
+    Row("utf-8 at the limit", tool(T, "research", "python_exec", code="é" * 32), True, "allowed"),
+    Row("utf-8 over it", tool(T, "research", "python_exec", code="é" * 33), False, "is 66 bytes"),
     Row("agent allowlist", tool(T, "support", "python_exec", code="1"), False, "for agent support"),
     Row("agent glob allows", tool(T, "support", "browser_click", index=2), True, "is allowed"),
     Row("agent deny wins", tool(T, "support", "browser_task", task="x"), False, "browser_task)"),
@@ -140,6 +144,8 @@ ROWS = [
     # ---- malformed
     Row("unknown kind", {"kind": "shell", "tenant": D}, False, "unknown policy input kind"),
     Row("no kind", {"tenant": D}, False, "has no kind"),
+    Row("malformed tool data", tool(B, "a", "python_exec", code="1"), False, "at network.allo"),
+    Row("malformed net data", net(B, "h", "127.0.0.1", "loopback"), False, "tools.deny;"),
 ]
 
 
