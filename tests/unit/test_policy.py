@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opapywasm import OpaWasmPolicy
 
 from agentcluster.config import load_settings
 from agentcluster.errors import ConfigError
@@ -86,6 +87,17 @@ def test_packaged_wasm_is_built_from_the_current_policies() -> None:
         "built; run `make policy-wasm` and commit agentcluster/policy/authz.*"
     )
     assert manifest["sources_sha256"] == sources_digest(current)
+
+
+def test_packaged_wasm_needs_no_host_builtins() -> None:
+    # opa-py-wasm implements only a few builtins on the host (sprintf, json/yaml helpers), and not
+    # like OPA does; the policy must stick to what OPA compiles into the Wasm itself.
+    policy = OpaWasmPolicy.from_wasm_bytes(load_bundle().wasm)
+    try:
+        assert policy.builtins == {}
+        assert policy.entrypoints == {"agentcluster/authz/decision": 0}
+    finally:
+        policy.close()
 
 
 def test_sources_are_rego_and_data_without_tests() -> None:
@@ -255,3 +267,16 @@ async def test_build_policy_engine_follows_the_settings() -> None:
     assert isinstance(local, WasmPolicy)
     assert not (await local.decide_action("u", "session.read")).allowed
     await local.aclose()
+
+
+async def test_opa_engine_denies_input_that_is_not_json() -> None:
+    # Encoding fails before any connection is opened: nothing is sent anywhere.
+    opa = OpaServerPolicy("http://127.0.0.1:9", timeout_s=1)
+    try:
+        decision = await opa.decide({"kind": "tool", "arguments": {"x": object()}})
+    finally:
+        await opa.aclose()
+    assert not decision.allowed
+    assert decision.reason.startswith(
+        "policy engine (OPA at http://127.0.0.1:9) was not asked: the input is not JSON"
+    )
