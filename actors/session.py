@@ -26,6 +26,7 @@ from ray.actor import ActorHandle
 
 from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable
+from agentcluster.events import TurnOutcome
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
 from agentcluster.runtime._hostset import plan_host_count
 
@@ -53,6 +54,11 @@ class SessionHost:
 
     async def notify(self, session_id: str) -> None:
         await self._core.notify(session_id)
+
+    async def wait_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+    ) -> TurnOutcome | None:
+        return await self._core.wait_turn(tenant_id, session_id, turn_id, after_seq, timeout_s)
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
         return await self._core.cancel(tenant_id, session_id, turn_id)
@@ -226,6 +232,15 @@ class RaySessionRouter:
     async def notify(self, session_id: str) -> None:
         host = await self.host_for(session_id)
         await _call(host.notify.remote(session_id))
+
+    async def wait_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+    ) -> TurnOutcome | None:
+        host = await self.host_for(session_id)
+        outcome = await _call(
+            host.wait_turn.remote(tenant_id, session_id, turn_id, after_seq, timeout_s)
+        )
+        return outcome
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
         host = await self.host_for(session_id)

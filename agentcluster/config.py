@@ -235,6 +235,9 @@ class AuthSettings(BaseSettings):
 
     internal_token: str | None = None
     admin_key: str | None = None
+    cache_s: float = Field(default=5.0, ge=0, le=3600)
+    """How long a replica trusts a key it checked (0: check every request). A revoked key stops
+    working at once on the replica that revoked it, and within this time on the others."""
 
     @field_validator("internal_token", "admin_key")
     @classmethod

@@ -30,6 +30,7 @@ __all__ = [
     "TurnCancelled",
     "TurnCompleted",
     "TurnFailed",
+    "TurnOutcome",
     "TurnStarted",
     "Usage",
     "current_trace_context",
@@ -182,6 +183,9 @@ EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 
 TURN_OUTCOMES = (TurnCompleted, TurnFailed, TurnCancelled)
 """The events that end a turn (for ``isinstance``)."""
+
+TurnOutcome = TurnCompleted | TurnFailed | TurnCancelled
+"""The event that ends a turn (for annotations)."""
 
 
 def dump_event(event: Event) -> bytes:

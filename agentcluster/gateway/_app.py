@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcluster import api
 from agentcluster import events as ev
@@ -170,12 +171,14 @@ async def send_message(
     accept: Annotated[str | None, Header()] = None,
     wait: bool = False,
 ) -> Response:
-    submission = await service.submit(caller, session_id, body, _idempotency_key(idempotency_key))
+    key = _idempotency_key(idempotency_key)
     if accept and "text/event-stream" in accept:
+        submission = await service.submit(caller, session_id, body, key)
         items = service.turn_items(caller, session_id, submission)
         return EventSourceResponse(_sse_stream(items), ping=HEARTBEAT_S)
     if wait:
-        return _json(await service.wait(caller, session_id, submission))
+        return _json(await service.ask(caller, session_id, body, key))
+    submission = await service.submit(caller, session_id, body, key)
     accepted = api.MessageAccepted(
         session_id=session_id, message_id=submission.message_id, turn_id=submission.turn_id
     )
@@ -266,6 +269,38 @@ async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+class Measure:
+    """ASGI middleware: request count and latency by route template, and the replica's id as a
+    response header (plain ASGI: Starlette's BaseHTTPMiddleware costs a task per request).
+    Starlette builds it on the first request, in the replica's own process."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.replica = replica_id().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_measured(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-agentcluster-replica", self.replica)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_measured)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            LATENCY.labels(name).observe(time.perf_counter() - started)
+            REQUESTS.labels(name, str(status)).inc()
+
+
 def create_app(
     settings: Settings, connect: Callable[[Settings], Awaitable[Runtime]] | None = None
 ) -> FastAPI:
@@ -290,19 +325,7 @@ def create_app(
     profiles = load_profiles(settings.runtime.agents_dir)
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        LATENCY.labels(name).observe(time.perf_counter() - started)
-        REQUESTS.labels(name, str(response.status_code)).inc()
-        response.headers["x-agentcluster-replica"] = replica_id()
-        return response
+    app.add_middleware(Measure)
 
     for router in (sessions, agents, keys, system):
         app.include_router(router)

@@ -3,6 +3,7 @@ DeploymentHandle methods both call this, so the two clients get the same behavio
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from agentcluster.runtime import Runtime, StreamItem
 __all__ = ["Caller", "GatewayService"]
 
 WAIT_TIMEOUT_S = 300.0
+AUTH_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def _agent_out(profile: AgentProfile) -> api.AgentOut:
 def _turn_out(
     session_id: str,
     submission: Submission,
-    event: ev.TurnCompleted | ev.TurnFailed | ev.TurnCancelled,
+    event: ev.TurnOutcome,
 ) -> api.TurnOut:
     fields = {
         "session_id": session_id,
@@ -82,18 +84,34 @@ class GatewayService:
         self.runtime = runtime
         self.settings = settings
         self.profiles = profiles
+        # SHA-256 of a key -> (its caller, when this replica stops trusting it without a check).
+        self._callers: dict[bytes, tuple[Caller, float]] = {}
 
     async def authenticate(self, token: str | None) -> Caller:
-        """The caller behind a bearer token (the admin key or a tenant's API key)."""
+        """The caller behind a bearer token (the admin key or a tenant's API key).
+
+        A tenant key found in the store is trusted for ``auth.cache_s`` seconds on this replica.
+        """
         if not token:
             raise _unauthorized("missing API key")
         admin_key = self.settings.auth.admin_key
         if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
             return Caller(tenant_id=None, key_id=None, admin=True)
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self._callers.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         key = await self.runtime.store.authenticate(token)
         if key is None:
+            self._callers.pop(digest, None)
             raise _unauthorized("invalid API key")
-        return Caller(tenant_id=key.tenant_id, key_id=key.key_id)
+        caller = Caller(tenant_id=key.tenant_id, key_id=key.key_id)
+        if self.settings.auth.cache_s > 0:
+            if len(self._callers) >= AUTH_CACHE_SIZE:
+                self._callers.clear()
+            self._callers[digest] = (caller, now + self.settings.auth.cache_s)
+        return caller
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -125,11 +143,22 @@ class GatewayService:
     # -- messages, turns, events ------------------------------------------------------------
 
     async def submit(
-        self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
+        self,
+        caller: Caller,
+        session_id: str,
+        body: api.MessageIn,
+        idempotency_key: str | None,
+        *,
+        notify: bool = True,
     ) -> Submission:
-        """Commit the message (durable before anything is acknowledged) and wake its host."""
+        """Commit the message (durable before anything is acknowledged) and wake its host
+        (unless ``notify`` is False because :meth:`wait` follows, which wakes it)."""
         return await self.runtime.send_message(
-            caller.tenant(), session_id, body.content, idempotency_key=idempotency_key
+            caller.tenant(),
+            session_id,
+            body.content,
+            idempotency_key=idempotency_key,
+            notify=notify,
         )
 
     async def send_message(
@@ -144,7 +173,7 @@ class GatewayService:
         self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
     ) -> api.TurnOut:
         """Send and wait (up to WAIT_TIMEOUT_S) for the turn's outcome."""
-        submission = await self.submit(caller, session_id, body, idempotency_key)
+        submission = await self.submit(caller, session_id, body, idempotency_key, notify=False)
         return await self.wait(caller, session_id, submission)
 
     def turn_items(
@@ -167,15 +196,13 @@ class GatewayService:
                 yield item
 
     async def wait(self, caller: Caller, session_id: str, submission: Submission) -> api.TurnOut:
-        """The turn's outcome, from its terminal event (persisted or live) when it arrives in
-        time; otherwise the turn as the store has it (e.g. still running)."""
+        """The turn's outcome, from its terminal event when it arrives in time (the host is woken
+        and answers with that event alone); otherwise the turn as the store has it (e.g. still
+        running)."""
         tenant_id = caller.tenant()
-        deadline = time.monotonic() + WAIT_TIMEOUT_S
-        async for item in self._turn_items(tenant_id, session_id, submission):
-            if isinstance(item, ev.TURN_OUTCOMES):
-                return _turn_out(session_id, submission, item)
-            if time.monotonic() > deadline:
-                break
+        outcome = await self.runtime.wait_turn(tenant_id, session_id, submission, WAIT_TIMEOUT_S)
+        if outcome is not None:
+            return _turn_out(session_id, submission, outcome)
         store = self.runtime.store
         turn = await store.get_turn(tenant_id, submission.turn_id)
         content = None
@@ -240,3 +267,4 @@ class GatewayService:
     async def revoke_key(self, caller: Caller, key_id: str) -> None:
         caller.require_admin()
         await self.runtime.store.revoke_api_key(None, key_id)
+        self._callers.clear()  # at once here; other replicas within auth.cache_s

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from agentcluster.agent import AgentLoop, TurnContext
 from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import StaleEpochError
-from agentcluster.events import Usage
+from agentcluster.events import TurnOutcome, Usage
 from agentcluster.llm._types import ChatMessage, ToolCallSpec
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.runtime._journal import StoreJournal
@@ -27,6 +27,8 @@ __all__ = ["Activation", "history_from_messages"]
 log = logging.getLogger(__name__)
 
 INTERRUPTED_TURN = "the turn was interrupted by a host restart"
+RECENT_OUTCOMES = 64
+"""Outcomes an activation remembers, so a waiter that arrives after its turn ended is answered."""
 
 
 def _chat(message: Message) -> ChatMessage:
@@ -80,7 +82,11 @@ class Activation:
         self.feed = LiveFeed(session.session_id)
         self._store = store
         self._loop = loop
-        self._journal = StoreJournal(store, session.tenant_id, session.session_id, epoch, self.feed)
+        self._journal = StoreJournal(
+            store, session.tenant_id, session.session_id, epoch, self.feed, self._turn_ended
+        )
+        self._outcomes: OrderedDict[str, TurnOutcome] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[TurnOutcome | None]]] = defaultdict(list)
         self._worker: asyncio.Task[None] | None = None
         self._turn_task: asyncio.Task[object] | None = None
         self._current_turn: str | None = None
@@ -107,16 +113,57 @@ class Activation:
         if not self.busy:
             self._worker = asyncio.create_task(self._work(), name=f"session-{self.session_id}")
 
+    async def wait_outcome(self, turn_id: str, timeout_s: float) -> TurnOutcome | None:
+        """Pump, then wait for ``turn_id``'s outcome event; None when it does not come from this
+        activation (it ended elsewhere or earlier, the session moved) or not within the time."""
+        known = self._outcomes.get(turn_id)
+        if known is not None:
+            return known
+        waiter: asyncio.Future[TurnOutcome | None] = asyncio.get_running_loop().create_future()
+        self._waiters[turn_id].append(waiter)
+        self.pump()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(turn_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[turn_id]
+
+    def _turn_ended(self, outcome: TurnOutcome) -> None:
+        self._outcomes[outcome.turn_id] = outcome
+        while len(self._outcomes) > RECENT_OUTCOMES:
+            self._outcomes.popitem(last=False)
+        self._settle(outcome.turn_id, outcome)
+
+    def _settle(self, turn_id: str, outcome: TurnOutcome | None) -> None:
+        for waiter in self._waiters.pop(turn_id, []):
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    def _settle_unknown(self, open_turns: set[str]) -> None:
+        # A waited-for turn that is neither open nor ended here ended before this activation
+        # saw it: its waiters look in the store instead.
+        for turn_id in [t for t in self._waiters if t not in open_turns]:
+            self._settle(turn_id, self._outcomes.get(turn_id))
+
     async def _work(self) -> None:
         try:
             while self._wake.is_set() and not self.stale:
                 self._wake.clear()
-                for turn in await self._store.open_turns(self.session_id):
-                    if self.stale:
-                        return
-                    await self._run(turn)
-                    self._wake.set()  # look again: more may have arrived meanwhile
-                    break
+                turns = await self._store.open_turns_with_prompts(self.session_id)
+                self._settle_unknown({turn.turn_id for turn, _prompt in turns})
+                if turns and not self.stale:
+                    # One turn, then look again only if woken meanwhile (a message arrived,
+                    # a cancel came) or more were open: no query after every turn.
+                    turn, prompt = turns[0]
+                    await self._run(turn, prompt)
+                    if len(turns) > 1:
+                        self._wake.set()
         except StaleEpochError:
             self.stale = True
             self.feed.close()
@@ -126,8 +173,11 @@ class Activation:
             log.exception("session %s: turn worker failed", self.session_id)
         finally:
             self.last_active = time.monotonic()
+            if self.stale:
+                for turn_id in list(self._waiters):
+                    self._settle(turn_id, None)
 
-    async def _run(self, turn: Turn) -> None:
+    async def _run(self, turn: Turn, prompt: str) -> None:
         profile = self._loop.profile
         interrupted = turn.status == "running"
         if interrupted and (
@@ -139,8 +189,7 @@ class Activation:
             )
             return
         if not interrupted:
-            message = await self._store.get_message(self.session.tenant_id, turn.message_id)
-            self.history.append(_chat(message))
+            self.history.append(ChatMessage(role="user", content=prompt))
         context = TurnContext(
             tenant_id=self.session.tenant_id,
             session_id=self.session_id,
@@ -190,6 +239,8 @@ class Activation:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for turn_id in list(self._waiters):
+            self._settle(turn_id, None)  # they look in the store (or the next host) instead
         self.feed.close()
 
 

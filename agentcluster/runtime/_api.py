@@ -27,6 +27,10 @@ class SessionRouter(Protocol):
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool: ...
 
+    async def wait_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+    ) -> ev.TurnOutcome | None: ...
+
     def stream(
         self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
     ) -> AsyncIterator[StreamItem]: ...
@@ -66,16 +70,28 @@ class Runtime:
         content: str,
         *,
         idempotency_key: str | None = None,
+        notify: bool = True,
     ) -> Submission:
-        """Commit the message (durable from here on), then wake the session's host.
+        """Commit the message (durable from here on), then wake the session's host (unless
+        ``notify`` is False: the caller wakes it, e.g. through :meth:`wait_turn`).
 
         A resend with the same idempotency key returns the first submission and starts nothing.
         """
         submission = await self.store.submit_message(
             tenant_id, session_id, content, idempotency_key=idempotency_key
         )
-        await self.router.notify(session_id)
+        if notify:
+            await self.router.notify(session_id)
         return submission
+
+    async def wait_turn(
+        self, tenant_id: str, session_id: str, submission: Submission, timeout_s: float
+    ) -> ev.TurnOutcome | None:
+        """Wake the session's host and wait for the submission's turn to end (one host call);
+        None if it did not end within ``timeout_s``."""
+        return await self.router.wait_turn(
+            tenant_id, session_id, submission.turn_id, max(submission.seq - 1, 0), timeout_s
+        )
 
     def stream(
         self, tenant_id: str, session_id: str, *, after_seq: int = 0, until_turn: str | None = None
@@ -94,12 +110,16 @@ class Runtime:
         content: str,
         *,
         idempotency_key: str | None = None,
-    ) -> ev.TurnCompleted | ev.TurnFailed | ev.TurnCancelled:
-        """Send a message and wait for its turn's outcome event."""
+        timeout_s: float = 300.0,
+    ) -> ev.TurnOutcome:
+        """Send a message and wait (up to ``timeout_s``) for its turn's outcome event."""
         submission = await self.send_message(
-            tenant_id, session_id, content, idempotency_key=idempotency_key
+            tenant_id, session_id, content, idempotency_key=idempotency_key, notify=False
         )
-        async for item in self.stream(tenant_id, session_id, until_turn=submission.turn_id):
-            if isinstance(item, ev.TURN_OUTCOMES) and item.turn_id == submission.turn_id:
-                return item
-        raise TerminalFailure(f"the stream of session {session_id} ended before turn finished")
+        outcome = await self.wait_turn(tenant_id, session_id, submission, timeout_s)
+        if outcome is None:
+            raise TerminalFailure(
+                f"turn {submission.turn_id} of session {session_id} did not end within "
+                f"{timeout_s:g} s"
+            )
+        return outcome

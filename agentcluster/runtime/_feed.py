@@ -41,6 +41,8 @@ class LiveFeed:
 
     def publish_delta(self, turn_id: str, step: int, text: str) -> None:
         self._delta_index += 1
+        if not self._subscribers:
+            return  # deltas are live only: nobody listening, nothing to build
         self.publish(
             Delta(
                 session_id=self.session_id,

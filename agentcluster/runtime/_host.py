@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
-from agentcluster.events import TURN_OUTCOMES, EventBase
+from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.runtime._activation import Activation, history_from_messages
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
@@ -125,6 +125,26 @@ class SessionHostCore:
     async def notify(self, session_id: str) -> None:
         """A message was committed for this session: activate it and run its open turns."""
         (await self._activate(session_id)).pump()
+
+    async def wait_turn(
+        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+    ) -> TurnOutcome | None:
+        """Run the session's open turns and wait for ``turn_id``'s outcome event: what
+        :meth:`notify` then :meth:`stream` until the outcome would give, in one call and without
+        sending every delta. None when no outcome came within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        activation = await self._owned(tenant_id, session_id)
+        outcome = await activation.wait_outcome(turn_id, timeout_s)
+        remaining = deadline - time.monotonic()
+        if outcome is not None or remaining <= 0:
+            return outcome
+        # The turn ended before this activation saw it, or the session moved: read the store.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                async for item in self.stream(tenant_id, session_id, after_seq, turn_id):
+                    if isinstance(item, TURN_OUTCOMES) and item.turn_id == turn_id:
+                        return item
+        return None
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
         activation = await self._owned(tenant_id, session_id)

@@ -21,13 +21,20 @@ class StoreJournal(TurnJournal):
     """Records one session's turn steps with the owner epoch (a stale host cannot write)."""
 
     def __init__(
-        self, store: SqlStateStore, tenant_id: str, session_id: str, epoch: int, feed: LiveFeed
+        self,
+        store: SqlStateStore,
+        tenant_id: str,
+        session_id: str,
+        epoch: int,
+        feed: LiveFeed,
+        on_outcome: Callable[[ev.TurnOutcome], None] | None = None,
     ) -> None:
         self._store = store
         self._tenant_id = tenant_id
         self._session_id = session_id
         self._epoch = epoch
         self._feed = feed
+        self._on_outcome = on_outcome
         self._last_answer: str | None = None
 
     async def _write(self, change: Callable[[SessionWriter], Awaitable[None]]) -> None:
@@ -35,6 +42,8 @@ class StoreJournal(TurnJournal):
             await change(writer)
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
+            if self._on_outcome is not None and isinstance(event, ev.TURN_OUTCOMES):
+                self._on_outcome(event)
 
     def _ids(self) -> dict[str, str]:
         return {"tenant_id": self._tenant_id, "session_id": self._session_id}

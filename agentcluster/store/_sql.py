@@ -221,9 +221,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValidationFailed(f"invalid cursor {cursor!r}") from exc
 
 
-def _open_turns_query(session_id: str) -> Select[Any]:
+def _open_turns_query(session_id: str) -> Select[TurnRow, str]:
+    # The user message's content comes along, so a worker starting a turn needs no second query.
     return (
-        select(TurnRow)
+        select(TurnRow, MessageRow.content.label("prompt"))
         .join(MessageRow, MessageRow.message_id == TurnRow.message_id)
         .where(TurnRow.session_id == session_id, TurnRow.status.in_(("queued", "running")))
         .order_by(MessageRow.position)
@@ -811,9 +812,13 @@ class SqlStateStore:
 
     async def open_turns(self, session_id: str) -> list[Turn]:
         """Queued and running turns of a session in arrival order (what an activation must run)."""
+        return [turn for turn, _prompt in await self.open_turns_with_prompts(session_id)]
+
+    async def open_turns_with_prompts(self, session_id: str) -> list[tuple[Turn, str]]:
+        """Like :meth:`open_turns`, each with the content of the user message that started it."""
         async with self._begin() as connection:
             rows = (await connection.execute(_open_turns_query(session_id))).all()
-        return [_turn(row) for row in rows]
+        return [(_turn(row), row.prompt) for row in rows]
 
     async def get_message(self, tenant_id: str, message_id: str) -> Message:
         async with self._begin() as connection:

@@ -17,6 +17,7 @@ from deployments.gateway import build_gateway
 from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
+AUTH_CACHE_S = 1.0  # short, so the revocation test waits little
 PROFILE = {
     "name": "tester",
     "model": "fake-a",
@@ -46,7 +47,7 @@ def e2e_settings(
         {
             "db": {"dsn": postgres_dsn},
             "llm": {"api_base": fake_llm.base_url, "api_key": "test", "max_retries": 1},
-            "auth": {"admin_key": ADMIN_KEY},
+            "auth": {"admin_key": ADMIN_KEY, "cache_s": AUTH_CACHE_S},
             "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
         }
     )

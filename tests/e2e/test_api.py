@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
-from tests.e2e.conftest import ADMIN_KEY
+from tests.e2e.conftest import ADMIN_KEY, AUTH_CACHE_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -219,7 +220,10 @@ async def test_auth_and_tenant_isolation(http: httpx.AsyncClient, tenant_key: st
     _problem(await http.get("/v1/sessions", headers=_auth(ADMIN_KEY)), 403, "forbidden")
     revoked = await http.delete(f"/v1/keys/{other.json()['key_id']}", headers=_auth(ADMIN_KEY))
     assert revoked.status_code == 204
-    _problem(await http.get("/v1/sessions", headers=_auth(other_key)), 401, "unauthorized")
+    # Replicas trust a checked key for auth.cache_s; after that, none accepts it.
+    await asyncio.sleep(AUTH_CACHE_S + 0.2)
+    for _ in range(4):  # requests spread over both replicas
+        _problem(await http.get("/v1/sessions", headers=_auth(other_key)), 401, "unauthorized")
 
 
 async def test_bad_input_gets_the_right_problem_and_leaves_nothing(

@@ -185,6 +185,41 @@ async def test_twenty_concurrent_messages_run_one_turn_at_a_time_in_order(
     assert seen == [contents[turn_id] for turn_id in arrival]
 
 
+async def test_waiting_for_a_turn_answers_whenever_and_wherever_it_ended(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when=_mentions(token), reply=Reply(content=f"seen {token}", ttft_s=0.05))
+    )
+    tenant_id, session_id = await _session(runtime)
+    # Three queued turns waited for at once: each waiter gets its own turn's outcome.
+    submissions = [
+        await runtime.send_message(tenant_id, session_id, f"{token} q{i}", notify=False)
+        for i in range(3)
+    ]
+    outcomes = await asyncio.gather(
+        *(runtime.wait_turn(tenant_id, session_id, s, 60) for s in submissions)
+    )
+    assert [o.turn_id if o else None for o in outcomes] == [s.turn_id for s in submissions]
+    assert all(isinstance(o, ev.TurnCompleted) for o in outcomes)
+    # Ended earlier on this host: answered from the activation's memory.
+    again = await runtime.wait_turn(tenant_id, session_id, submissions[0], 60)
+    assert again == outcomes[0]
+    # Ended before the session was passivated: answered from the store by the new activation.
+    assert await router.actor(session_id).passivate.remote(session_id)
+    after = await runtime.wait_turn(tenant_id, session_id, submissions[1], 60)
+    assert isinstance(after, ev.TurnCompleted)
+    assert (after.turn_id, after.seq) == (outcomes[1].turn_id, outcomes[1].seq)
+    # A turn that cannot end in time: None, not an error.
+    slow = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(slow), reply=Reply(content="late", ttft_s=3)))
+    tenant_id, session_id = await _session(runtime)  # a history without the first token
+    pending = await runtime.send_message(tenant_id, session_id, slow, notify=False)
+    assert await runtime.wait_turn(tenant_id, session_id, pending, 0.5) is None
+    assert await _turn_outcome(runtime, tenant_id, pending.turn_id) == "completed"
+
+
 async def test_passivation_then_reactivation_keeps_the_whole_history(
     runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
 ) -> None:
