@@ -335,6 +335,11 @@ class PoolCore(Generic[M]):
             self._recycle(member)
         return True
 
+    async def release_key(self, key: str) -> bool:
+        """Release the lease held for ``key`` (a session's turn ended); False if none is held."""
+        lease_id = self._by_key.get(key)
+        return lease_id is not None and await self.release(lease_id)
+
     async def report_failure(self, lease_id: str, reason: str) -> bool:
         """A caller saw the leased member die: replace it now instead of at the next check."""
         record = self._leases.get(lease_id)
@@ -763,6 +768,9 @@ class PoolManager:
     async def release(self, lease_id: str) -> bool:
         return await self._core.release(lease_id)
 
+    async def release_key(self, key: str) -> bool:
+        return await self._core.release_key(key)
+
     async def touch(self, lease_id: str) -> None:
         self._core.touch(lease_id)
 
@@ -858,6 +866,11 @@ class ActorPool:
     async def release(self, lease: Lease[Any] | str) -> bool:
         """Give the member back; False when the lease was not held any more."""
         released: bool = await self._call(self._manager.release.remote(_lease_id(lease)))
+        return released
+
+    async def release_key(self, key: str) -> bool:
+        """Release the lease held for ``key``, if any (e.g. when a session's turn ends)."""
+        released: bool = await self._call(self._manager.release_key.remote(key))
         return released
 
     async def touch(self, lease: Lease[Any] | str) -> None:

@@ -265,3 +265,13 @@ def test_stats_are_a_plain_dict_when_dumped() -> None:
     dumped = core.stats().model_dump()
     assert set(dumped) == set(PoolStats.model_fields)
     assert dumped["pool"] == "test" and dumped["size"] == 0
+
+
+async def test_release_key_ends_a_sessions_lease() -> None:
+    core, _, _ = make_pool()
+    lease = await core.lease("session-a", timeout_s=1)
+    assert await core.release_key("session-a") is True
+    assert await core.release_key("session-a") is False
+    assert core.stats().leased == 0
+    with pytest.raises(LeaseLost):
+        core.touch(lease.lease_id)
