@@ -1,0 +1,1 @@
+"""Helpers for tests: small servers and fakes typed against our ports."""
