@@ -25,6 +25,7 @@ from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._service import Caller, GatewayService
 from agentcluster.health import probe_all
+from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
 
 __all__ = ["create_app", "current_service", "replica_id"]
@@ -309,11 +310,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await (connect or Runtime.connect)(settings)
-        app.state.service = GatewayService(runtime, settings, profiles)
+        policy = build_policy_engine(settings)
+        app.state.service = GatewayService(runtime, settings, profiles, policy)
         _register(app.state.service)
         try:
             yield
         finally:
+            await policy.aclose()
             await runtime.close()
 
     app = FastAPI(

@@ -14,14 +14,18 @@ from agentcluster import events as ev
 from agentcluster.agent import AgentProfile
 from agentcluster.config import Settings
 from agentcluster.domain import Submission
-from agentcluster.errors import NotFoundError, ValidationFailed
+from agentcluster.errors import DependencyUnavailable, NotFoundError, ValidationFailed
 from agentcluster.gateway._problems import ProblemError
+from agentcluster.policy import ApiAction, RegoPolicyEngine
 from agentcluster.runtime import Runtime, StreamItem
+from agentcluster.tools import PolicyDecision
 
 __all__ = ["Caller", "GatewayService"]
 
 WAIT_TIMEOUT_S = 300.0
 AUTH_CACHE_SIZE = 10_000
+_ADMIN_TENANT = "(admin)"
+"""The tenant the policy sees for the admin key, which belongs to no tenant."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,18 @@ class GatewayService:
     """The API's operations on the runtime, scoped by the caller's tenant."""
 
     def __init__(
-        self, runtime: Runtime, settings: Settings, profiles: dict[str, AgentProfile]
+        self,
+        runtime: Runtime,
+        settings: Settings,
+        profiles: dict[str, AgentProfile],
+        policy: RegoPolicyEngine | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.profiles = profiles
+        self.policy = policy
+        # (tenant, action, agent, admin) -> (decision, until when this replica reuses it).
+        self._decisions: dict[tuple[str, str, str | None, bool], tuple[PolicyDecision, float]] = {}
         # SHA-256 of a key -> (its caller, when this replica stops trusting it without a check).
         self._callers: dict[bytes, tuple[Caller, float]] = {}
 
@@ -113,31 +124,62 @@ class GatewayService:
             self._callers[digest] = (caller, now + self.settings.auth.cache_s)
         return caller
 
+    async def authorize(self, caller: Caller, action: ApiAction, agent: str | None = None) -> str:
+        """Ask the policy whether the caller may do ``action``; returns the caller's tenant.
+
+        Decisions are reused for ``auth.cache_s`` on this replica (API actions have few distinct
+        inputs); a policy engine that cannot decide is an outage (503), a denial is 403.
+        """
+        # Sessions belong to tenants: the admin key (no tenant) gets 403 here for them.
+        tenant_id = _ADMIN_TENANT if action == "keys.manage" else caller.tenant()
+        if self.policy is None:
+            return tenant_id
+        key = (tenant_id, action, agent, caller.admin)
+        now = time.monotonic()
+        cached = self._decisions.get(key)
+        if cached is not None and cached[1] > now:
+            decision = cached[0]
+        else:
+            decision = await self.policy.decide_action(
+                tenant_id, action, agent=agent, admin=caller.admin
+            )
+            if not decision.failed and self.settings.auth.cache_s > 0:
+                if len(self._decisions) >= AUTH_CACHE_SIZE:
+                    self._decisions.clear()
+                self._decisions[key] = (decision, now + self.settings.auth.cache_s)
+        if decision.failed:
+            raise DependencyUnavailable("policy", decision.reason)
+        if not decision.allowed:
+            raise ProblemError(403, "forbidden", f"denied by policy: {decision.reason}")
+        return tenant_id
+
     # -- sessions ---------------------------------------------------------------------------
 
     async def create_session(self, caller: Caller, body: api.SessionCreateIn) -> api.SessionOut:
-        tenant_id = caller.tenant()
+        caller.tenant()  # the admin key has no sessions: 403 before asking the policy
         if body.agent not in self.profiles:
             known = ", ".join(sorted(self.profiles))
             raise ValidationFailed(f"unknown agent {body.agent!r}; known agents: {known}")
+        tenant_id = await self.authorize(caller, "session.create", body.agent)
         session = await self.runtime.create_session(tenant_id, body.agent, body.metadata)
         return api.SessionOut.of(session)
 
     async def list_sessions(
         self, caller: Caller, limit: int = 50, cursor: str | None = None
     ) -> api.SessionList:
-        page = await self.runtime.store.list_sessions(caller.tenant(), limit=limit, cursor=cursor)
+        tenant_id = await self.authorize(caller, "session.read")
+        page = await self.runtime.store.list_sessions(tenant_id, limit=limit, cursor=cursor)
         return api.SessionList(
             items=[api.SessionOut.of(s) for s in page.items], next_cursor=page.next_cursor
         )
 
     async def get_session(self, caller: Caller, session_id: str) -> api.SessionOut:
-        return api.SessionOut.of(await self.runtime.store.get_session(caller.tenant(), session_id))
+        tenant_id = await self.authorize(caller, "session.read")
+        return api.SessionOut.of(await self.runtime.store.get_session(tenant_id, session_id))
 
     async def close_session(self, caller: Caller, session_id: str) -> api.SessionOut:
-        closed = await self.runtime.store.close_session(
-            caller.tenant(), session_id, "closed by the API"
-        )
+        tenant_id = await self.authorize(caller, "session.delete")
+        closed = await self.runtime.store.close_session(tenant_id, session_id, "closed by the API")
         return api.SessionOut.of(closed)
 
     # -- messages, turns, events ------------------------------------------------------------
@@ -154,7 +196,7 @@ class GatewayService:
         """Commit the message (durable before anything is acknowledged) and wake its host
         (unless ``notify`` is False because :meth:`wait` follows, which wakes it)."""
         return await self.runtime.send_message(
-            caller.tenant(),
+            await self.authorize(caller, "session.message"),
             session_id,
             body.content,
             idempotency_key=idempotency_key,
@@ -219,7 +261,7 @@ class GatewayService:
         )
 
     async def messages(self, caller: Caller, session_id: str) -> api.MessageList:
-        tenant_id = caller.tenant()
+        tenant_id = await self.authorize(caller, "session.read")
         await self.runtime.store.get_session(tenant_id, session_id)
         messages = await self.runtime.store.list_messages(tenant_id, session_id)
         return api.MessageList(items=[api.MessageOut.of(m) for m in messages])
@@ -228,14 +270,15 @@ class GatewayService:
         self, caller: Caller, session_id: str, after: int = 0
     ) -> AsyncIterator[StreamItem]:
         """Checks the session (404 before any streaming), then returns its event stream."""
-        tenant_id = caller.tenant()
+        tenant_id = await self.authorize(caller, "session.read")
         await self.runtime.store.get_session(tenant_id, session_id)
         return self.runtime.stream(tenant_id, session_id, after_seq=after)
 
     async def cancel(
         self, caller: Caller, session_id: str, turn_id: str | None = None
     ) -> api.CancelOut:
-        cancelled = await self.runtime.cancel(caller.tenant(), session_id, turn_id)
+        tenant_id = await self.authorize(caller, "session.cancel")
+        cancelled = await self.runtime.cancel(tenant_id, session_id, turn_id)
         return api.CancelOut(cancelled=cancelled)
 
     # -- agents and keys --------------------------------------------------------------------
@@ -251,6 +294,7 @@ class GatewayService:
 
     async def create_key(self, caller: Caller, body: api.KeyCreateIn) -> api.KeyCreated:
         caller.require_admin()
+        await self.authorize(caller, "keys.manage")
         store = self.runtime.store
         if body.tenant_id is not None:
             tenant_id = (await store.get_tenant(body.tenant_id)).tenant_id
@@ -261,10 +305,12 @@ class GatewayService:
 
     async def list_keys(self, caller: Caller, tenant_id: str | None = None) -> api.KeyList:
         caller.require_admin()
+        await self.authorize(caller, "keys.manage")
         keys = await self.runtime.store.list_api_keys(tenant_id)
         return api.KeyList(items=[api.KeyOut.of(k) for k in keys])
 
     async def revoke_key(self, caller: Caller, key_id: str) -> None:
         caller.require_admin()
+        await self.authorize(caller, "keys.manage")
         await self.runtime.store.revoke_api_key(None, key_id)
         self._callers.clear()  # at once here; other replicas within auth.cache_s

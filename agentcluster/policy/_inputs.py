@@ -156,7 +156,7 @@ def decision_from_result(result: object, *, engine: str, source: str) -> PolicyD
     else:
         problem = f"returned a malformed decision: {_preview(result)}"
     return PolicyDecision(
-        allowed=False, reason=f"policy engine ({source}) {problem}", engine=engine
+        allowed=False, reason=f"policy engine ({source}) {problem}", engine=engine, failed=True
     )
 
 

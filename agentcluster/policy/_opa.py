@@ -71,7 +71,10 @@ class OpaServerPolicy(RegoPolicyEngine):
 
     def _deny(self, problem: str) -> PolicyDecision:
         return PolicyDecision(
-            allowed=False, reason=f"policy engine ({self._source}) {problem}", engine=self.engine
+            allowed=False,
+            reason=f"policy engine ({self._source}) {problem}",
+            engine=self.engine,
+            failed=True,
         )
 
     def __repr__(self) -> str:

@@ -69,6 +69,7 @@ class WasmPolicy(RegoPolicyEngine):
                 allowed=False,
                 reason=f"policy engine ({_SOURCE}) failed: {type(exc).__name__}: {exc}",
                 engine=self.engine,
+                failed=True,
             )
         return decision_from_result(
             None if result is UNDEFINED else result, engine=self.engine, source=_SOURCE

@@ -6,8 +6,9 @@ from agentcluster.agent import AgentLoop, load_profiles
 from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings
 from agentcluster.llm import BreakerRegistry, ChatMessage, LiteLLMClient, ToolSchema, trim_history
+from agentcluster.policy import build_policy_engine
 from agentcluster.runtime._host import RuntimeDeps
-from agentcluster.tools import AllowAllPolicy, InProcessToolExecutor, builtin_registry
+from agentcluster.tools import InProcessToolExecutor, builtin_registry
 
 __all__ = ["build_runtime_deps", "trim_to_window"]
 
@@ -25,7 +26,7 @@ async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
     store = await open_state_store(settings)
     llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm))
     executor = InProcessToolExecutor(builtin_registry())
-    policy = AllowAllPolicy()
+    policy = build_policy_engine(settings)
     loops = {
         name: AgentLoop(profile, llm, executor, policy, trim_to_window)
         for name, profile in load_profiles(settings.runtime.agents_dir).items()

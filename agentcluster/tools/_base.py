@@ -49,9 +49,13 @@ class ToolOutcome(_Model):
 
 
 class PolicyDecision(_Model):
+    """A policy's answer. ``failed`` marks a denial because the engine could not decide (down,
+    timed out, malformed answer): fail closed, but callers may report it as an outage."""
+
     allowed: bool
     reason: str = ""
     engine: str = ""
+    failed: bool = False
 
 
 class Tool(Protocol):

@@ -436,7 +436,7 @@ ensure_opa() {
   if ! opa_running; then
     require_free_port opa "$AC_OPA_PORT"
     log "opa: starting on $HOST:$AC_OPA_PORT with policies from $ROOT/policies"
-    setsid nohup "$OPA_BIN" run --server --addr "$HOST:$AC_OPA_PORT" --log-level error \
+    setsid nohup "$OPA_BIN" run --server --watch --addr "$HOST:$AC_OPA_PORT" --log-level error \
       --skip-version-check "$ROOT/policies" >"$OPA_LOG" 2>&1 </dev/null 9>&- &
     printf '%s\n' "$!" >"$OPA_PID"
   fi

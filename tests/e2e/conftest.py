@@ -14,6 +14,7 @@ from ray import serve
 from agentcluster.config import Settings, load_settings
 from agentcluster.testing.fake_llm import FakeLLM
 from deployments.gateway import build_gateway
+from tests.conftest import service
 from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
@@ -48,6 +49,7 @@ def e2e_settings(
             "db": {"dsn": postgres_dsn},
             "llm": {"api_base": fake_llm.base_url, "api_key": "test", "max_retries": 1},
             "auth": {"admin_key": ADMIN_KEY, "cache_s": AUTH_CACHE_S},
+            "policy": {"url": service("SA01_POLICY_URL")},
             "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
         }
     )
