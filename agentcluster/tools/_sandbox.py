@@ -74,15 +74,29 @@ def enter_namespaces():
     newnet, newpid, newuser = 0x40000000, 0x20000000, 0x10000000
     if libc.unshare(newnet | newpid) != 0 and libc.unshare(newuser | newnet | newpid) != 0:
         setup_failed("unshare: " + os.strerror(ctypes.get_errno()))
-    # The first child is PID 1 of the new namespace: when it ends, the kernel ends the rest.
+    # Three processes: this one relays the code's exit status; its child is PID 1 of the new
+    # namespace (when it ends, the kernel ends everything the code started); PID 1's child runs
+    # the code. PID 1 ignores signals it has no handler for, so the code must not be PID 1.
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        data = os.read(read_end, 32)
+        os.wait()
+        relay_status(int(data) if data else signal.SIGKILL)
+    os.close(read_end)
     pid = os.fork()
     if pid:
         status = os.waitpid(pid, 0)[1]
-        if os.WIFSIGNALED(status):
-            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-            os.kill(os.getpid(), os.WTERMSIG(status))
-        os._exit(os.waitstatus_to_exitcode(status))
+        os.write(write_end, str(status).encode())
+        os._exit(0)
+    os.close(write_end)
     drop_capabilities(libc)
+
+def relay_status(status):
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status))
 
 def drop_capabilities(libc):
     import ctypes
