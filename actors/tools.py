@@ -1,0 +1,144 @@
+"""Tool actors: the builtins, http_fetch, python_exec, workspace files and MCP tools, off the host.
+
+:class:`ToolActor` is a plain class (the pool in :mod:`actors.pool` applies ``ray.remote``, as for
+browser actors; :func:`start_tool_actor` starts a lone one). It speaks plain dicts across the
+actor boundary: a :class:`~agentcluster.tools.ToolInvocation` in, a
+:class:`~agentcluster.tools.ToolOutcome` out, with the in-process executor's semantics (tool
+failures are ``ok=False`` outcomes, never exceptions). No tool runs inside a SessionHost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import ray
+from ray.actor import ActorHandle
+
+from agentcluster.config import Settings, load_settings
+from agentcluster.tools import InProcessToolExecutor, Tool, ToolInvocation, ToolRegistry
+from agentcluster.tools import builtin_registry as _builtin_registry
+from agentcluster.tools._files import SessionWorkspaces, file_tools
+from agentcluster.tools._http import HttpFetchTool
+from agentcluster.tools._mcp import McpConfig, McpToolset, load_mcp_config
+from agentcluster.tools._sandbox import Isolation, PythonExecTool, PythonSandbox, SandboxLimits
+from agentcluster.tools._ssrf import NetworkPolicy, Resolver, SsrfGuard
+
+__all__ = ["NetworkPolicyFactory", "ToolActor", "start_tool_actor"]
+
+NetworkPolicyFactory = Callable[[], NetworkPolicy]
+
+
+def _engine_from_settings(settings: Settings) -> NetworkPolicy:
+    # The Rego engine (OPA server, or the same policy in-process); imported here because it
+    # loads the Wasm runtime, which only tool actors that fetch need.
+    from agentcluster.policy import build_policy_engine
+
+    return build_policy_engine(settings)
+
+
+class ToolActor:
+    """Hosts a tool registry and runs calls on it (a tool pool member).
+
+    Args:
+        settings: the settings tree; loaded from the environment if omitted. ``settings.tools``
+            gives the limits, ``settings.workspace_root`` the workspaces.
+        network_policy_factory: builds the policy http_fetch asks for every address (called in
+            the actor; must pickle, e.g. ``functools.partial(DefaultNetworkPolicy, ...)``). By
+            default the Rego policy engine chosen by the settings.
+        mcp_config: the MCP servers; by default read from ``settings.tools.mcp_config``.
+        sandbox_isolation: python_exec's network isolation (``"auto"`` picks the strongest).
+        resolver: DNS for http_fetch; the system resolver by default.
+        mcp_ping_after_idle_s: see :class:`~agentcluster.tools._mcp.McpServerConnection`.
+
+    Raises:
+        ConfigError: the MCP config file or a limit is invalid.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        network_policy_factory: NetworkPolicyFactory | None = None,
+        mcp_config: McpConfig | None = None,
+        sandbox_isolation: Literal["auto"] | Isolation = "auto",
+        resolver: Resolver | None = None,
+        mcp_ping_after_idle_s: float = 5.0,
+    ) -> None:
+        self._settings = settings or load_settings()
+        tools = self._settings.tools
+        policy = (
+            network_policy_factory()
+            if network_policy_factory
+            else _engine_from_settings(self._settings)
+        )
+        workspaces = SessionWorkspaces(self._settings.workspace_root)
+        self._sandbox = PythonSandbox(SandboxLimits.from_settings(tools), sandbox_isolation)
+        self._registry: ToolRegistry = _builtin_registry()
+        hosted: list[Tool] = [
+            HttpFetchTool.from_settings(tools, SsrfGuard(policy, resolver)),
+            PythonExecTool(self._sandbox, workspaces),
+            *file_tools(workspaces),
+        ]
+        for tool in hosted:
+            self._registry.register(tool)
+        self._mcp = McpToolset(
+            mcp_config if mcp_config is not None else load_mcp_config(tools.mcp_config),
+            call_timeout_s=tools.call_timeout_s,
+            ping_after_idle_s=mcp_ping_after_idle_s,
+        )
+        self._executor = InProcessToolExecutor(self._registry, timeout_s=tools.call_timeout_s)
+        self._started: asyncio.Task[None] | None = None
+        self._calls = 0
+
+    async def _ready(self) -> None:
+        # MCP servers are connected once, on the first call of any kind (health included, so
+        # pool members come up warm); every caller waits for that same start.
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        for tool in await self._mcp.start():
+            self._registry.register(tool)
+
+    async def schemas(self) -> list[dict[str, Any]]:
+        """Every tool's :class:`~agentcluster.llm.ToolSchema` as a dict, sorted by name."""
+        await self._ready()
+        return [schema.model_dump() for schema in self._registry.schemas(self._registry.names())]
+
+    async def execute(self, invocation: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one call: a ToolInvocation dict in, a ToolOutcome dict out.
+
+        Raises:
+            pydantic.ValidationError: ``invocation`` is not a ToolInvocation (a caller bug).
+        """
+        call = ToolInvocation.model_validate(dict(invocation))
+        await self._ready()
+        self._calls += 1
+        outcome = await self._executor.execute(call)
+        return outcome.model_dump()
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness and what this actor offers: tools, sandbox isolation, MCP servers."""
+        await self._ready()
+        return {
+            "actor_pid": os.getpid(),
+            "tools": len(self._registry.names()),
+            "calls": self._calls,
+            "sandbox_isolation": await self._sandbox.isolation(),
+            "mcp": self._mcp.health(),
+        }
+
+    async def stop(self) -> None:
+        """Close the MCP sessions (stdio servers stop); called before the actor is killed."""
+        await self._mcp.close()
+
+
+def start_tool_actor(settings: Settings, **options: Any) -> ActorHandle:
+    """Start one tool actor outside a pool (``num_cpus=0``); ``options`` go to ToolActor."""
+    remote: Any = ray.remote(ToolActor)
+    handle: ActorHandle = remote.options(num_cpus=0).remote(settings, **options)
+    return handle
