@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcluster import api
@@ -22,6 +23,7 @@ from agentcluster import events as ev
 from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
+from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._service import Caller, GatewayService
 from agentcluster.health import probe_all
@@ -314,7 +316,8 @@ def create_app(
         app.state.service = GatewayService(runtime, settings, profiles, policy)
         _register(app.state.service)
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await policy.aclose()
             await runtime.close()
@@ -332,4 +335,7 @@ def create_app(
 
     for router in (sessions, agents, keys, system):
         app.include_router(router)
+    # The MCP server answers at exactly /mcp (its app routes that path itself).
+    mcp = McpEndpoint(current_service)
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp))
     return app

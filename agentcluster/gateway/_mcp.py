@@ -1,0 +1,168 @@
+"""The gateway's MCP server: agents over the Model Context Protocol (streamable HTTP at ``/mcp``).
+
+MCP clients (IDEs, other agents) list agents, create sessions and send messages with the same API
+keys and the same policy decisions as the HTTP API: every tool call goes through the
+:class:`GatewayService`. The transport is stateless JSON, so any gateway replica can answer any
+request (Serve spreads requests over replicas; a stateful MCP session would be pinned to one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.server.dependencies import get_access_token
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from agentcluster import api
+from agentcluster.errors import AgentClusterError, DependencyUnavailable
+from agentcluster.gateway._problems import ProblemError
+from agentcluster.gateway._service import Caller, GatewayService
+
+__all__ = ["MCP_PATH", "McpEndpoint", "build_mcp"]
+
+MCP_PATH = "/mcp"
+
+ServiceGetter = Callable[[], GatewayService]
+
+
+class ApiKeyVerifier(TokenVerifier):
+    """Bearer tokens are agentcluster API keys, checked like the HTTP API checks them."""
+
+    def __init__(self, service: ServiceGetter) -> None:
+        super().__init__()
+        self._service = service
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The key's tenant as the MCP principal, or None (401) for an unknown key."""
+        try:
+            caller = await self._service().authenticate(token)
+        except ProblemError:
+            return None
+        return AccessToken(
+            token=token,
+            client_id=caller.key_id or "admin",
+            scopes=[],
+            claims={"tenant_id": caller.tenant_id, "admin": caller.admin},
+        )
+
+
+async def _caller(service: GatewayService) -> Caller:
+    token = get_access_token()
+    if token is None:  # the auth middleware runs first; this is a misconfiguration
+        raise ToolError("unauthorized: no API key on this request")
+    try:
+        return await service.authenticate(token.token)
+    except ProblemError as exc:
+        raise ToolError(f"unauthorized: {exc.detail}") from None
+
+
+def _tool_error(exc: ProblemError | AgentClusterError | ValidationError) -> ToolError:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ())) or "arguments"
+        return ToolError(f"invalid {where}: {error.get('msg')}")
+    return ToolError(exc.detail if isinstance(exc, ProblemError) else exc.message)
+
+
+def _check_idempotency_key(value: str | None) -> None:
+    if value is not None and (not 1 <= len(value) <= 200 or not value.isprintable()):
+        raise ToolError("idempotency_key must be 1-200 printable characters")
+
+
+def build_mcp(service: ServiceGetter) -> FastMCP:
+    """The MCP server; ``service`` returns this replica's GatewayService when a call arrives."""
+    mcp: FastMCP = FastMCP(
+        name="agentcluster",
+        instructions=(
+            "Agent sessions on an agentcluster. List the agents, create a session with one, then "
+            "send messages to it: send_message waits for the agent's answer."
+        ),
+        auth=ApiKeyVerifier(service),
+    )
+
+    @mcp.tool
+    async def list_agents() -> list[dict[str, Any]]:
+        """The agents you can start sessions with: name, description, model and tools."""
+        gateway = service()
+        listed = gateway.agents(await _caller(gateway))
+        return [agent.model_dump(mode="json") for agent in listed.items]
+
+    @mcp.tool
+    async def create_session(agent: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start a session with an agent; returns it (keep its session_id)."""
+        gateway = service()
+        caller = await _caller(gateway)
+        try:
+            body = api.SessionCreateIn(agent=agent, metadata=metadata or {})
+            session = await gateway.create_session(caller, body)
+        except (ProblemError, AgentClusterError, ValidationError) as exc:
+            raise _tool_error(exc) from None
+        return session.model_dump(mode="json")
+
+    @mcp.tool
+    async def send_message(
+        session_id: str, content: str, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Send a message to a session and wait for the turn's outcome (status, content, usage).
+
+        Pass the same idempotency_key when retrying, so a retry never starts a second turn.
+        """
+        _check_idempotency_key(idempotency_key)
+        gateway = service()
+        caller = await _caller(gateway)
+        try:
+            turn = await gateway.ask(
+                caller, session_id, api.MessageIn(content=content), idempotency_key
+            )
+        except (ProblemError, AgentClusterError, ValidationError) as exc:
+            raise _tool_error(exc) from None
+        return turn.model_dump(mode="json")
+
+    @mcp.tool
+    async def get_messages(session_id: str) -> list[dict[str, Any]]:
+        """A session's conversation so far, oldest first."""
+        gateway = service()
+        caller = await _caller(gateway)
+        try:
+            messages = await gateway.messages(caller, session_id)
+        except (ProblemError, AgentClusterError, ValidationError) as exc:
+            raise _tool_error(exc) from None
+        return [message.model_dump(mode="json") for message in messages.items]
+
+    return mcp
+
+
+class McpEndpoint:
+    """The ``/mcp`` ASGI endpoint, built in the process that serves it: Serve pickles the gateway
+    app into each replica, and a FastMCP server cannot be pickled. :meth:`running` (entered by the
+    app's lifespan) builds it and runs its session manager."""
+
+    def __init__(self, service: ServiceGetter) -> None:
+        self._service = service
+        self._app: Any = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        app = build_mcp(self._service).http_app(
+            path=MCP_PATH, stateless_http=True, json_response=True
+        )
+        async with app.router.lifespan_context(app):
+            self._app = app
+            try:
+                yield
+            finally:
+                self._app = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            raise DependencyUnavailable("gateway", "the MCP server has not started in this process")
+        await self._app(scope, receive, send)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_service": self._service, "_app": None}
