@@ -284,13 +284,15 @@ class SsrfGuard:
         categories: list[AddressCategory] = []
         for ip in addresses:
             category = classify_target(host, ip)
+            # ::ffff:a.b.c.d is the IPv4 host a.b.c.d: policies see (and allowlist) the IPv4 form.
+            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
             decision = await self._policy.decide_network(
                 tenant_id=tenant_id,
                 agent=agent,
                 tool=tool,
                 scheme=scheme,
                 host=host,
-                ip=str(ip),
+                ip=str(mapped or ip),
                 port=port,
                 category=category,
             )

@@ -302,3 +302,11 @@ async def test_an_unresolvable_name_is_a_tool_error() -> None:
     tool, _ = _tool(LOOPBACK_ONLY, Recorder())
     with pytest.raises(ToolError, match=r"cannot resolve host 'nowhere\.test'"):
         await _fetch(tool, url="http://nowhere.test/")
+
+
+async def test_policies_see_ipv4_mapped_addresses_in_ipv4_form() -> None:
+    guard = SsrfGuard(DefaultNetworkPolicy(allow_cidrs=["127.0.0.1/32"]), StaticResolver({}))
+    target = await guard.check(
+        scheme="http", host="::ffff:127.0.0.1", port=80, tenant_id="t1", agent="a", tool="t"
+    )
+    assert target.categories == ("loopback",)
