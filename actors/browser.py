@@ -69,8 +69,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UrlCheck = Callable[[str], Awaitable[str | None]]
-"""An async hook: the reason a URL must not be opened, or None to allow it."""
+UrlCheck = Callable[[str, ToolInvocation | None], Awaitable[str | None]]
+"""An async hook: the reason a URL must not be opened by the call (tenant, agent, tool) that
+asks, or None to allow it."""
 
 CRASHED = "the browser crashed and was restarted (the page state is lost); retry"
 
@@ -254,6 +255,7 @@ class BrowserActor:
         self._settings = settings or BrowserSettings()
         self._llm = BrowserLlm.model_validate(llm) if isinstance(llm, dict) else llm
         self._check_url = check_url
+        self._invocation: ToolInvocation | None = None
         _sweep_orphans(Path(tempfile.gettempdir()))
         self._workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
         (self._workdir / _OWNER_FILE).write_text(str(os.getpid()))
@@ -391,7 +393,11 @@ class BrowserActor:
             return ToolOutcome(ok=False, error=exc.message)
         async with self._lock:
             self._calls += 1
-            return await self._run(call, arguments, model)
+            self._invocation = call  # whose navigations the URL check decides
+            try:
+                return await self._run(call, arguments, model)
+            finally:
+                self._invocation = None
 
     async def _run(
         self, call: ToolInvocation, arguments: Any, llm: BrowserLlm | None
@@ -444,7 +450,7 @@ class BrowserActor:
         """Why ``url`` must not be opened (syntax, then the policy hook), or None."""
         problem = navigation_problem(url)
         if problem is None and self._check_url is not None:
-            problem = await self._check_url(url)
+            problem = await self._check_url(url, self._invocation)
         return problem
 
     def tools(self) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -47,6 +48,8 @@ __all__ = [
 
 Trimmer = Callable[[list[ChatMessage], int, int, list[ToolSchema]], list[ChatMessage]]
 """(messages, context_window, reserved_output_tokens, tools) -> the messages that fit."""
+
+log = logging.getLogger(__name__)
 
 INTERRUPTED = "not executed: the host running this turn stopped before the tool finished"
 
@@ -201,6 +204,15 @@ class AgentLoop:
                 context.turn_id, type(exc).__name__, exc.message, retryable, tally.usage
             )
             return TurnResult(status="failed", error=exc.message, usage=tally.usage)
+        finally:
+            await self._end_turn(context)
+
+    async def _end_turn(self, context: TurnContext) -> None:
+        # Best effort: what the turn held (a browser lease) also idles out by itself.
+        try:
+            await asyncio.shield(self._tools.end_turn(context.session_id))
+        except Exception:
+            log.warning("session %s: releasing the turn's tools failed", context.session_id)
 
     async def _close_dangling(
         self, context: TurnContext, history: list[ChatMessage], journal: TurnJournal

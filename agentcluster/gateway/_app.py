@@ -193,6 +193,23 @@ async def list_messages(session_id: str, caller: CallerDep, service: ServiceDep)
     return await service.messages(caller, session_id)
 
 
+@sessions.get(
+    "/{session_id}/attachments/{attachment_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The file's bytes"}},
+)
+async def get_attachment(
+    session_id: str, attachment_id: str, caller: CallerDep, service: ServiceDep
+) -> Response:
+    """A file a tool produced in the session, e.g. a browser screenshot."""
+    media_type, data = await service.attachment(caller, session_id, attachment_id)
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
 @sessions.get("/{session_id}/events", response_class=EventSourceResponse)
 async def stream_events(
     session_id: str,

@@ -266,6 +266,13 @@ class GatewayService:
         messages = await self.runtime.store.list_messages(tenant_id, session_id)
         return api.MessageList(items=[api.MessageOut.of(m) for m in messages])
 
+    async def attachment(
+        self, caller: Caller, session_id: str, attachment_id: str
+    ) -> tuple[str, bytes]:
+        """A file a tool produced in the session (media type, bytes)."""
+        tenant_id = await self.authorize(caller, "session.read")
+        return await self.runtime.store.get_attachment(tenant_id, session_id, attachment_id)
+
     async def events(
         self, caller: Caller, session_id: str, after: int = 0
     ) -> AsyncIterator[StreamItem]:

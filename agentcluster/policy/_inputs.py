@@ -45,38 +45,6 @@ ApiAction = Literal[
     "keys.manage",
 ]
 
-# Cloud metadata endpoints (AWS/GCP/Azure IMDS, AWS IPv6 IMDS, ECS task metadata).
-_METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2")
-)
-
-# The same ranges, in the same order, as `ip_ranges` in policies/authz.rego.
-_RANGES: tuple[tuple[NetworkCategory, tuple[str, ...]], ...] = (
-    ("loopback", ("127.0.0.0/8", "::1/128")),
-    ("unspecified", ("0.0.0.0/8", "::/128")),
-    ("link_local", ("169.254.0.0/16", "fe80::/10")),
-    ("private", ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")),
-    ("multicast", ("224.0.0.0/4", "ff00::/8")),
-    (
-        "reserved",
-        (
-            "240.0.0.0/4",
-            "192.0.0.0/24",
-            "192.0.2.0/24",
-            "198.18.0.0/15",
-            "198.51.100.0/24",
-            "203.0.113.0/24",
-            "64:ff9b::/96",
-            "100::/64",
-            "2001:db8::/32",
-        ),
-    ),
-)
-_NETWORKS = tuple(
-    (category, tuple(ipaddress.ip_network(cidr) for cidr in cidrs)) for category, cidrs in _RANGES
-)
-
-
 def tool_input(invocation: ToolInvocation) -> dict[str, Any]:
     """The policy input for one tool call."""
     return {
@@ -118,24 +86,18 @@ def api_input(
 
 
 def classify_address(ip: str) -> NetworkCategory:
-    """The network category of an IP address, as the policy's ``target.category`` expects it.
+    """The network category of an IP address, as the policy's ``target.category`` expects it:
+    the SSRF guard's classification (one definition; see ``agentcluster.tools._ssrf``).
 
-    IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are classified by the IPv4 address inside;
-    send that address as ``ip`` too (the policy treats ``::ffff:`` text as reserved). Addresses in
-    none of the policy's ranges that Python does not consider global are "reserved".
+    Addresses that carry an IPv4 address (``::ffff:a.b.c.d``, NAT64, 6to4) are classified by it;
+    send that address as ``ip`` too (the policy treats ``::ffff:`` text as reserved).
 
     Raises:
         ValueError: ``ip`` is not an IP address.
     """
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address in _METADATA_ADDRESSES:
-        return "metadata"
-    for category, networks in _NETWORKS:
-        if any(address.version == net.version and address in net for net in networks):
-            return category
-    return "public" if address.is_global else "reserved"
+    from agentcluster.tools._ssrf import classify_address as classify
+
+    return classify(ipaddress.ip_address(ip))
 
 
 def decision_from_result(result: object, *, engine: str, source: str) -> PolicyDecision:

@@ -8,7 +8,6 @@ from agentcluster.config import Settings
 from agentcluster.llm import BreakerRegistry, ChatMessage, LiteLLMClient, ToolSchema, trim_history
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime._host import RuntimeDeps
-from agentcluster.tools import InProcessToolExecutor, builtin_registry
 
 __all__ = ["build_runtime_deps", "trim_to_window"]
 
@@ -23,12 +22,16 @@ def trim_to_window(
 
 async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
     """Store, LLM client (with per-model breakers), tools, policy and one loop per agent."""
+    # Tools run on pooled actors (the Ray edge, imported only here): none runs in a host.
+    from actors.executor import ActorToolExecutor
+
+    profiles = load_profiles(settings.runtime.agents_dir)
     store = await open_state_store(settings)
     llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm))
-    executor = InProcessToolExecutor(builtin_registry())
+    executor = await ActorToolExecutor.create(settings, profiles.values(), store)
     policy = build_policy_engine(settings)
     loops = {
         name: AgentLoop(profile, llm, executor, policy, trim_to_window)
-        for name, profile in load_profiles(settings.runtime.agents_dir).items()
+        for name, profile in profiles.items()
     }
     return RuntimeDeps(store=store, loops=loops)

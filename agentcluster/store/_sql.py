@@ -55,6 +55,7 @@ from agentcluster.errors import (
 from agentcluster.store import _migrate
 from agentcluster.store.models import (
     ApiKeyRow,
+    AttachmentRow,
     EventRow,
     MessageRow,
     SessionRow,
@@ -796,6 +797,50 @@ class SqlStateStore:
         async with self._begin() as connection:
             payloads = (await connection.execute(query)).scalars().all()
         return [ev.load_event(payload) for payload in payloads]
+
+    # -- attachments -------------------------------------------------------------------------
+
+    async def add_attachment(
+        self, tenant_id: str, session_id: str, turn_id: str, media_type: str, data: bytes
+    ) -> str:
+        """Store a file a tool produced for a session's turn; returns its id."""
+        attachment_id = _new_id()
+        async with self._begin() as connection:
+            await connection.execute(
+                insert(AttachmentRow).values(
+                    attachment_id=attachment_id,
+                    tenant_id=tenant_id,
+                    session_id=session_id,
+                    turn_id=turn_id,
+                    media_type=media_type,
+                    size=len(data),
+                    data=data,
+                    created_at=utcnow(),
+                )
+            )
+        return attachment_id
+
+    async def get_attachment(
+        self, tenant_id: str, session_id: str, attachment_id: str
+    ) -> tuple[str, bytes]:
+        """An attachment's media type and bytes (scoped by tenant and session).
+
+        Raises:
+            NotFoundError: no such attachment in that tenant's session.
+        """
+        async with self._begin() as connection:
+            row = (
+                await connection.execute(
+                    select(AttachmentRow.media_type, AttachmentRow.data).where(
+                        AttachmentRow.attachment_id == attachment_id,
+                        AttachmentRow.tenant_id == tenant_id,
+                        AttachmentRow.session_id == session_id,
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"attachment {attachment_id} not found")
+        return str(row.media_type), bytes(row.data)
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn:
         async with self._begin() as connection:

@@ -256,7 +256,8 @@ class Rule:
     """Answer requests that match every given condition with ``reply``.
 
     Args:
-        reply: what to answer; a string is a text :class:`Reply`.
+        reply: what to answer; a string is a text :class:`Reply`; a function of the request
+            answers each matching request itself (not available in script files).
         model: the request's model equals this.
         when_last_user_contains: the last user message contains this (case-insensitive).
         when_tools_offered: tools are (True) or are not (False) offered.
@@ -265,7 +266,7 @@ class Rule:
         times: stop matching after this many uses; ``None`` for ever.
     """
 
-    reply: ActionLike
+    reply: ActionLike | Responder
     model: str | None = None
     when_last_user_contains: str | None = None
     when_tools_offered: bool | None = None
@@ -274,7 +275,8 @@ class Rule:
     times: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reply", _as_action(self.reply))
+        if not callable(self.reply):
+            object.__setattr__(self, "reply", _as_action(self.reply))
         if self.times is not None and self.times < 1:
             raise ValueError(f"Rule.times must be >= 1 or None, got {self.times}")
 
@@ -346,22 +348,22 @@ class Script:
     def next_action(self, request: RecordedRequest) -> Action:
         """Choose the answer to ``request``, consuming a queued reply or a rule use."""
         with self._lock:
-            rule_action = self._use_matching_rule(request)
-            if rule_action is not None:
-                return rule_action
-            if self._queue:
+            rule_reply = self._use_matching_rule(request)
+            if rule_reply is None and self._queue:
                 return self._queue.pop(0)
-        # Outside the lock: a user-supplied default may be slow or touch the script itself.
-        return self._default(request)
+        # Outside the lock: a user-supplied function may be slow or touch the script itself.
+        if rule_reply is None:
+            return self._default(request)
+        return rule_reply(request) if callable(rule_reply) else _as_action(rule_reply)
 
-    def _use_matching_rule(self, request: RecordedRequest) -> Action | None:
+    def _use_matching_rule(self, request: RecordedRequest) -> ActionLike | Responder | None:
         for index, rule in enumerate(self._rules):
             used = self._uses.get(index, 0)
             if rule.times is not None and used >= rule.times:
                 continue
             if rule.matches(request):
                 self._uses[index] = used + 1
-                return _as_action(rule.reply)
+                return rule.reply
         return None
 
     @classmethod

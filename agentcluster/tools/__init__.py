@@ -1,6 +1,9 @@
-"""The tools seam: the Tool protocol, a registry and executor, builtin tools and simple policies.
+"""The tools seam: the Tool protocol, a registry and executor, the tools themselves and simple
+policies.
 
-See :mod:`agentcluster.tools._base` for the ports the agent loop talks to.
+See :mod:`agentcluster.tools._base` for the ports the agent loop talks to. The tools that need
+isolation (http_fetch, python_exec, workspace files, MCP tools, the browser) run on pooled actors
+(``actors/tools.py``, ``actors/browser.py``); the modules here are their plain-Python halves.
 """
 
 from agentcluster.tools._base import (
@@ -11,6 +14,13 @@ from agentcluster.tools._base import (
     ToolInvocation,
     ToolOutcome,
 )
+from agentcluster.tools._browser import (
+    BROWSER_TOOL_NAMES,
+    BrowserLlm,
+    browser_schemas,
+    navigation_problem,
+    parse_browser_arguments,
+)
 from agentcluster.tools._builtins import (
     CalculatorTool,
     CurrentTimeTool,
@@ -19,21 +29,40 @@ from agentcluster.tools._builtins import (
 )
 from agentcluster.tools._policy import AllowAllPolicy, StaticPolicy
 from agentcluster.tools._registry import InProcessToolExecutor, ToolRegistry, validate_arguments
+from agentcluster.tools._ssrf import (
+    DefaultNetworkPolicy,
+    NetworkPolicy,
+    Resolver,
+    SsrfGuard,
+    SystemResolver,
+    classify_address,
+)
 
 __all__ = [
+    "BROWSER_TOOL_NAMES",
     "AllowAllPolicy",
+    "BrowserLlm",
     "CalculatorTool",
     "CurrentTimeTool",
+    "DefaultNetworkPolicy",
     "InProcessToolExecutor",
+    "NetworkPolicy",
     "PolicyDecision",
     "PolicyEngine",
+    "Resolver",
+    "SsrfGuard",
     "StaticPolicy",
+    "SystemResolver",
     "Tool",
     "ToolExecutor",
     "ToolInvocation",
     "ToolOutcome",
     "ToolRegistry",
+    "browser_schemas",
     "builtin_registry",
+    "classify_address",
     "evaluate_arithmetic",
+    "navigation_problem",
+    "parse_browser_arguments",
     "validate_arguments",
 ]

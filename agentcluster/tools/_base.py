@@ -78,6 +78,10 @@ class ToolExecutor(Protocol):
         """Run one call; tool failures come back as ``ok=False`` outcomes, never raise."""
         ...
 
+    async def end_turn(self, session_id: str) -> None:
+        """The session's turn ended: give back what it held for the turn (e.g. its browser)."""
+        ...
+
 
 class PolicyEngine(Protocol):
     """Port: decides whether a tool call may run (allow-all now; OPA later)."""

@@ -101,6 +101,9 @@ class InProcessToolExecutor:
         latency_ms = (time.perf_counter() - started) * 1000.0
         return outcome.model_copy(update={"latency_ms": latency_ms})
 
+    async def end_turn(self, session_id: str) -> None:
+        """Nothing is held across a turn in-process."""
+
     async def _execute(self, invocation: ToolInvocation) -> ToolOutcome:
         tool = self._registry.get(invocation.tool)
         if tool is None:

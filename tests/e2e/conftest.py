@@ -30,6 +30,25 @@ PROFILE = {
 }
 
 
+BROWSER_PROFILE = {
+    "name": "surfer",
+    "model": "fake-a",
+    "system_prompt": "You are a test agent with a browser.",
+    "tools": [
+        "browser_navigate",
+        "browser_state",
+        "browser_type",
+        "browser_select",
+        "browser_click",
+        "browser_extract",
+        "browser_screenshot",
+    ],
+    "max_steps": 10,
+    "max_output_tokens": 256,
+    "context_window": 16000,
+}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,12 +63,15 @@ def e2e_settings(
 ) -> Settings:
     agents = tmp_path_factory.mktemp("agents")
     (agents / "tester.yaml").write_text(yaml.safe_dump(PROFILE))
+    (agents / "surfer.yaml").write_text(yaml.safe_dump(BROWSER_PROFILE))
     return load_settings(
         {
             "db": {"dsn": postgres_dsn},
             "llm": {"api_base": fake_llm.base_url, "api_key": "test", "max_retries": 1},
             "auth": {"admin_key": ADMIN_KEY, "cache_s": AUTH_CACHE_S},
             "policy": {"url": service("SA01_POLICY_URL")},
+            "browser": {"pool_max": 1, "action_timeout_s": 20},
+            "tools": {"workspace_root": tmp_path_factory.mktemp("workspaces")},
             "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
         }
     )

@@ -99,7 +99,7 @@ def site() -> Iterator[Server]:
     server.close()
 
 
-async def deny_marked(url: str) -> str | None:
+async def deny_marked(url: str, invocation: ToolInvocation | None) -> str | None:
     """The test's navigation policy: URLs under /denied are refused."""
     return "refused by the test policy" if "/denied" in url else None
 
