@@ -399,6 +399,22 @@ kafka_wait_healthy() {
 kafka_start() {
   command -v java >/dev/null || die "kafka: java not found"
   kafka_fetch_jars
+  # A broker restarted right after a stop can exit at once on a loaded machine (its old
+  # listeners not yet released): try again a few times before giving up, keeping each attempt's
+  # output for the error message.
+  local attempt
+  for attempt in 1 2 3; do
+    if (kafka_start_once); then
+      return 0
+    fi
+    kafka_running && break
+    log "kafka: the broker exited during startup (attempt $attempt): $(tail -c 400 "$KAFKA_OUT" 2>/dev/null | tr '\n' ' ')"
+    sleep 3
+  done
+  die "kafka: could not start the broker; see $KAFKA_OUT and $KAFKA_HOME/logs/server.log"
+}
+
+kafka_start_once() {
   if ! kafka_running; then
     require_free_port kafka "$AC_KAFKA_PORT"
     require_free_port kafka-controller "$AC_KAFKA_CONTROLLER_PORT"

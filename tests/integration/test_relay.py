@@ -128,12 +128,13 @@ async def test_thousand_events_over_fifty_sessions_arrive_in_order(
 
 
 def _broker(action: str) -> None:
-    subprocess.run(
+    done = subprocess.run(
         ["bash", str(ROOT / "cluster" / "services" / "deps.sh"), f"kafka-{action}"],
-        check=True,
         capture_output=True,
-        timeout=150,
+        text=True,
+        timeout=400,
     )
+    assert done.returncode == 0, f"kafka-{action} failed: {done.stderr}{done.stdout}"
 
 
 async def test_broker_outage_mid_run_loses_and_reorders_nothing(
