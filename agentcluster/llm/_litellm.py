@@ -32,8 +32,10 @@ Importing this module imports LiteLLM (seconds, ~200 MB); it first calls
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,13 +56,15 @@ from agentcluster.errors import InfrastructureError, TerminalFailure  # noqa: E4
 from agentcluster.events import Usage  # noqa: E402
 from agentcluster.llm._tokens import count_messages, count_text  # noqa: E402
 from agentcluster.llm._types import (  # noqa: E402
+    ChatMessage,
     DeltaSink,
     LlmRequest,
     LlmResult,
     ToolCallSpec,
+    ToolSchema,
 )
 
-__all__ = ["RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep"]
+__all__ = ["RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep", "wire_tool_name"]
 
 litellm.suppress_debug_info = True
 
@@ -262,14 +266,21 @@ class LiteLLMClient:
                 await _close_stream(stream)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise _map_error(exc, model, after_deltas=progress.deltas - deltas_before) from exc
-        return assembly.result(model, self._routed(model), request)
+        result = assembly.result(model, self._routed(model), request)
+        if not result.tool_calls:
+            return result
+        names = {wire_tool_name(tool.name): tool.name for tool in request.tools}
+        calls = [
+            c.model_copy(update={"name": names.get(c.name, c.name)}) for c in result.tool_calls
+        ]
+        return result.model_copy(update={"tool_calls": calls})
 
     def _call_arguments(self, model: str, request: LlmRequest) -> dict[str, Any]:
         settings = self._settings
         arguments: dict[str, Any] = {
             "model": self._routed(model),
-            "messages": [message.to_openai() for message in request.messages],
-            "tools": [tool.to_openai() for tool in request.tools] or None,
+            "messages": [_wire_message(message) for message in request.messages],
+            "tools": [_wire_tool(tool) for tool in request.tools] or None,
             "stream": True,
             "stream_options": {"include_usage": True},
             "api_base": settings.api_base,
@@ -296,6 +307,32 @@ class LiteLLMClient:
         if self._settings.api_base and "/" not in model:
             return f"openai/{model}"
         return model
+
+
+_WIRE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def wire_tool_name(name: str) -> str:
+    """The tool's name as providers accept it (``^[a-zA-Z0-9_-]{1,64}$``): unchanged when it
+    already fits, else its invalid characters replaced and a short hash of the original appended,
+    so ``mcp.files.read`` and a tool really named ``mcp_files_read`` stay apart."""
+    if _WIRE_NAME.match(name):
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:55]}_{digest}"
+
+
+def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
+    wire = tool.to_openai()
+    wire["function"]["name"] = wire_tool_name(tool.name)
+    return wire
+
+
+def _wire_message(message: ChatMessage) -> dict[str, Any]:
+    wire = message.to_openai()
+    for call in wire.get("tool_calls", ()):
+        call["function"]["name"] = wire_tool_name(call["function"]["name"])
+    return wire
 
 
 async def _close_stream(stream: Any) -> None:

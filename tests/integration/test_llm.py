@@ -20,8 +20,10 @@ from agentcluster.llm import (
     ChatMessage,
     LiteLLMClient,
     LlmRequest,
+    ToolCallSpec,
     ToolSchema,
 )
+from agentcluster.llm._litellm import wire_tool_name
 from agentcluster.testing import Failure, FakeLLM, Reply, Rule, Script, Timeout, Timing, ToolCall
 
 pytestmark = [
@@ -297,3 +299,29 @@ async def test_a_failing_delta_sink_is_not_a_model_failure(fake: FakeLLM) -> Non
         await client.complete(ask("hi", "model-a", "model-b"), on_delta)
     assert len(fake.requests) == 1
     assert registry.states() == {"model-a": "closed"}
+
+
+async def test_tool_names_providers_reject_are_mapped_on_the_wire_and_back(
+    fake: FakeLLM,
+) -> None:
+    wire = wire_tool_name("mcp.files.read")
+    assert wire != "mcp.files.read" and wire.startswith("mcp_files_read_")
+    assert wire != wire_tool_name("mcp_files_read") == "mcp_files_read"
+    fake.script.push(Reply(tool_calls=[ToolCall(name=wire, arguments={"path": "a.txt"})]))
+    client = LiteLLMClient(settings_for(fake), BreakerRegistry.from_settings(settings_for(fake)))
+    earlier = ToolCallSpec(id="call_0", name="mcp.files.read", arguments="{}")
+    request = ask().model_copy(
+        update={
+            "tools": [ToolSchema(name="mcp.files.read", description="Read a file")],
+            "messages": [
+                *ask().messages,
+                ChatMessage(role="assistant", content=None, tool_calls=[earlier]),
+                ChatMessage(role="tool", content="old", tool_call_id="call_0"),
+            ],
+        }
+    )
+    result = await client.complete(request)
+    sent = fake.requests[-1]
+    assert [tool["function"]["name"] for tool in sent.tools] == [wire]
+    assert sent.messages[2]["tool_calls"][0]["function"]["name"] == wire
+    assert [call.name for call in result.tool_calls] == ["mcp.files.read"]
