@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcluster import api
 from agentcluster import events as ev
+from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
@@ -332,6 +333,7 @@ def create_app(
         policy = build_policy_engine(settings)
         app.state.service = GatewayService(runtime, settings, profiles, policy)
         _register(app.state.service)
+        settle_long_lived_objects()
         try:
             async with mcp.running():
                 yield

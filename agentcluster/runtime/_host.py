@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
@@ -77,10 +77,7 @@ class SessionHostCore:
             async with self._ready_lock:
                 if self._deps is None:
                     self._deps = await self._deps_factory()
-                    # The imports above (LiteLLM above all) leave ~500k long-lived objects; a
-                    # full collection over them stalls every session on this host for 200-350
-                    # ms. Freezing moves them out of the collector's way.
-                    gc.freeze()
+                    settle_long_lived_objects()
                     self._reconciler = asyncio.create_task(self._reconcile_forever())
                     await self._recover(self._deps)
         return self._deps
