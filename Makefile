@@ -11,7 +11,8 @@ DEPS := bash cluster/services/deps.sh
 PYTEST_ARGS ?=
 
 .PHONY: help install lock deps-up deps-down deps-status run stack-up health health-wait test \
-        test-unit test-integration bench quality format lint typecheck clean policy-wasm
+        test-unit test-integration bench quality format lint typecheck clean policy-wasm \
+        build docker-image
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -73,6 +74,24 @@ bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
 
 policy-wasm: install ## Rebuild the in-process policy (agentcluster/policy/authz.*) from policies/
 	$(BIN)/python -m agentcluster.policy._build --opa "$${AC_OPA_BIN:-.data/bin/opa}" --policies policies
+
+build: install ## Build the wheel into dist/ (DIST=<dir> to change), package data included
+	@# No build isolation: the venv's setuptools builds it, so no index is needed; only a venv whose
+	@# setuptools predates pyproject.toml's requirement fetches a newer one first.
+	$(BIN)/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' \
+	  || $(BIN)/pip install --quiet 'setuptools>=68' wheel
+	rm -f $(or $(DIST),dist)/agentcluster-*.whl
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w $(or $(DIST),dist) .
+	@ls $(or $(DIST),dist)/agentcluster-*.whl
+
+docker-image: ## Build the cluster image agentcluster:<version> from the Dockerfile (needs Docker)
+	@if ! docker info >/dev/null 2>&1; then \
+	  echo "docker-image: no Docker engine on this machine (docker info failed);" \
+	    "the Dockerfile is at $(CURDIR)/Dockerfile" >&2; \
+	  exit 1; \
+	fi
+	version=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1) && \
+	  docker build -t agentcluster:$$version .
 
 format: install ## Format with black and ruff --fix (line length 100)
 	$(BIN)/black -q .
