@@ -438,7 +438,9 @@ def _exported(name: str, kind: str, library: str) -> set[str]:
 
 
 def _known_series() -> set[str]:
-    sources = [
+    """Series exported by our metric definitions and by the Ray metrics the dashboard uses
+    (Serve's controller and replicas, the reporter agent's cluster gauges)."""
+    sources: list[tuple[Path, str | None]] = [
         (p, None)
         for d in ("agentcluster", "actors", "deployments")
         for p in (ROOT / d).rglob("*.py")
