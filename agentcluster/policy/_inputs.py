@@ -45,6 +45,7 @@ ApiAction = Literal[
     "keys.manage",
 ]
 
+
 def tool_input(invocation: ToolInvocation) -> dict[str, Any]:
     """The policy input for one tool call."""
     return {
