@@ -686,6 +686,7 @@ def browser_pool_spec(
         kwargs={"settings": browser, "llm": llm, "check_url": check_url},
         namespace=settings.runtime.namespace,
         num_cpus=browser.num_cpus,
+        resources={browser.resource: 1.0} if browser.resource else {},
     )
 
 

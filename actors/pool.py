@@ -81,6 +81,8 @@ class PoolSpec:
         kwargs: keyword arguments of the class.
         namespace: the Ray namespace of the manager and its members.
         num_cpus: CPUs reserved per member.
+        resources: custom resources per member (e.g. ``{"browser": 1}``: only nodes that offer
+            it run members, and demand for it makes the autoscaler add such nodes).
         max_concurrency: concurrent calls per member (health checks run beside long calls).
     """
 
@@ -90,6 +92,7 @@ class PoolSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     namespace: str = "agentcluster"
     num_cpus: float = 0.0
+    resources: Mapping[str, float] = field(default_factory=dict)
     max_concurrency: int = 32
 
 
@@ -113,6 +116,7 @@ class RayMemberFactory:
             namespace=spec.namespace,
             max_restarts=0,
             num_cpus=spec.num_cpus,
+            resources=dict(spec.resources),
             max_concurrency=spec.max_concurrency,
         ).remote(*spec.args, **dict(spec.kwargs))
         try:

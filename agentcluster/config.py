@@ -369,6 +369,9 @@ class BrowserSettings(BaseSettings):
     action_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     task_max_steps: int = Field(default=10, ge=1, le=200)
     num_cpus: float = Field(default=0.0, ge=0, le=64)
+    resource: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A custom Ray resource each browser actor needs (one unit), e.g. ``browser`` on clusters
+    whose browser nodes offer it (cluster/*.yaml); unset: any node."""
 
     @model_validator(mode="after")
     def _bounds(self) -> BrowserSettings:
