@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from agentcluster.tools._base import PolicyDecision, ToolInvocation
+from agentcluster.tools._ssrf import AddressCategory
+from agentcluster.tools._ssrf import classify_address as classify
 
 __all__ = [
     "ApiAction",
@@ -25,16 +27,8 @@ __all__ = [
     "tool_input",
 ]
 
-NetworkCategory = Literal[
-    "public",
-    "loopback",
-    "private",
-    "link_local",
-    "metadata",
-    "reserved",
-    "multicast",
-    "unspecified",
-]
+NetworkCategory = AddressCategory
+"""A network target's category, as the SSRF guard classifies it (one definition)."""
 
 ApiAction = Literal[
     "session.create",
@@ -96,8 +90,6 @@ def classify_address(ip: str) -> NetworkCategory:
     Raises:
         ValueError: ``ip`` is not an IP address.
     """
-    from agentcluster.tools._ssrf import classify_address as classify
-
     return classify(ipaddress.ip_address(ip))
 
 
