@@ -135,6 +135,8 @@ class ActorToolExecutor:
         schemas = {s.name: s for s in registry.schemas(registry.names())}
         schemas |= {s.name: s for s in browser_schemas(list(BROWSER_TOOL_NAMES))}
         executor = cls(settings, schemas, _browser_llms(settings, profiles), store)
+        if needed - set(BROWSER_TOOL_NAMES):
+            executor._tool_pool()  # start it now (not blocking): the first tool call finds it warm
         if needed - schemas.keys():
             schemas |= await executor._actor_schemas()
         unknown = sorted(needed - schemas.keys())
