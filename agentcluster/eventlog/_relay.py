@@ -17,16 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from agentcluster import metrics
 from agentcluster.config import RelaySettings
 from agentcluster.domain import OutboxRecord
 from agentcluster.errors import InfrastructureError
 
-__all__ = ["EventPublisher", "OutboxRelay", "OutboxSource", "acknowledged_prefix"]
+__all__ = [
+    "LAG_PROBE_INTERVAL_S",
+    "EventPublisher",
+    "OutboxBacklog",
+    "OutboxRelay",
+    "OutboxSource",
+    "acknowledged_prefix",
+]
 
 log = logging.getLogger(__name__)
+
+LAG_PROBE_INTERVAL_S = 5.0
+"""How often a relay that reads full batches counts the whole backlog (for the lag gauge)."""
 
 
 class EventPublisher(Protocol):
@@ -50,6 +62,13 @@ class OutboxSource(Protocol):
     async def fetch_unpublished(self, limit: int) -> list[OutboxRecord]: ...
 
     async def mark_published(self, positions: Sequence[int]) -> None: ...
+
+
+@runtime_checkable
+class OutboxBacklog(Protocol):
+    """Optional port of an outbox source: the size of the whole backlog (for metrics)."""
+
+    async def outbox_lag(self) -> int: ...
 
 
 def acknowledged_prefix(records: Sequence[OutboxRecord], sent: Sequence[bool]) -> list[int]:
@@ -81,6 +100,7 @@ class OutboxRelay:
         self._started = False
         self.published = 0
         self.failures = 0
+        self._lag_probed_at = float("-inf")
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -100,17 +120,37 @@ class OutboxRelay:
         await self._ensure_started()
         records = await self._source.fetch_unpublished(self._settings.batch_size)
         if not records:
+            metrics.record_outbox(0, 0)
             return 0
         sent = await self._publisher.publish(records)
         positions = acknowledged_prefix(records, sent)
         await self._source.mark_published(positions)
         self.published += len(positions)
+        metrics.record_outbox(await self._unpublished(records, positions), len(positions))
         if len(positions) < len(records):
             raise InfrastructureError(
                 "kafka",
                 f"{len(records) - len(positions)} of {len(records)} events not acknowledged",
             )
         return len(positions)
+
+    async def _unpublished(self, records: Sequence[object], positions: Sequence[int]) -> int | None:
+        """Events still waiting after this round: exact from a partial batch, counted by the
+        source (at most every LAG_PROBE_INTERVAL_S) after a full one, else None (unknown)."""
+        if len(records) < self._settings.batch_size:
+            return len(records) - len(positions)
+        now = time.monotonic()
+        if not isinstance(self._source, OutboxBacklog) or now - self._lag_probed_at < (
+            LAG_PROBE_INTERVAL_S
+        ):
+            return None
+        self._lag_probed_at = now
+        # Why broad: the count is only for a gauge; it must not fail a round that worked.
+        try:
+            return await self._source.outbox_lag()
+        except Exception as exc:
+            log.debug("counting the outbox backlog failed: %s", exc)
+            return None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set, riding out failures with capped exponential backoff."""

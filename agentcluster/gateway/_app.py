@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcluster import api
 from agentcluster import events as ev
+from agentcluster import metrics as cluster_metrics
 from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
@@ -285,9 +287,27 @@ async def ready(service: ServiceDep) -> JSONResponse:
     return _json(body, 503 if degraded else 200)
 
 
+NODE_SCRAPE_TIMEOUT_S = 5.0
+
+
+async def _node_metrics() -> str:
+    """This node's Ray metrics (every process's ``ray_agentcluster_*`` series), or a comment
+    saying why they are missing: the replica's own series are still worth answering with."""
+    try:
+        port = await cluster_metrics.node_metrics_port()
+        async with httpx.AsyncClient(timeout=NODE_SCRAPE_TIMEOUT_S) as client:
+            return await cluster_metrics.scrape_node_metrics(client, port)
+    except DependencyUnavailable as exc:
+        reason = " ".join(str(exc).split())
+        return f"# agentcluster: the node's Ray metrics are unavailable: {reason}\n"
+
+
 @system.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """This replica's ``agentcluster_http_*`` series, then this node's Ray metrics (the
+    ``ray_agentcluster_*`` series of every session host, pool, relay and gateway replica here)."""
+    own = generate_latest().decode()
+    return Response(own + await _node_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
 class Measure:
@@ -318,8 +338,10 @@ class Measure:
             await self.app(scope, receive, send_measured)
         finally:
             name = getattr(scope.get("route"), "path", "unmatched")
-            LATENCY.labels(name).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            LATENCY.labels(name).observe(seconds)
             REQUESTS.labels(name, str(status)).inc()
+            cluster_metrics.record_http_request(name, status, seconds)
 
 
 def create_app(

@@ -52,6 +52,7 @@ import litellm  # noqa: E402
 import openai  # noqa: E402
 import pybreaker  # noqa: E402
 
+from agentcluster import metrics  # noqa: E402
 from agentcluster.errors import InfrastructureError, TerminalFailure  # noqa: E402
 from agentcluster.events import Usage  # noqa: E402
 from agentcluster.llm._tokens import count_messages, count_text  # noqa: E402
@@ -78,6 +79,18 @@ _DETAIL_CHARS = 300
 
 Sleep = Callable[[float], Awaitable[None]]
 """How the client waits between attempts (``asyncio.sleep``; tests pass a recorder)."""
+
+
+class _BreakerMetrics(pybreaker.CircuitBreakerListener):
+    """Keeps the breaker state gauge of each model current."""
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        metrics.record_breaker_state(cb.name or "unknown", new_state.name)
 
 
 class BreakerRegistry:
@@ -115,8 +128,10 @@ class BreakerRegistry:
                     name=model,
                     # Re-raise our own error when the breaker trips, not pybreaker's.
                     throw_new_error_on_trip=False,
+                    listeners=[_BreakerMetrics()],
                 )
                 self._breakers[model] = breaker
+                metrics.record_breaker_state(model, breaker.current_state)
             return breaker
 
     def states(self) -> dict[str, str]:
@@ -199,13 +214,19 @@ class LiteLLMClient:
         """
         started = time.perf_counter()
         progress = _Progress()
-        for model in [request.model, *request.fallback_models]:
-            result = await self._complete_with(model, request, on_delta, progress)
-            if result is not None:
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                return result.model_copy(
-                    update={"latency_ms": latency_ms, "attempts": progress.attempts}
-                )
+        try:
+            for model in [request.model, *request.fallback_models]:
+                result = await self._complete_with(model, request, on_delta, progress)
+                if result is not None:
+                    latency_ms = (time.perf_counter() - started) * 1000.0
+                    _measure(result, latency_ms)
+                    return result.model_copy(
+                        update={"latency_ms": latency_ms, "attempts": progress.attempts}
+                    )
+        except (InfrastructureError, TerminalFailure):
+            metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
+            raise
+        metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
         raise InfrastructureError(
             "llm", f"all models failed: {'; '.join(progress.failures)}", retryable=True
         )
@@ -307,6 +328,18 @@ class LiteLLMClient:
         if self._settings.api_base and "/" not in model:
             return f"openai/{model}"
         return model
+
+
+def _measure(result: LlmResult, latency_ms: float) -> None:
+    usage = result.usage
+    metrics.record_llm_call(
+        result.model,
+        "ok",
+        latency_ms / 1000.0,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cost_usd,
+    )
 
 
 _WIRE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from agentcluster import metrics
 from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
@@ -96,17 +97,19 @@ class SessionHostCore:
         # Ready first, outside the session lock: recovery activates sessions itself.
         deps = await self._ready()
         active = self._activations.get(session_id)
-        if active is not None and not active.stale:
-            return active
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            active = self._activations.get(session_id)
-            if active is not None and not active.stale:
-                return active
-            activation = await self._load(deps, session_id)
-            self._activations[session_id] = activation
-            self.activations_total += 1
-            return activation
+        if active is None or active.stale:
+            lock = self._locks.setdefault(session_id, asyncio.Lock())
+            async with lock:
+                active = self._activations.get(session_id)
+                if active is None or active.stale:
+                    active = await self._load(deps, session_id)
+                    self._activations[session_id] = active
+                    self.activations_total += 1
+                    metrics.record_session_activated(self.host_id)
+                    metrics.record_sessions_active(self.host_id, len(self._activations))
+        # Turns pumped from this context label their metrics with the session's agent.
+        metrics.bind_agent(active.session.agent)
+        return active
 
     async def _load(self, deps: RuntimeDeps, session_id: str) -> Activation:
         # One transaction: claim (new epoch), history and open turns.
@@ -196,6 +199,8 @@ class SessionHostCore:
         if not activation.stale and self._deps is not None:
             await self._deps.store.release_session(session_id, activation.epoch)
         self.passivations_total += 1
+        metrics.record_session_passivated(self.host_id)
+        metrics.record_sessions_active(self.host_id, len(self._activations))
         return True
 
     async def passivate_idle(self, idle_s: float | None = None) -> int:

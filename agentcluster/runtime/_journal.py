@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from agentcluster import events as ev
+from agentcluster import metrics
 from agentcluster.agent import TurnJournal
 from agentcluster.domain import TurnStatus
 from agentcluster.events import Usage
@@ -18,7 +20,9 @@ __all__ = ["StoreJournal"]
 
 
 class StoreJournal(TurnJournal):
-    """Records one session's turn steps with the owner epoch (a stale host cannot write)."""
+    """Records one session's turn steps with the owner epoch (a stale host cannot write), and
+    the turn and tool call metrics; ``agent`` labels them (default: the agent bound with
+    :func:`agentcluster.metrics.bind_agent` where the turn runs)."""
 
     def __init__(
         self,
@@ -28,6 +32,8 @@ class StoreJournal(TurnJournal):
         epoch: int,
         feed: LiveFeed,
         on_outcome: Callable[[ev.TurnOutcome], None] | None = None,
+        *,
+        agent: str | None = None,
     ) -> None:
         self._store = store
         self._tenant_id = tenant_id
@@ -35,15 +41,28 @@ class StoreJournal(TurnJournal):
         self._epoch = epoch
         self._feed = feed
         self._on_outcome = on_outcome
+        self._agent = agent
         self._last_answer: str | None = None
+        # For metrics only: when each running turn started, and each call's policy decision.
+        self._started: dict[str, float] = {}
+        self._decisions: dict[str, Literal["allowed", "denied", "none"]] = {}
 
     async def _write(self, change: Callable[[SessionWriter], Awaitable[None]]) -> None:
         async with self._store.writer(self._session_id, epoch=self._epoch) as writer:
             await change(writer)
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
-            if self._on_outcome is not None and isinstance(event, ev.TURN_OUTCOMES):
-                self._on_outcome(event)
+            if isinstance(event, ev.TURN_OUTCOMES):
+                self._measure_turn(event)
+                if self._on_outcome is not None:
+                    self._on_outcome(event)
+
+    def _measure_turn(self, outcome: ev.TurnOutcome) -> None:
+        started = self._started.pop(outcome.turn_id, None)
+        seconds = None if started is None else time.perf_counter() - started
+        metrics.record_turn(
+            self._agent or metrics.current_agent(), outcome.type.removeprefix("turn."), seconds
+        )
 
     def _ids(self) -> dict[str, str]:
         return {"tenant_id": self._tenant_id, "session_id": self._session_id}
@@ -54,6 +73,7 @@ class StoreJournal(TurnJournal):
             await writer.emit(ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded))
 
         await self._write(change)
+        self._started[turn_id] = time.perf_counter()
 
     async def delta(self, turn_id: str, step: int, text: str) -> None:
         self._feed.publish_delta(turn_id, step, text)
@@ -117,6 +137,7 @@ class StoreJournal(TurnJournal):
             )
 
         await self._write(change)
+        self._decisions[call.id] = "allowed" if decision.allowed else "denied"
 
     async def tool_completed(
         self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
@@ -143,6 +164,10 @@ class StoreJournal(TurnJournal):
             )
 
         await self._write(change)
+        decision = self._decisions.pop(call.id, "none")
+        ran = decision == "allowed"
+        seconds = outcome.latency_ms / 1000.0 if ran else None
+        metrics.record_tool_call(call.name, decision, outcome.ok, seconds)
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None:
         async def change(writer: SessionWriter) -> None:
