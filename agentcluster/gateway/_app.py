@@ -13,7 +13,13 @@ from typing import Annotated
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.routing import Route
@@ -62,8 +68,21 @@ def replica_id() -> str:
 
 HEARTBEAT_S = 15
 
-REQUESTS = Counter("agentcluster_http_requests_total", "HTTP requests", ["route", "status"])
-LATENCY = Histogram("agentcluster_http_request_seconds", "HTTP request latency", ["route"])
+# The replica's own series, apart from prometheus_client's process collectors: /metrics also
+# carries the node's Ray metrics, whose process_* and python_* families would clash.
+REPLICA_REGISTRY = CollectorRegistry()
+REQUESTS = Counter(
+    "agentcluster_http_requests_total",
+    "HTTP requests",
+    ["route", "status"],
+    registry=REPLICA_REGISTRY,
+)
+LATENCY = Histogram(
+    "agentcluster_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    registry=REPLICA_REGISTRY,
+)
 
 
 def _service(request: Request) -> GatewayService:
@@ -306,7 +325,7 @@ async def _node_metrics() -> str:
 async def metrics() -> Response:
     """This replica's ``agentcluster_http_*`` series, then this node's Ray metrics (the
     ``ray_agentcluster_*`` series of every session host, pool, relay and gateway replica here)."""
-    own = generate_latest().decode()
+    own = generate_latest(REPLICA_REGISTRY).decode()
     return Response(own + await _node_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
