@@ -18,6 +18,7 @@ from agentcluster.bootstrap import build_relay, open_state_store
 from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
 from agentcluster.eventlog import OutboxRelay
+from agentcluster.logs import configure_logging
 from agentcluster.store import SqlStateStore
 
 __all__ = ["RelayWorker", "RelayWorkerActor", "start_relay"]
@@ -29,6 +30,7 @@ class RelayWorker:
     """Runs the relay loop in the background of its actor, starting again after a restart."""
 
     def __init__(self, settings: Settings) -> None:
+        configure_logging(settings)
         if settings.kafka.bootstrap_servers is None:
             raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: the relay needs Kafka")
         self._settings = settings

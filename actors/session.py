@@ -27,6 +27,7 @@ from ray.actor import ActorHandle
 from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.events import TurnOutcome
+from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
 from agentcluster.runtime._hostset import plan_host_count
 
@@ -39,6 +40,7 @@ class SessionHost:
     """The Ray-facing shell of a SessionHostCore (one per actor process)."""
 
     def __init__(self, host_id: str, settings: Settings, isolation: bool = False) -> None:
+        configure_logging(settings)
         runtime = settings.runtime
         self._isolation = isolation
         self._core = SessionHostCore(

@@ -18,6 +18,7 @@ import ray
 from ray.actor import ActorHandle
 
 from agentcluster.config import Settings, load_settings
+from agentcluster.logs import configure_logging
 from agentcluster.tools import InProcessToolExecutor, Tool, ToolInvocation, ToolRegistry
 from agentcluster.tools import builtin_registry as _builtin_registry
 from agentcluster.tools._files import SessionWorkspaces, file_tools
@@ -68,6 +69,7 @@ class ToolActor:
         mcp_ping_after_idle_s: float = 5.0,
     ) -> None:
         self._settings = settings or load_settings()
+        configure_logging(self._settings)
         tools = self._settings.tools
         policy = (
             network_policy_factory()

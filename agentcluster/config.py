@@ -385,6 +385,7 @@ class Settings(BaseModel):
 
     data_dir: Path
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
     db: DbSettings
     kafka: KafkaSettings
     relay: RelaySettings
@@ -472,4 +473,7 @@ def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> S
     level = (env("SA01_LOG_LEVEL") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"SA01_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return Settings(data_dir=data_dir, log_level=level, **sections)
+    log_format = (env("SA01_LOG_FORMAT") or "json").lower()
+    if log_format not in {"json", "text"}:
+        raise ConfigError(f"SA01_LOG_FORMAT: expected json or text, got {log_format!r}")
+    return Settings(data_dir=data_dir, log_level=level, log_format=log_format, **sections)

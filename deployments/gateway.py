@@ -15,6 +15,7 @@ from ray.serve import Application
 from agentcluster import api
 from agentcluster.config import Settings, load_settings
 from agentcluster.gateway import Caller, GatewayService, create_app, current_service
+from agentcluster.logs import configure_logging
 from agentcluster.runtime import StreamItem
 
 __all__ = ["DEFAULT_OPTIONS", "HandleMethods", "build_gateway"]
@@ -109,11 +110,14 @@ class HandleMethods:
 
 def build_gateway(settings: Settings | None = None, **options: Any) -> Application:
     """The Serve application of the gateway (options override DEFAULT_OPTIONS)."""
-    settings = settings or load_settings()
-    app = create_app(settings)
+    resolved = settings or load_settings()
+    app = create_app(resolved)
 
     class Gateway(HandleMethods):
         """One gateway replica; FastAPI's lifespan connects it to the runtime."""
+
+        def __init__(self) -> None:
+            configure_logging(resolved)
 
         def _service(self) -> GatewayService:
             return current_service()

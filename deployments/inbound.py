@@ -19,6 +19,7 @@ from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
 from agentcluster.eventlog import ensure_topics, load_topics
 from agentcluster.inbound import DEFAULT_GROUP_ID, InboundConsumer, InboundStats
+from agentcluster.logs import configure_logging
 from agentcluster.runtime import Runtime
 
 __all__ = ["InboundWorker", "InboundWorkerActor", "start_inbound"]
@@ -33,6 +34,7 @@ class InboundWorker:
     """Owns one :class:`InboundConsumer` and the :class:`Runtime` it submits to."""
 
     def __init__(self, settings: Settings, group_id: str = DEFAULT_GROUP_ID) -> None:
+        configure_logging(settings)
         if settings.kafka.bootstrap_servers is None:
             raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: the inbound worker needs Kafka")
         self._settings = settings

@@ -16,6 +16,7 @@ from agentcluster.config import Settings
 from agentcluster.domain import Submission
 from agentcluster.errors import DependencyUnavailable, NotFoundError, ValidationFailed
 from agentcluster.gateway._problems import ProblemError
+from agentcluster.logs import bind_for_task
 from agentcluster.policy import ApiAction, RegoPolicyEngine
 from agentcluster.runtime import Runtime, StreamItem
 from agentcluster.tools import PolicyDecision
@@ -132,6 +133,7 @@ class GatewayService:
         """
         # Sessions belong to tenants: the admin key (no tenant) gets 403 here for them.
         tenant_id = _ADMIN_TENANT if action == "keys.manage" else caller.tenant()
+        bind_for_task(tenant_id=tenant_id)  # this request's log lines carry the tenant
         if self.policy is None:
             return tenant_id
         key = (tenant_id, action, agent, caller.admin)

@@ -18,6 +18,7 @@ from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import StaleEpochError
 from agentcluster.events import TurnOutcome, Usage
 from agentcluster.llm._types import ChatMessage, ToolCallSpec
+from agentcluster.logs import bound
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.runtime._journal import StoreJournal
 from agentcluster.store import SqlStateStore
@@ -199,11 +200,23 @@ class Activation:
         )
         prior_steps = await self._prior_steps(turn) if interrupted else 0
         self._current_turn = turn.turn_id
-        self._turn_task = asyncio.create_task(
-            self._loop.run_turn(context, self.history, self._journal, prior_steps=prior_steps)
-        )
+        started = time.monotonic()
+        ids = {"tenant_id": self.session.tenant_id, "session_id": self.session_id}
+        with bound(**ids, turn_id=turn.turn_id):  # the turn's task and its logs carry the ids
+            self._turn_task = asyncio.create_task(
+                self._loop.run_turn(context, self.history, self._journal, prior_steps=prior_steps)
+            )
         try:
-            await self._turn_task
+            result = await self._turn_task
+            with bound(**ids, turn_id=turn.turn_id):
+                log.info(
+                    "turn %s: %s after %d step(s) in %.0f ms (attempt %d)",
+                    turn.turn_id,
+                    getattr(result, "status", "ended"),
+                    getattr(result, "steps", 0),
+                    (time.monotonic() - started) * 1000,
+                    context.attempt,
+                )
         except asyncio.CancelledError:
             worker = asyncio.current_task()
             if worker is not None and worker.cancelling():
