@@ -236,6 +236,8 @@ class LiteLLMClient:
     ) -> LlmResult | None:
         """Call ``model`` with retries; None (with the reason recorded) to move to the next."""
         breaker = self.breakers.breaker(model)
+        # Refreshed on use: Ray stops exporting a gauge that is not set again for a while.
+        metrics.record_breaker_state(model, breaker.current_state)
         last: _CallFailed | None = None
         for retry in range(self._settings.max_retries + 1):
             try:

@@ -106,7 +106,8 @@ class SessionHostCore:
                     self._activations[session_id] = active
                     self.activations_total += 1
                     metrics.record_session_activated(self.host_id)
-                    metrics.record_sessions_active(self.host_id, len(self._activations))
+        # Refreshed on use: Ray stops exporting a gauge that is not set again for a while.
+        metrics.record_sessions_active(self.host_id, len(self._activations))
         # Turns pumped from this context label their metrics with the session's agent.
         metrics.bind_agent(active.session.agent)
         return active
