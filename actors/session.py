@@ -66,9 +66,14 @@ class SessionHost:
         return await self._core.cancel(tenant_id, session_id, turn_id)
 
     async def stream(
-        self, tenant_id: str, session_id: str, after_seq: int, until_turn: str | None
+        self,
+        tenant_id: str,
+        session_id: str,
+        after_seq: int,
+        until_turn: str | None,
+        wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
-        async for item in self._core.stream(tenant_id, session_id, after_seq, until_turn):
+        async for item in self._core.stream(tenant_id, session_id, after_seq, until_turn, wake):
             yield item
 
     async def passivate(self, session_id: str) -> bool:
@@ -249,11 +254,16 @@ class RaySessionRouter:
         return bool(await _call(host.cancel.remote(tenant_id, session_id, turn_id)))
 
     async def stream(
-        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        after_seq: int = 0,
+        until_turn: str | None = None,
+        wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
         host = await self.host_for(session_id)
         generator: Any = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
-            tenant_id, session_id, after_seq, until_turn
+            tenant_id, session_id, after_seq, until_turn, wake
         )
         finished = False
         try:

@@ -82,7 +82,7 @@ class HandleMethods:
     ) -> AsyncIterator[StreamItem]:
         caller = await self._caller(api_key)
         service = self._service()
-        submission = await service.submit(caller, session_id, body, idempotency_key)
+        submission = await service.submit(caller, session_id, body, idempotency_key, notify=False)
         async for item in service.turn_items(caller, session_id, submission):
             yield item
 

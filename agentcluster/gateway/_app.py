@@ -126,6 +126,27 @@ async def _sse_stream(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerS
         yield _sse(item)
 
 
+async def _started(items: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+    """``items`` with its first item already received: the host has subscribed and woken the
+    session before the response starts, so the turn runs even if the client leaves at once."""
+    try:
+        first = await anext(items)
+    except StopAsyncIteration:
+        return _empty()
+
+    async def chained() -> AsyncIterator[StreamItem]:
+        yield first
+        async for item in items:
+            yield item
+
+    return chained()
+
+
+async def _empty() -> AsyncIterator[StreamItem]:
+    return
+    yield  # an async generator that yields nothing
+
+
 def _parse_after(last_event_id: str | None, after: int | None) -> int:
     if last_event_id is None:
         return after or 0
@@ -198,8 +219,8 @@ async def send_message(
 ) -> Response:
     key = _idempotency_key(idempotency_key)
     if accept and "text/event-stream" in accept:
-        submission = await service.submit(caller, session_id, body, key)
-        items = service.turn_items(caller, session_id, submission)
+        submission = await service.submit(caller, session_id, body, key, notify=False)
+        items = await _started(service.turn_items(caller, session_id, submission))
         return EventSourceResponse(_sse_stream(items), ping=HEARTBEAT_S)
     if wait:
         return _json(await service.ask(caller, session_id, body, key))

@@ -223,7 +223,8 @@ class GatewayService:
     def turn_items(
         self, caller: Caller, session_id: str, submission: Submission
     ) -> AsyncIterator[StreamItem]:
-        """The turn's events and deltas, from its ``message.received`` to its outcome."""
+        """The turn's events and deltas, from its ``message.received`` to its outcome (submit
+        with ``notify=False``: the stream wakes the session once it is subscribed)."""
         return self._turn_items(caller.tenant(), session_id, submission)
 
     async def _turn_items(
@@ -234,6 +235,7 @@ class GatewayService:
             session_id,
             after_seq=max(submission.seq - 1, 0),
             until_turn=submission.turn_id,
+            wake=True,  # submitted with notify=False: the turn starts once we listen
         )
         async for item in items:
             if getattr(item, "turn_id", submission.turn_id) == submission.turn_id:

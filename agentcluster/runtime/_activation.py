@@ -84,7 +84,13 @@ class Activation:
         self._store = store
         self._loop = loop
         self._journal = StoreJournal(
-            store, session.tenant_id, session.session_id, epoch, self.feed, self._turn_ended
+            store,
+            session.tenant_id,
+            session.session_id,
+            epoch,
+            self.feed,
+            self._turn_ended,
+            agent=session.agent,
         )
         self._outcomes: OrderedDict[str, TurnOutcome] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[TurnOutcome | None]]] = defaultdict(list)

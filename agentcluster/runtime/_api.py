@@ -32,7 +32,12 @@ class SessionRouter(Protocol):
     ) -> ev.TurnOutcome | None: ...
 
     def stream(
-        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        after_seq: int = 0,
+        until_turn: str | None = None,
+        wake: bool = False,
     ) -> AsyncIterator[StreamItem]: ...
 
 
@@ -94,10 +99,18 @@ class Runtime:
         )
 
     def stream(
-        self, tenant_id: str, session_id: str, *, after_seq: int = 0, until_turn: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        until_turn: str | None = None,
+        wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
-        """Events after ``after_seq`` (persisted, then live, with deltas), in order."""
-        return self.router.stream(tenant_id, session_id, after_seq, until_turn)
+        """Events after ``after_seq`` (persisted, then live, with deltas), in order. ``wake``
+        runs the session's open turns once the stream is subscribed, so none of a turn's deltas
+        (live only) can pass before it: send with ``notify=False``, then stream with it."""
+        return self.router.stream(tenant_id, session_id, after_seq, until_turn, wake)
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None = None) -> bool:
         await self.store.get_session(tenant_id, session_id)  # tenant scoping: 404 otherwise

@@ -158,7 +158,12 @@ class SessionHostCore:
         return activation
 
     async def stream(
-        self, tenant_id: str, session_id: str, after_seq: int = 0, until_turn: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        after_seq: int = 0,
+        until_turn: str | None = None,
+        wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
         """Persisted events after ``after_seq``, then live deltas and events, without gap or
         duplicate. Ends after ``until_turn``'s terminal event when given, or when the session is
@@ -166,6 +171,8 @@ class SessionHostCore:
         activation = await self._owned(tenant_id, session_id)
         deps = await self._ready()
         queue = activation.feed.subscribe()  # first: nothing committed from now on is missed
+        if wake:
+            activation.pump()  # after subscribing: not even a delta can pass unseen
         try:
             last = after_seq
             while True:
