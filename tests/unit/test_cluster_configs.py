@@ -25,6 +25,8 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from agentcluster.metrics import METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD_CONFIGS = ["cluster/aws.yaml", "cluster/gcp.yaml"]
 RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
@@ -452,6 +454,10 @@ def _known_series() -> set[str]:
     for path, library in sources:
         for name, kind, lib in _defined_metrics(path, library):
             series |= _exported(name, kind, lib)
+    # The catalogue in agentcluster.metrics is data (names in MetricSpec), recorded as Ray metrics.
+    kinds = {"counter": "Counter", "gauge": "Gauge", "histogram": "Histogram"}
+    for spec in METRICS.values():
+        series |= _exported(spec.name, kinds[spec.kind], "ray")
     return series
 
 
@@ -494,13 +500,23 @@ def test_dashboard_charts_only_existing_metrics(known_series: set[str]) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     check_dashboard(dashboard, known_series)
     charted = {name for _, name in _dashboard_metrics(dashboard)}
-    assert {"agentcluster_http_requests_total", "ray_agentcluster_pool_size"} <= charted
+    expected = {
+        "ray_agentcluster_http_requests_total",
+        "ray_agentcluster_pool_size",
+        "ray_agentcluster_turns_total",
+        "ray_agentcluster_llm_tokens_total",
+        "ray_agentcluster_tool_calls_total",
+        "ray_agentcluster_sessions_active",
+        "ray_agentcluster_llm_breaker_state",
+        "ray_agentcluster_outbox_unpublished",
+    }
+    assert expected <= charted
 
 
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ("agentcluster_http_requests_total", "agentcluster_http_request_total"),  # typo
+        ("ray_agentcluster_http_requests_total", "ray_agentcluster_http_request_total"),  # typo
         ("ray_agentcluster_pool_size", "agentcluster_pool_size"),  # Ray metric without ray_
         ('"uid": "${datasource}"', '"uid": "prometheus"'),  # a hard-wired datasource
     ],
