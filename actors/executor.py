@@ -27,11 +27,12 @@ from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from actors.tools import ToolActor
 from agentcluster.agent import AgentProfile
 from agentcluster.config import Settings
-from agentcluster.errors import AgentClusterError, ConfigError, ToolError
+from agentcluster.errors import AgentClusterError, ToolError
 from agentcluster.llm import ToolSchema
 from agentcluster.store import SqlStateStore
 from agentcluster.tools import ToolInvocation, ToolOutcome, builtin_registry
 from agentcluster.tools._browser import BROWSER_TOOL_NAMES, BrowserLlm, browser_schemas
+from agentcluster.tools._registry import select_schemas
 
 __all__ = ["ActorToolExecutor", "BrowserUrlPolicy", "tool_pool_spec"]
 
@@ -139,10 +140,7 @@ class ActorToolExecutor:
             executor._tool_pool()  # start it now (not blocking): the first tool call finds it warm
         if needed - schemas.keys():
             schemas |= await executor._actor_schemas()
-        unknown = sorted(needed - schemas.keys())
-        if unknown:
-            known = ", ".join(sorted(schemas))
-            raise ConfigError(f"unknown tool(s) {', '.join(unknown)}; known tools: {known}")
+        select_schemas(schemas, sorted(needed))  # every named tool is offered somewhere
         executor._schemas = schemas
         return executor
 
@@ -175,11 +173,7 @@ class ActorToolExecutor:
         Raises:
             ConfigError: a name is unknown.
         """
-        unknown = [name for name in names if name not in self._schemas]
-        if unknown:
-            known = ", ".join(sorted(self._schemas))
-            raise ConfigError(f"unknown tool(s) {', '.join(unknown)}; known tools: {known}")
-        return [self._schemas[name] for name in names]
+        return select_schemas(self._schemas, names)
 
     async def execute(self, invocation: ToolInvocation) -> ToolOutcome:
         """Run one call on a pooled actor; failures come back as ``ok=False`` outcomes."""

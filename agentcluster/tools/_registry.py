@@ -12,14 +12,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentcluster.errors import ConfigError, ToolError
 from agentcluster.llm._types import ToolSchema
 from agentcluster.tools._base import Tool, ToolInvocation, ToolOutcome
 
-__all__ = ["InProcessToolExecutor", "ToolRegistry", "validate_arguments"]
+__all__ = ["InProcessToolExecutor", "ToolRegistry", "select_schemas", "validate_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,21 @@ class ToolRegistry:
         Raises:
             ConfigError: a name is not registered (the message lists the known ones).
         """
-        unknown = [name for name in names if name not in self._tools]
-        if unknown:
-            known = ", ".join(self.names()) or "none"
-            raise ConfigError(f"unknown tool(s) {', '.join(unknown)}; known tools: {known}")
-        return [self._tools[name].schema for name in names]
+        return select_schemas({name: tool.schema for name, tool in self._tools.items()}, names)
+
+
+def select_schemas(schemas: Mapping[str, ToolSchema], names: Iterable[str]) -> list[ToolSchema]:
+    """The schemas of the named tools, in the given order.
+
+    Raises:
+        ConfigError: a name is not among ``schemas`` (the message lists the known ones).
+    """
+    names = list(names)
+    unknown = [name for name in names if name not in schemas]
+    if unknown:
+        known = ", ".join(sorted(schemas)) or "none"
+        raise ConfigError(f"unknown tool(s) {', '.join(unknown)}; known tools: {known}")
+    return [schemas[name] for name in names]
 
 
 class InProcessToolExecutor:
