@@ -8,6 +8,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from agentcluster import api
 from agentcluster import events as ev
@@ -25,6 +26,8 @@ __all__ = ["Caller", "GatewayService"]
 
 WAIT_TIMEOUT_S = 300.0
 AUTH_CACHE_SIZE = 10_000
+K = TypeVar("K")
+V = TypeVar("V")
 _ADMIN_TENANT = "(admin)"
 """The tenant the policy sees for the admin key, which belongs to no tenant."""
 
@@ -80,6 +83,33 @@ def _turn_out(
     return api.TurnOut(**fields, status="cancelled", error=event.reason)
 
 
+class _Recent(Generic[K, V]):
+    """What this replica checked lately: values reused for ``ttl_s`` seconds (0: never), at most
+    AUTH_CACHE_SIZE of them (all forgotten when full)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._items: dict[K, tuple[V, float]] = {}
+
+    def get(self, key: K) -> V | None:
+        found = self._items.get(key)
+        return found[0] if found is not None and found[1] > time.monotonic() else None
+
+    def put(self, key: K, value: V) -> None:
+        if self._ttl_s <= 0:
+            return
+        if len(self._items) >= AUTH_CACHE_SIZE:
+            self._items.clear()
+        self._items[key] = (value, time.monotonic() + self._ttl_s)
+
+    def forget(self, key: K | None = None) -> None:
+        """Forget ``key``, or everything."""
+        if key is None:
+            self._items.clear()
+        else:
+            self._items.pop(key, None)
+
+
 class GatewayService:
     """The API's operations on the runtime, scoped by the caller's tenant."""
 
@@ -94,10 +124,11 @@ class GatewayService:
         self.settings = settings
         self.profiles = profiles
         self.policy = policy
-        # (tenant, action, agent, admin) -> (decision, until when this replica reuses it).
-        self._decisions: dict[tuple[str, str, str | None, bool], tuple[PolicyDecision, float]] = {}
-        # SHA-256 of a key -> (its caller, when this replica stops trusting it without a check).
-        self._callers: dict[bytes, tuple[Caller, float]] = {}
+        # (tenant, action, agent, admin) -> the policy's decision; SHA-256 of a key -> its caller.
+        cache_s = settings.auth.cache_s
+        self._decisions: _Recent[tuple[str, str, str | None, bool], PolicyDecision]
+        self._decisions = _Recent(cache_s)
+        self._callers: _Recent[bytes, Caller] = _Recent(cache_s)
 
     async def authenticate(self, token: str | None) -> Caller:
         """The caller behind a bearer token (the admin key or a tenant's API key).
@@ -110,19 +141,15 @@ class GatewayService:
         if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
             return Caller(tenant_id=None, key_id=None, admin=True)
         digest = hashlib.sha256(token.encode()).digest()
-        now = time.monotonic()
         cached = self._callers.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None:
+            return cached
         key = await self.runtime.store.authenticate(token)
         if key is None:
-            self._callers.pop(digest, None)
+            self._callers.forget(digest)
             raise _unauthorized("invalid API key")
         caller = Caller(tenant_id=key.tenant_id, key_id=key.key_id)
-        if self.settings.auth.cache_s > 0:
-            if len(self._callers) >= AUTH_CACHE_SIZE:
-                self._callers.clear()
-            self._callers[digest] = (caller, now + self.settings.auth.cache_s)
+        self._callers.put(digest, caller)
         return caller
 
     async def authorize(self, caller: Caller, action: ApiAction, agent: str | None = None) -> str:
@@ -137,18 +164,13 @@ class GatewayService:
         if self.policy is None:
             return tenant_id
         key = (tenant_id, action, agent, caller.admin)
-        now = time.monotonic()
-        cached = self._decisions.get(key)
-        if cached is not None and cached[1] > now:
-            decision = cached[0]
-        else:
+        decision = self._decisions.get(key)
+        if decision is None:
             decision = await self.policy.decide_action(
                 tenant_id, action, agent=agent, admin=caller.admin
             )
-            if not decision.failed and self.settings.auth.cache_s > 0:
-                if len(self._decisions) >= AUTH_CACHE_SIZE:
-                    self._decisions.clear()
-                self._decisions[key] = (decision, now + self.settings.auth.cache_s)
+            if not decision.failed:  # an outage is asked about again, not remembered
+                self._decisions.put(key, decision)
         if decision.failed:
             raise DependencyUnavailable("policy", decision.reason)
         if not decision.allowed:
@@ -324,4 +346,4 @@ class GatewayService:
         caller.require_admin()
         await self.authorize(caller, "keys.manage")
         await self.runtime.store.revoke_api_key(None, key_id)
-        self._callers.clear()  # at once here; other replicas within auth.cache_s
+        self._callers.forget()  # at once here; other replicas within auth.cache_s
