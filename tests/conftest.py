@@ -7,6 +7,7 @@ or, when unset, from ``.data/services.env`` written by ``deps-up``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import time
@@ -99,3 +100,16 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     pytest.fail(f"{message} within {timeout}s (last value: {last!r})")
+
+
+@pytest.fixture
+def restore_loggers() -> Iterator[None]:
+    """Our packages' loggers as they were, after a test that ran configure_logging (it changes
+    process-wide handlers, levels and propagation)."""
+    loggers = [logging.getLogger(name) for name in ("agentcluster", "actors", "deployments")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate

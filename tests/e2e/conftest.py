@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +14,7 @@ import yaml
 from ray import serve
 
 from agentcluster.config import Settings, load_settings
-from agentcluster.testing.fake_llm import FakeLLM
+from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
 from deployments.gateway import build_gateway
 from tests.conftest import service
 from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
@@ -97,12 +99,41 @@ async def http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
-async def tenant_key(http: httpx.AsyncClient) -> str:
+async def new_tenant(http: httpx.AsyncClient, prefix: str = "t") -> tuple[str, str]:
+    """A fresh tenant and an API key for it, through the admin API: (tenant id, key)."""
     response = await http.post(
         "/v1/keys",
-        json={"name": "e2e", "tenant_name": f"t-{uuid.uuid4().hex[:8]}"},
+        json={"name": "e2e", "tenant_name": f"{prefix}-{uuid.uuid4().hex[:8]}"},
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
     )
     assert response.status_code == 201, response.text
-    return str(response.json()["secret"])
+    return str(response.json()["tenant_id"]), str(response.json()["secret"])
+
+
+@contextlib.asynccontextmanager
+async def tenant_policy(tenant_id: str, data: dict[str, Any]) -> AsyncIterator[None]:
+    """Per-tenant policy data in the OPA server for the block (removed afterwards)."""
+    async with httpx.AsyncClient(base_url=service("SA01_POLICY_URL")) as opa:
+        put = await opa.put(f"/v1/data/agentcluster/tenants/{tenant_id}", json=data)
+        assert put.status_code == 204, put.text
+        try:
+            yield
+        finally:
+            await opa.delete(f"/v1/data/agentcluster/tenants/{tenant_id}")
+
+
+def script_tool_turn(fake_llm: FakeLLM, token: str, call: ToolCall, answer: str) -> None:
+    """The fake model calls ``call`` for a message containing ``token``, then answers
+    ``answer`` once the tool's result is back."""
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: token in str(r.messages) and r.messages[-1]["role"] == "tool",
+            reply=Reply(content=answer),
+        )
+    )
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(tool_calls=[call])))
+
+
+@pytest.fixture
+async def tenant_key(http: httpx.AsyncClient) -> str:
+    return (await new_tenant(http))[1]

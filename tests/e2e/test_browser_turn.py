@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
-from tests.conftest import service
-from tests.e2e.conftest import ADMIN_KEY
+from tests.e2e.conftest import new_tenant, tenant_policy
 from tests.integration.test_browser import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -32,26 +31,22 @@ def site() -> Iterator[Server]:
     server.close()
 
 
-@pytest.fixture
-async def tenant(http: httpx.AsyncClient) -> AsyncIterator[tuple[str, str]]:
-    """A tenant whose policy lets its tools reach 127.0.0.1 (loopback is denied by default)."""
-    created = await http.post(
-        "/v1/keys",
-        json={"name": "browser", "tenant_name": f"b-{uuid.uuid4().hex[:8]}"},
-        headers=_auth(ADMIN_KEY),
-    )
-    tenant_id, key = created.json()["tenant_id"], created.json()["secret"]
-    network = {
+LOOPBACK_ALLOWED = {
+    "network": {
         "allow_public": False,
         "allow_hosts": [],
         "allow_cidrs": ["127.0.0.1/32"],
         "allow_metadata": [],
     }
-    async with httpx.AsyncClient(base_url=service("SA01_POLICY_URL")) as opa:
-        put = await opa.put(f"/v1/data/agentcluster/tenants/{tenant_id}", json={"network": network})
-        assert put.status_code == 204, put.text
+}
+
+
+@pytest.fixture
+async def tenant(http: httpx.AsyncClient) -> AsyncIterator[tuple[str, str]]:
+    """A tenant whose policy lets its tools reach 127.0.0.1 (loopback is denied by default)."""
+    tenant_id, key = await new_tenant(http, "b")
+    async with tenant_policy(tenant_id, LOOPBACK_ALLOWED):
         yield tenant_id, key
-        await opa.delete(f"/v1/data/agentcluster/tenants/{tenant_id}")
 
 
 def _index(page: str, pattern: str) -> int:
@@ -144,12 +139,8 @@ async def test_a_turn_fills_and_submits_a_form_through_the_browser_tools(
     png = await http.get(attachment["url"], headers=_auth(key))
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG") and len(png.content) == attachment["size"]
-    other = await http.post(
-        "/v1/keys",
-        json={"name": "other", "tenant_name": f"o-{uuid.uuid4().hex[:8]}"},
-        headers=_auth(ADMIN_KEY),
-    )
-    hidden = await http.get(attachment["url"], headers=_auth(other.json()["secret"]))
+    _other_tenant, other_key = await new_tenant(http, "o")
+    hidden = await http.get(attachment["url"], headers=_auth(other_key))
     assert hidden.status_code == 404
 
 

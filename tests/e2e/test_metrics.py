@@ -10,8 +10,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
+from agentcluster.testing.fake_llm import FakeLLM, ToolCall
 from tests.conftest import eventually
+from tests.e2e.conftest import script_tool_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -68,18 +69,8 @@ def _counters(samples: Samples) -> dict[str, float]:
 
 
 def _turn_with_a_calculator_call(fake_llm: FakeLLM, token: str) -> None:
-    fake_llm.script.add_rule(
-        Rule(
-            when=lambda r: token in str(r.messages) and r.messages[-1]["role"] == "tool",
-            reply=Reply(content=f"it is 4 {token}"),
-        )
-    )
-    fake_llm.script.add_rule(
-        Rule(
-            when_last_user_contains=token,
-            reply=Reply(tool_calls=[ToolCall(name="calculator", arguments={"expression": "2+2"})]),
-        )
-    )
+    calculate = ToolCall(name="calculator", arguments={"expression": "2+2"})
+    script_tool_turn(fake_llm, token, calculate, f"it is 4 {token}")
 
 
 async def test_after_a_turn_the_cluster_metrics_are_present_with_sane_values(

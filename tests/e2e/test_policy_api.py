@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
-from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.conftest import service
-from tests.e2e.conftest import ADMIN_KEY
+from agentcluster.testing.fake_llm import FakeLLM, ToolCall
+from tests.e2e.conftest import new_tenant, script_tool_turn, tenant_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -23,38 +20,23 @@ def _auth(key: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def tenant(http: httpx.AsyncClient) -> AsyncIterator[tuple[str, str]]:
-    """A fresh tenant (id, key); its policy data is removed from OPA afterwards."""
-    response = await http.post(
-        "/v1/keys",
-        json={"name": "policy", "tenant_name": f"p-{uuid.uuid4().hex[:8]}"},
-        headers=_auth(ADMIN_KEY),
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    yield body["tenant_id"], body["secret"]
-    async with httpx.AsyncClient(base_url=service("SA01_POLICY_URL")) as opa:
-        await opa.delete(f"/v1/data/agentcluster/tenants/{body['tenant_id']}")
-
-
-async def _tenant_policy(tenant_id: str, data: dict[str, Any]) -> None:
-    async with httpx.AsyncClient(base_url=service("SA01_POLICY_URL")) as opa:
-        response = await opa.put(f"/v1/data/agentcluster/tenants/{tenant_id}", json=data)
-    assert response.status_code == 204, response.text
+async def tenant(http: httpx.AsyncClient) -> tuple[str, str]:
+    """A fresh tenant (id, key)."""
+    return await new_tenant(http, "p")
 
 
 async def test_a_denied_api_action_is_403_with_the_policy_reason(
     http: httpx.AsyncClient, tenant: tuple[str, str]
 ) -> None:
     tenant_id, key = tenant
-    await _tenant_policy(tenant_id, {"deny_actions": ["session.create"]})
-    refused = await http.post("/v1/sessions", json={"agent": "tester"}, headers=_auth(key))
+    async with tenant_policy(tenant_id, {"deny_actions": ["session.create"]}):
+        refused = await http.post("/v1/sessions", json={"agent": "tester"}, headers=_auth(key))
+        listed = await http.get("/v1/sessions", headers=_auth(key))
     assert refused.status_code == 403, refused.text
     body = refused.json()
     assert body["type"] == PROBLEMS + "forbidden"
     assert "denied by policy" in body["detail"] and "session.create" in body["detail"]
     # Other actions stay allowed, and nothing was created.
-    listed = await http.get("/v1/sessions", headers=_auth(key))
     assert listed.status_code == 200 and listed.json()["items"] == []
 
 
@@ -62,27 +44,17 @@ async def test_a_denied_tool_call_reaches_the_model_and_the_events(
     http: httpx.AsyncClient, tenant: tuple[str, str], fake_llm: FakeLLM
 ) -> None:
     tenant_id, key = tenant
-    await _tenant_policy(tenant_id, {"tools": {"allow": ["*"], "deny": ["calculator"]}})
     token = uuid.uuid4().hex
-    fake_llm.script.add_rule(
-        Rule(
-            when=lambda r: token in str(r.messages) and r.messages[-1]["role"] == "tool",
-            reply=Reply(content=f"could not calculate {token}"),
+    calculate = ToolCall(name="calculator", arguments={"expression": "2+2"})
+    script_tool_turn(fake_llm, token, calculate, f"could not calculate {token}")
+    async with tenant_policy(tenant_id, {"tools": {"allow": ["*"], "deny": ["calculator"]}}):
+        created = await http.post("/v1/sessions", json={"agent": "tester"}, headers=_auth(key))
+        session_id = created.json()["session_id"]
+        answer = await http.post(
+            f"/v1/sessions/{session_id}/messages?wait=true",
+            json={"content": f"what is 2+2? {token}"},
+            headers=_auth(key),
         )
-    )
-    fake_llm.script.add_rule(
-        Rule(
-            when_last_user_contains=token,
-            reply=Reply(tool_calls=[ToolCall(name="calculator", arguments={"expression": "2+2"})]),
-        )
-    )
-    created = await http.post("/v1/sessions", json={"agent": "tester"}, headers=_auth(key))
-    session_id = created.json()["session_id"]
-    answer = await http.post(
-        f"/v1/sessions/{session_id}/messages?wait=true",
-        json={"content": f"what is 2+2? {token}"},
-        headers=_auth(key),
-    )
     assert answer.json()["content"] == f"could not calculate {token}", answer.text
     decided: list[str] = []
     async with http.stream(

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    loggers = [logging.getLogger(name) for name in ("agentcluster", "actors", "deployments")]
-    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
-    stream = io.StringIO()
-    yield stream
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+def log_stream(restore_loggers: None) -> io.StringIO:
+    return io.StringIO()
 
 
 async def test_turn_logs_carry_the_tenant_session_and_turn_ids(

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -14,17 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from agentcluster.config import load_settings
 from agentcluster.logs import JsonFormatter, bound, configure_logging, current_ids
 
-
-@pytest.fixture(autouse=True)
-def _restore_loggers() -> Iterator[None]:
-    """configure_logging changes process-wide loggers: put them back for the other tests."""
-    loggers = [logging.getLogger(name) for name in ("agentcluster", "actors", "deployments")]
-    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
-    yield
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
