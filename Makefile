@@ -33,6 +33,11 @@ lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
 	  echo '# Regenerate with `make lock` after changing pyproject.toml.'; \
 	  .lockenv/bin/pip freeze --exclude-editable | grep -iv '^agentcluster'; } > requirements.lock
 	rm -rf .lockenv
+	@# cluster/local.yaml installs the lock with Debian 12's Python 3.11.2: every pin must allow it
+	@# (soupsieve >= 3.0.2 wants 3.11.5, hence soupsieve 2.10 in the lock).
+	$(BIN)/pip install --quiet --dry-run --ignore-installed --python-version 3.11.2 \
+	  --only-binary=:all: --target .lockcheck -r requirements.lock \
+	  || { echo "lock: a pin does not install on Python 3.11.2; pin an older version" >&2; exit 1; }
 
 deps-up: ## Install (if missing), start and health-check PostgreSQL, Redis, Kafka, OPA
 	$(DEPS) up
