@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install lock deps-up deps-down deps-status run stack-up health health-wait test \
         test-unit test-integration bench quality format lint typecheck clean policy-wasm \
-        build docker-image
+        build docker-image dev-up dev-down dev-logs dev-rebuild local-ssh cluster-up cluster-down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -28,16 +28,17 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP) ## Create .venv and install the locked dependencies and the project
 
 lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
-	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install --quiet '.[dev]'
+	@# soupsieve: 3.0.2 and later need Python 3.11.5; see the check below.
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && \
+	  .lockenv/bin/pip install --quiet '.[dev]' 'soupsieve<3.0.2'
 	{ echo '# Resolved versions of every Python dependency (runtime and dev), for reproducible installs.'; \
 	  echo '# Regenerate with `make lock` after changing pyproject.toml.'; \
 	  .lockenv/bin/pip freeze --exclude-editable | grep -iv '^agentcluster'; } > requirements.lock
 	rm -rf .lockenv
-	@# cluster/local.yaml installs the lock with Debian 12's Python 3.11.2: every pin must allow it
-	@# (soupsieve >= 3.0.2 wants 3.11.5, hence soupsieve 2.10 in the lock).
+	@# cluster/local.yaml installs the lock with Debian 12's Python 3.11.2: every pin must allow it.
 	$(BIN)/pip install --quiet --dry-run --ignore-installed --python-version 3.11.2 \
 	  --only-binary=:all: --target .lockcheck -r requirements.lock \
-	  || { echo "lock: a pin does not install on Python 3.11.2; pin an older version" >&2; exit 1; }
+	  || { echo "lock: a pin does not install on Python 3.11.2; cap it in the recipe" >&2; exit 1; }
 
 deps-up: ## Install (if missing), start and health-check PostgreSQL, Redis, Kafka, OPA
 	$(DEPS) up
@@ -54,6 +55,30 @@ run: install ## Set up and run the main job: Ray + gateway on 127.0.0.1:21016, e
 stack-up: install deps-up ## Like run, against the services of deps-up (PostgreSQL, Kafka, Redis, OPA)
 	set -a && source .data/services.env && set +a && $(BIN)/agentcluster serve
 
+dev-up: install deps-up ## Services plus the stack in the background (log: make dev-logs)
+	set -a && source .data/services.env && set +a && $(BIN)/agentcluster up
+
+dev-down: ## Stop the background stack (agentcluster down), then the services
+	-$(BIN)/agentcluster down
+	$(DEPS) down
+
+dev-logs: ## Follow the stack's log and the services' logs
+	tail -n 100 -F .data/agentcluster.log .data/postgres.log .data/opa.log .data/kafka/broker.log
+
+dev-rebuild: ## Reinstall the project and dependencies, then restart the background stack
+	-$(BIN)/agentcluster down
+	rm -f $(STAMP)
+	$(MAKE) dev-up
+
+local-ssh: ## Loopback SSH for `ray up cluster/local.yaml` (sshd on 127.0.0.1:22, user, key)
+	bash cluster/local-ssh.sh up
+
+cluster-up: install local-ssh ## `ray up cluster/local.yaml`: this machine as a one-node Ray cluster
+	$(BIN)/ray up -y cluster/local.yaml
+
+cluster-down: install ## `ray down cluster/local.yaml` (stops only that cluster: it runs as its own user)
+	$(BIN)/ray down -y cluster/local.yaml
+
 GATEWAY_URL ?= http://127.0.0.1:21016
 
 health: ## Ask the running gateway whether it and its dependencies are ready
@@ -64,7 +89,7 @@ health-wait: ## Wait (up to 120 s) until the gateway answers ready
 	  curl -sf --max-time 2 $(GATEWAY_URL)/v1/ready >/dev/null && { echo ready; exit 0; }; sleep 1; \
 	done; echo "gateway not ready after 120 s" >&2; exit 1
 
-test: install deps-up ## Set up everything and run the whole test suite against real services
+test: install deps-up local-ssh ## Set up everything and run the whole test suite against real services
 	set -a && source .data/services.env && set +a && $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Unit tests only (no services)

@@ -1,6 +1,7 @@
-"""The cluster configs: the cloud YAMLs pass Ray's own checks (the ones `ray up` runs before it
-talks to a cloud) and have the node types the app relies on; the KubeRay RayService serves what
-configs/serve.yaml serves; the Grafana dashboard only charts metrics the code defines.
+"""The cluster configs: the cloud YAMLs and cluster/local.yaml pass Ray's own checks (the ones
+`ray up` runs before it talks to a cloud) and have the node types the app relies on; the KubeRay
+RayService serves what configs/serve.yaml serves; the Grafana dashboard only charts metrics the
+code defines.
 
 Each checker is also shown rejecting a broken copy, so none of these tests can pass vacuously.
 No network and no cloud SDK: Ray's prepare/validate steps only read its bundled defaults.
@@ -34,6 +35,18 @@ DASHBOARD = ROOT / "configs" / "grafana" / "agentcluster.json"
 BROWSER = "browser"
 BROWSER_SLOTS = 4
 CHECKOUT = "~/agentcluster"
+# What a node needs of the checkout: to install (make install / pip) and deploy configs/serve.yaml.
+NODE_NEEDS = (
+    "pyproject.toml",
+    "requirements.lock",
+    "README.md",
+    "Makefile",
+    "agentcluster",
+    "actors",
+    "deployments",
+    "configs",
+    "policies",
+)
 
 Config = dict[str, Any]
 
@@ -125,8 +138,26 @@ def _check_install(commands: list[str], where: str) -> None:
     )
 
 
+def _check_mounts(config: Config) -> None:
+    """The nodes get what installing and deploying needs, and never the whole checkout: `ray up`
+    hashes every file of a mounted directory, ignoring rsync_exclude (all of .venv, and the
+    services' sockets under .data, which it cannot read)."""
+    mounts = config["file_mounts"]
+    for remote, local in mounts.items():
+        if remote.startswith(CHECKOUT):
+            _require(
+                (ROOT / local).resolve() != ROOT, f"file_mounts: {remote} mounts the whole checkout"
+            )
+            _require((ROOT / local).exists(), f"file_mounts: {local} is not in the repository")
+    for name in NODE_NEEDS:
+        _require(
+            mounts.get(f"{CHECKOUT}/{name}") == f"./{name}",
+            f"file_mounts: {CHECKOUT}/{name} must come from ./{name}",
+        )
+
+
 def _check_commands(config: Config) -> None:
-    _require(config["file_mounts"].get(CHECKOUT) == ".", f"file_mounts must sync . to {CHECKOUT}")
+    _check_mounts(config)
     _check_install(config["head_setup_commands"], "head_setup_commands")
     _check_install(config["worker_setup_commands"], "worker_setup_commands")
     for name, node_type in config["available_node_types"].items():
@@ -203,6 +234,13 @@ def _forget_project(config: Config) -> None:
     config["setup_commands"] = [c for c in config["setup_commands"] if "-e ." not in c]
 
 
+def _drop_mount(name: str) -> Callable[[Config], None]:
+    def mutate(config: Config) -> None:
+        del config["file_mounts"][f"{CHECKOUT}/{name}"]
+
+    return mutate
+
+
 CLUSTER_MUTATIONS: list[tuple[str, Callable[[Config], None], type[Exception]]] = [
     ("unknown top-level key", _set("head_nodes", {}), jsonschema.ValidationError),
     (
@@ -221,6 +259,8 @@ CLUSTER_MUTATIONS: list[tuple[str, Callable[[Config], None], type[Exception]]] =
     ("zero idle timeout", _set("idle_timeout_minutes", 0), ConfigProblem),
     ("serve deploy before ray start", _deploy_first, ConfigProblem),
     ("project not installed", _forget_project, ConfigProblem),
+    ("whole checkout mounted", _set("file_mounts", {CHECKOUT: "."}), ConfigProblem),
+    ("configs not mounted", _drop_mount("configs"), ConfigProblem),
     ("foreign docker image", _set("docker.image", "rayproject/ray:2.9.0-py310"), ConfigProblem),
 ]
 
@@ -235,6 +275,73 @@ def test_broken_cloud_config_is_rejected(
     mutate(config)
     with pytest.raises(error):
         check_cluster_config(config)
+
+
+# --- the local (SSH) cluster config ------------------------------------------------------------
+
+LOCAL_CONFIG = ROOT / "cluster" / "local.yaml"
+
+
+def check_local_config(config: Config) -> Config:
+    """Ray's validation plus what makes cluster/local.yaml safe on a shared machine."""
+    prepared = ray_prepare_and_validate(config)
+    provider = prepared["provider"]
+    _require(provider["type"] == "local", "provider.type must be local")
+    _require(provider["head_ip"] == "127.0.0.1", "the head must be this machine on loopback")
+    _require(
+        prepared["auth"]["ssh_user"] != "root",
+        "ssh_user root: `ray down` would run `ray stop` as root and stop every Ray on the machine",
+    )
+    _check_mounts(prepared)
+    _require(
+        _has(prepared["setup_commands"], f"cd {CHECKOUT}", "make install"),
+        "setup_commands do not install the project",
+    )
+    head = prepared["head_start_ray_commands"]
+    starts = [i for i, c in enumerate(head) if "ray start --head" in c]
+    deploys = [i for i, c in enumerate(head) if "serve deploy configs/serve.yaml" in c]
+    _require(len(starts) == 1, "head_start_ray_commands: expected one `ray start --head`")
+    _require(
+        "--node-ip-address=127.0.0.1" in head[starts[0]]
+        and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in head[starts[0]],
+        "the head must stay on 127.0.0.1 (Ray swaps loopback for the network address otherwise)",
+    )
+    _require(bool(deploys) and deploys[0] > starts[0], "serve deploy must follow ray start")
+    return prepared
+
+
+def test_local_config_passes_ray_validation_and_our_checks() -> None:
+    prepared = check_local_config(_load_yaml(LOCAL_CONFIG))
+    assert prepared["auth"]["ssh_private_key"] == "~/.ssh/agentcluster_local"  # local-ssh.sh's key
+
+
+def _start_on_network_address(config: Config) -> None:
+    config["head_start_ray_commands"] = [
+        c.replace("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0", "")
+        for c in config["head_start_ray_commands"]
+    ]
+
+
+LOCAL_MUTATIONS: list[tuple[str, Callable[[Config], None], type[Exception]]] = [
+    ("unknown provider key type", _set("provider.head_ip", 127), jsonschema.ValidationError),
+    ("launched as root", _set("auth.ssh_user", "root"), ConfigProblem),
+    ("head not on loopback", _set("provider.head_ip", "10.0.0.5"), ConfigProblem),
+    ("loopback swapped for the network address", _start_on_network_address, ConfigProblem),
+    ("whole checkout mounted", _set("file_mounts", {CHECKOUT: "."}), ConfigProblem),
+    ("serve deploy before ray start", _deploy_first, ConfigProblem),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "error"), LOCAL_MUTATIONS, ids=[m[0] for m in LOCAL_MUTATIONS]
+)
+def test_broken_local_config_is_rejected(
+    name: str, mutate: Callable[[Config], None], error: type[Exception]
+) -> None:
+    config = _load_yaml(LOCAL_CONFIG)
+    mutate(config)
+    with pytest.raises(error):
+        check_local_config(config)
 
 
 # --- KubeRay RayService ------------------------------------------------------------------------
