@@ -37,7 +37,13 @@ import psutil
 from ray.exceptions import RayActorError
 
 from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
-from agentcluster.config import BrowserSettings, Settings, prepare_offline_environment
+from agentcluster import tracing as _tracing
+from agentcluster.config import (
+    BrowserSettings,
+    Settings,
+    TracingSettings,
+    prepare_offline_environment,
+)
 from agentcluster.errors import ConfigError, ToolError
 from agentcluster.llm._types import ToolSchema
 from agentcluster.tools._base import ToolInvocation, ToolOutcome
@@ -57,6 +63,7 @@ from agentcluster.tools._browser import (
     navigation_problem,
     parse_browser_arguments,
 )
+from agentcluster.tracing import Carrier
 
 __all__ = [
     "CRASHED",
@@ -240,6 +247,8 @@ class BrowserActor:
             omitted.
         llm: the default model for browser_task; a call can pass its own.
         check_url: the policy hook for navigation targets (the reason to deny, or None).
+        tracing: where this actor's spans go (``SA01_TRACING_*``); from the environment if
+            omitted.
 
     Raises:
         ConfigError: Chromium is not where the settings say.
@@ -250,8 +259,10 @@ class BrowserActor:
         settings: BrowserSettings | None = None,
         llm: BrowserLlm | dict[str, Any] | None = None,
         check_url: UrlCheck | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         prepare_offline_environment()
+        _tracing.configure_tracing(tracing or TracingSettings(), "browser-actor")
         self._settings = settings or BrowserSettings()
         self._llm = BrowserLlm.model_validate(llm) if isinstance(llm, dict) else llm
         self._check_url = check_url
@@ -338,6 +349,7 @@ class BrowserActor:
                 await self._browser.close()
                 self._browser = None
             shutil.rmtree(self._workdir, ignore_errors=True)
+        await _tracing.flush_tracing()
 
     async def _start_browser(self) -> _Browser:
         self._generation += 1
@@ -372,16 +384,30 @@ class BrowserActor:
     # -- calls ---------------------------------------------------------------------------------
 
     async def execute(
-        self, invocation: dict[str, Any], llm: dict[str, Any] | None = None
+        self,
+        invocation: dict[str, Any],
+        llm: dict[str, Any] | None = None,
+        trace: Carrier | None = None,
     ) -> dict[str, Any]:
         """Run one browser tool call; failures come back as ``ok=False`` outcomes.
 
         Args:
             invocation: a ``ToolInvocation`` as a dict.
             llm: a ``BrowserLlm`` as a dict, for browser_task (else the constructor's).
+            trace: the caller's trace carrier; this call's span continues it.
         """
         started = time.perf_counter()
-        outcome = await self._execute(ToolInvocation.model_validate(invocation), llm)
+        call = ToolInvocation.model_validate(invocation)
+        with _tracing.span(
+            "BrowserActor/execute",
+            kind=_tracing.SpanKind.SERVER,
+            attributes=_browser_call_attributes(call),
+            parent=trace or {},
+        ) as span:
+            outcome = await self._execute(call, llm)
+            span.set_attribute("agentcluster.tool.ok", outcome.ok)
+            if not outcome.ok:
+                _tracing.mark_error(span, outcome.error or "tool failed")
         latency_ms = (time.perf_counter() - started) * 1000.0
         return outcome.model_copy(update={"latency_ms": latency_ms}).model_dump()
 
@@ -683,11 +709,21 @@ def browser_pool_spec(
     return PoolSpec(
         config=config,
         actor_class=BrowserActor,
-        kwargs={"settings": browser, "llm": llm, "check_url": check_url},
+        kwargs={
+            "settings": browser,
+            "llm": llm,
+            "check_url": check_url,
+            "tracing": settings.tracing,
+        },
         namespace=settings.runtime.namespace,
         num_cpus=browser.num_cpus,
         resources={browser.resource: 1.0} if browser.resource else {},
     )
+
+
+def _browser_call_attributes(call: ToolInvocation) -> dict[str, Any]:
+    tool = _tracing.tool_attributes(call.tool, call.tool_call_id)
+    return _tracing.rpc_attributes("BrowserActor", "execute", tool)
 
 
 def start_browser_pool(
@@ -728,11 +764,14 @@ class PooledBrowserTools:
         except PoolExhausted as exc:
             return ToolOutcome(ok=False, error=f"no browser is free right now; {exc.message}")
         payload = llm.model_dump() if llm is not None else None
-        try:
-            outcome = await lease.member.execute.remote(invocation.model_dump(), payload)
-        except RayActorError:
-            await self._pool.report_failure(lease, "the browser actor died during a call")
-            return ToolOutcome(ok=False, error=CRASHED)
+        attributes = _browser_call_attributes(invocation)
+        with _tracing.outgoing("BrowserActor/execute", attributes=attributes) as (span, trace):
+            try:
+                outcome = await lease.member.execute.remote(invocation.model_dump(), payload, trace)
+            except RayActorError as exc:
+                _tracing.mark_error(span, exc)
+                await self._pool.report_failure(lease, "the browser actor died during a call")
+                return ToolOutcome(ok=False, error=CRASHED)
         return ToolOutcome.model_validate(outcome)
 
     async def end_session(self, session_id: str) -> bool:

@@ -25,6 +25,7 @@ from ray.exceptions import RayActorError
 from actors.browser import PooledBrowserTools, browser_pool_spec
 from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from actors.tools import ToolActor
+from agentcluster import tracing
 from agentcluster.agent import AgentProfile
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, ToolError
@@ -190,15 +191,24 @@ class ActorToolExecutor:
 
     async def _tool_call(self, invocation: ToolInvocation) -> ToolOutcome:
         pool = self._tool_pool()
-        try:
-            lease = await pool.lease()
-        except PoolExhausted as exc:
-            return ToolOutcome(ok=False, error=f"no tool actor is free right now; {exc.message}")
-        try:
-            result = await lease.member.execute.remote(invocation.model_dump())
-        except RayActorError:
-            await pool.report_failure(lease, "the tool actor died during a call")
-            return ToolOutcome(ok=False, error=TOOL_ACTOR_DIED)
+        attributes = tracing.rpc_attributes(
+            "ToolActor",
+            "execute",
+            tracing.tool_attributes(invocation.tool, invocation.tool_call_id),
+        )
+        with tracing.outgoing("ToolActor/execute", attributes=attributes) as (span, trace):
+            try:
+                lease = await pool.lease()
+            except PoolExhausted as exc:
+                tracing.mark_error(span, exc)
+                error = f"no tool actor is free right now; {exc.message}"
+                return ToolOutcome(ok=False, error=error)
+            try:
+                result = await lease.member.execute.remote(invocation.model_dump(), trace)
+            except RayActorError as exc:
+                tracing.mark_error(span, exc)
+                await pool.report_failure(lease, "the tool actor died during a call")
+                return ToolOutcome(ok=False, error=TOOL_ACTOR_DIED)
         await pool.release(lease)
         return ToolOutcome.model_validate(result)
 

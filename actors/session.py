@@ -14,22 +14,25 @@ own actor, named after the session, running the same code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
 
+from agentcluster import tracing
 from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.events import TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
 from agentcluster.runtime._hostset import plan_host_count
+from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
 
@@ -41,6 +44,7 @@ class SessionHost:
 
     def __init__(self, host_id: str, settings: Settings, isolation: bool = False) -> None:
         configure_logging(settings)
+        tracing.configure_tracing(settings.tracing, "session-host")
         runtime = settings.runtime
         self._isolation = isolation
         self._core = SessionHostCore(
@@ -54,13 +58,24 @@ class SessionHost:
         await self._core.start()
         return self._core.stats()
 
-    async def notify(self, session_id: str) -> None:
-        await self._core.notify(session_id)
+    async def notify(
+        self, session_id: str, turn_id: str | None = None, trace: Carrier | None = None
+    ) -> None:
+        # The turn remembers the active span (this call's) and continues its trace.
+        with _served("notify", trace, session_id, turn_id):
+            await self._core.notify(session_id, turn_id)
 
     async def wait_turn(
-        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str,
+        after_seq: int,
+        timeout_s: float,
+        trace: Carrier | None = None,
     ) -> TurnOutcome | None:
-        return await self._core.wait_turn(tenant_id, session_id, turn_id, after_seq, timeout_s)
+        with _served("wait_turn", trace, session_id, turn_id):
+            return await self._core.wait_turn(tenant_id, session_id, turn_id, after_seq, timeout_s)
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
         return await self._core.cancel(tenant_id, session_id, turn_id)
@@ -72,9 +87,24 @@ class SessionHost:
         after_seq: int,
         until_turn: str | None,
         wake: bool = False,
+        trace: Carrier | None = None,
     ) -> AsyncIterator[StreamItem]:
-        async for item in self._core.stream(tenant_id, session_id, after_seq, until_turn, wake):
-            yield item
+        # Not made active: a generator's steps may run in different contexts. The turn it
+        # wakes gets the span's carrier explicitly.
+        served = tracing.start_span(
+            "SessionHost/stream",
+            kind=SpanKind.SERVER,
+            attributes=_rpc("stream", session_id, until_turn),
+            parent=trace or {},
+        )
+        items = self._core.stream(
+            tenant_id, session_id, after_seq, until_turn, wake, trace=tracing.carrier(served)
+        )
+        try:
+            async for item in items:
+                yield item
+        finally:
+            served.end()
 
     async def passivate(self, session_id: str) -> bool:
         return await self._core.passivate(session_id)
@@ -83,6 +113,7 @@ class SessionHost:
         count = await self._core.passivate_idle(idle_s)
         if self._isolation and not self._core.active_session_ids():
             # Isolation mode: an actor without its session is a process doing nothing.
+            await tracing.flush_tracing()
             ray.actor.exit_actor()
         return count
 
@@ -96,7 +127,25 @@ class SessionHost:
         """Passivate every session (before the host is removed)."""
         sessions = self._core.active_session_ids()
         await self._core.stop()
+        await tracing.flush_tracing()  # the host is killed next
         return len(sessions)
+
+
+def _rpc(method: str, session_id: str, turn_id: str | None) -> dict[str, Any]:
+    ids = {"agentcluster.session_id": session_id, "agentcluster.turn_id": turn_id}
+    return tracing.rpc_attributes("SessionHost", method, ids)
+
+
+def _served(
+    method: str, trace: Carrier | None, session_id: str, turn_id: str | None
+) -> contextlib.AbstractContextManager[object]:
+    """The host's SERVER span of a call from a router, continuing the caller's trace."""
+    return tracing.span(
+        f"SessionHost/{method}",
+        kind=SpanKind.SERVER,
+        attributes=_rpc(method, session_id, turn_id),
+        parent=trace or {},
+    )
 
 
 class HostController:
@@ -236,17 +285,19 @@ class RaySessionRouter:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def notify(self, session_id: str) -> None:
+    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
         host = await self.host_for(session_id)
-        await _call(host.notify.remote(session_id))
+        with _calling("notify", session_id, turn_id) as trace:
+            await _call(host.notify.remote(session_id, turn_id, trace))
 
     async def wait_turn(
         self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
     ) -> TurnOutcome | None:
         host = await self.host_for(session_id)
-        outcome = await _call(
-            host.wait_turn.remote(tenant_id, session_id, turn_id, after_seq, timeout_s)
-        )
+        with _calling("wait_turn", session_id, turn_id) as trace:
+            outcome = await _call(
+                host.wait_turn.remote(tenant_id, session_id, turn_id, after_seq, timeout_s, trace)
+            )
         return outcome
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
@@ -262,19 +313,21 @@ class RaySessionRouter:
         wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
         host = await self.host_for(session_id)
-        generator: Any = host.stream.options(num_returns="streaming", max_task_retries=0).remote(
-            tenant_id, session_id, after_seq, until_turn, wake
-        )
-        finished = False
-        try:
-            async for ref in generator:
-                yield await ref
-            finished = True
-        finally:
-            if not finished:
-                # The consumer left early (client disconnected): end the host's subscription
-                # now, or it would hold the session active until the next restart.
-                ray.cancel(generator)
+        with _calling("stream", session_id, until_turn) as trace:
+            generator: Any = host.stream.options(
+                num_returns="streaming", max_task_retries=0
+            ).remote(tenant_id, session_id, after_seq, until_turn, wake, trace)
+            finished = False
+            try:
+                async for ref in generator:
+                    yield await ref
+                finished = True
+            finally:
+                if not finished:
+                    # The consumer left early (client disconnected): end the host's
+                    # subscription now, or it would hold the session active until the next
+                    # restart.
+                    ray.cancel(generator)
 
     async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
         """Create (if needed) and start hosts 0..count-1; returns their stats."""
@@ -317,6 +370,15 @@ class RaySessionRouter:
             return self._handle(name, name, isolation=True)
         name = self._host_name(pick_host(session_id, self._count))
         return self._handle(name, name, isolation=False)
+
+
+@contextlib.contextmanager
+def _calling(method: str, session_id: str, turn_id: str | None) -> Iterator[Carrier]:
+    """The router's CLIENT span of a host call, and the carrier that goes with the call."""
+    with tracing.outgoing(
+        f"SessionHost/{method}", attributes=_rpc(method, session_id, turn_id)
+    ) as (_span, trace):
+        yield trace
 
 
 async def _call(ref: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import ray
 from ray.actor import ActorHandle
 
+from agentcluster import tracing
 from agentcluster.config import Settings, load_settings
 from agentcluster.logs import configure_logging
 from agentcluster.tools import InProcessToolExecutor, Tool, ToolInvocation, ToolRegistry
@@ -26,6 +27,7 @@ from agentcluster.tools._http import HttpFetchTool
 from agentcluster.tools._mcp import McpConfig, McpToolset, load_mcp_config
 from agentcluster.tools._sandbox import Isolation, PythonExecTool, PythonSandbox, SandboxLimits
 from agentcluster.tools._ssrf import NetworkPolicy, Resolver, SsrfGuard
+from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["NetworkPolicyFactory", "ToolActor", "start_tool_actor"]
 
@@ -70,6 +72,7 @@ class ToolActor:
     ) -> None:
         self._settings = settings or load_settings()
         configure_logging(self._settings)
+        tracing.configure_tracing(self._settings.tracing, "tool-actor")
         tools = self._settings.tools
         policy = (
             network_policy_factory()
@@ -111,16 +114,31 @@ class ToolActor:
         await self._ready()
         return [schema.model_dump() for schema in self._registry.schemas(self._registry.names())]
 
-    async def execute(self, invocation: Mapping[str, Any]) -> dict[str, Any]:
+    async def execute(
+        self, invocation: Mapping[str, Any], trace: Carrier | None = None
+    ) -> dict[str, Any]:
         """Run one call: a ToolInvocation dict in, a ToolOutcome dict out.
+
+        Args:
+            invocation: a ``ToolInvocation`` as a dict.
+            trace: the caller's trace carrier; this call's span continues it.
 
         Raises:
             pydantic.ValidationError: ``invocation`` is not a ToolInvocation (a caller bug).
         """
         call = ToolInvocation.model_validate(dict(invocation))
-        await self._ready()
-        self._calls += 1
-        outcome = await self._executor.execute(call)
+        attributes = tracing.rpc_attributes(
+            "ToolActor", "execute", tracing.tool_attributes(call.tool, call.tool_call_id)
+        )
+        with tracing.span(
+            "ToolActor/execute", kind=SpanKind.SERVER, attributes=attributes, parent=trace or {}
+        ) as span:
+            await self._ready()
+            self._calls += 1
+            outcome = await self._executor.execute(call)
+            span.set_attribute("agentcluster.tool.ok", outcome.ok)
+            if not outcome.ok:
+                tracing.mark_error(span, outcome.error or "tool failed")
         return outcome.model_dump()
 
     async def health(self) -> dict[str, Any]:
@@ -135,8 +153,10 @@ class ToolActor:
         }
 
     async def stop(self) -> None:
-        """Close the MCP sessions (stdio servers stop); called before the actor is killed."""
+        """Close the MCP sessions (stdio servers stop) and send the spans still batched; called
+        before the actor is killed."""
         await self._mcp.close()
+        await tracing.flush_tracing()
 
 
 def start_tool_actor(settings: Settings, **options: Any) -> ActorHandle:

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentcluster.errors import ConfigError
@@ -38,6 +45,7 @@ __all__ = [
     "RuntimeSettings",
     "Settings",
     "ToolSettings",
+    "TracingSettings",
     "env",
     "environment",
     "flag",
@@ -380,6 +388,50 @@ class BrowserSettings(BaseSettings):
         return self
 
 
+class TracingSettings(BaseSettings):
+    """OpenTelemetry traces: where each process sends its spans (``none``: nothing recorded).
+
+    ``otlp`` batches spans to an OTLP/HTTP collector at ``endpoint`` (``/v1/traces`` is added
+    when the URL has no path); ``memory`` keeps them in the process (tests).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SA01_TRACING_", **_SECTION)
+
+    exporter: Literal["none", "otlp", "memory"] = "none"
+    endpoint: str | None = None
+    service_name: str = Field(default="agentcluster", min_length=1, max_length=200)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """The share of new traces recorded; a trace started elsewhere follows its caller's choice."""
+    export_delay_s: float = Field(default=5.0, gt=0, le=300)
+    """How long spans wait in the batch before they are sent."""
+    export_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("exporter", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = _http_url(value)
+        if url is None and info.data.get("exporter") == "otlp":
+            raise ValueError(
+                "required when SA01_TRACING_EXPORTER=otlp (the collector's OTLP/HTTP URL, "
+                "e.g. http://127.0.0.1:4318)"
+            )
+        return url
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where the OTLP exporter posts: the endpoint, with ``/v1/traces`` when it has no path."""
+        if self.endpoint is None:
+            return None
+        if urlsplit(self.endpoint).path.strip("/"):
+            return self.endpoint
+        return f"{self.endpoint}/v1/traces"
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -398,6 +450,7 @@ class Settings(BaseModel):
     runtime: RuntimeSettings
     tools: ToolSettings
     browser: BrowserSettings
+    tracing: TracingSettings
 
     @property
     def db_dsn(self) -> str:
@@ -438,6 +491,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "runtime": RuntimeSettings,
     "tools": ToolSettings,
     "browser": BrowserSettings,
+    "tracing": TracingSettings,
 }
 
 

@@ -17,6 +17,7 @@ from agentcluster.config import Settings, load_settings
 from agentcluster.gateway import Caller, GatewayService, create_app, current_service
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import StreamItem
+from agentcluster.tracing import configure_tracing
 
 __all__ = ["DEFAULT_OPTIONS", "HandleMethods", "build_gateway"]
 
@@ -118,6 +119,7 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
 
         def __init__(self) -> None:
             configure_logging(resolved)
+            configure_tracing(resolved.tracing, "gateway")
 
         def _service(self) -> GatewayService:
             return current_service()

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from agentcluster import tracing
 from agentcluster.agent._profiles import AgentProfile
 from agentcluster.errors import AgentClusterError, InfrastructureError, StaleEpochError
 from agentcluster.events import Usage
@@ -286,11 +287,20 @@ class AgentLoop:
     ) -> None:
         parsed = _parse_arguments(call)
         arguments = parsed if isinstance(parsed, dict) else {}
-        await journal.tool_requested(context.turn_id, call, arguments)
-        if isinstance(parsed, str):
-            outcome = ToolOutcome(ok=False, error=parsed)
-        else:
-            outcome = await self._decide_and_run(context, call, arguments, journal)
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.name,
+            "gen_ai.tool.call.id": call.id,
+        }
+        with tracing.span(f"execute_tool {call.name}", attributes=attributes) as span:
+            await journal.tool_requested(context.turn_id, call, arguments)
+            if isinstance(parsed, str):
+                outcome = ToolOutcome(ok=False, error=parsed)
+            else:
+                outcome = await self._decide_and_run(context, call, arguments, journal)
+            span.set_attribute("agentcluster.tool.ok", outcome.ok)
+            if not outcome.ok:
+                tracing.mark_error(span, outcome.error or "tool failed")
         content = _render(outcome)
         history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
         await journal.tool_completed(context.turn_id, call, outcome, content)
@@ -317,6 +327,7 @@ class AgentLoop:
             )
         else:
             decision = await self._decide(invocation)
+        _trace_decision(decision)
         await journal.tool_decided(context.turn_id, call, decision)
         if not decision.allowed:
             return ToolOutcome(ok=False, error=f"denied by policy: {decision.reason}")
@@ -328,3 +339,13 @@ class AgentLoop:
         except AgentClusterError as exc:
             # Fail closed: no decision means no tool call.
             return PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+
+
+def _trace_decision(decision: PolicyDecision) -> None:
+    """The policy's answer on the tool call's span."""
+    span = tracing.current_span()
+    span.set_attribute("agentcluster.tool.decision", "allowed" if decision.allowed else "denied")
+    if decision.reason:
+        span.set_attribute("agentcluster.tool.decision.reason", decision.reason)
+    if decision.engine:
+        span.set_attribute("agentcluster.policy.engine", decision.engine)

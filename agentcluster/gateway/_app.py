@@ -25,7 +25,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentcluster import api
+from agentcluster import api, tracing
 from agentcluster import events as ev
 from agentcluster import metrics as cluster_metrics
 from agentcluster._gc import settle_long_lived_objects
@@ -384,6 +384,59 @@ class Measure:
             cluster_metrics.record_http_request(name, status, seconds)
 
 
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+UNTRACED_PATHS = frozenset({"/metrics"})
+"""Scrapes every few seconds would bury the requests worth looking at."""
+
+
+class TraceRequests:
+    """ASGI middleware: a SERVER span per HTTP request (``{method} {route}``, with the route
+    template, method and status), continuing the caller's ``traceparent`` when it sends one.
+    Everything the request awaits, Ray calls to session hosts included, runs under it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not tracing.tracing_enabled()
+            or scope["path"] in UNTRACED_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        parent = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in _TRACE_HEADERS
+        }
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        request = tracing.start_span(
+            method, kind=tracing.SpanKind.SERVER, attributes=attributes, parent=parent
+        )
+        status = 500
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            with tracing.use(request):
+                await self.app(scope, receive, send_traced)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is not None:
+                request.update_name(f"{method} {route}")
+                request.set_attribute("http.route", route)
+            request.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                tracing.mark_error(request, str(status))
+            request.end()
+
+
 def create_app(
     settings: Settings, connect: Callable[[Settings], Awaitable[Runtime]] | None = None
 ) -> FastAPI:
@@ -402,6 +455,7 @@ def create_app(
         finally:
             await policy.aclose()
             await runtime.close()
+            await tracing.flush_tracing()
 
     app = FastAPI(
         title="agentcluster",
@@ -412,6 +466,7 @@ def create_app(
     profiles = load_profiles(settings.runtime.agents_dir)
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
 
     for router in (sessions, agents, keys, system):

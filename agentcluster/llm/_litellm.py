@@ -52,7 +52,7 @@ import litellm  # noqa: E402
 import openai  # noqa: E402
 import pybreaker  # noqa: E402
 
-from agentcluster import metrics  # noqa: E402
+from agentcluster import metrics, tracing  # noqa: E402
 from agentcluster.errors import InfrastructureError, TerminalFailure  # noqa: E402
 from agentcluster.events import Usage  # noqa: E402
 from agentcluster.llm._tokens import count_messages, count_text  # noqa: E402
@@ -212,6 +212,16 @@ class LiteLLMClient:
             InfrastructureError: every model failed or was skipped by its open breaker, or a
                 stream broke after content was already passed to ``on_delta``; retryable.
         """
+        with tracing.span(
+            f"chat {request.model}",
+            kind=tracing.SpanKind.CLIENT,
+            attributes=_request_attributes(request),
+        ) as span:
+            result = await self._complete_chain(request, on_delta)
+            _trace_result(span, result)
+            return result
+
+    async def _complete_chain(self, request: LlmRequest, on_delta: DeltaSink | None) -> LlmResult:
         started = time.perf_counter()
         progress = _Progress()
         try:
@@ -251,6 +261,9 @@ class LiteLLMClient:
             except _CallFailed as failure:
                 if failure.after_deltas:
                     raise _broken_stream(model, failure) from failure
+                tracing.current_span().add_event(
+                    "llm.attempt_failed", {"gen_ai.request.model": model, "error": failure.detail}
+                )
                 last = failure
                 delay = self._delay(retry, failure)
                 if retry == self._settings.max_retries or delay is None:
@@ -330,6 +343,33 @@ class LiteLLMClient:
         if self._settings.api_base and "/" not in model:
             return f"openai/{model}"
         return model
+
+
+def _request_attributes(request: LlmRequest) -> dict[str, Any]:
+    """GenAI semantic-convention attributes of a chat request."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": request.model,
+        "gen_ai.request.max_tokens": request.max_output_tokens,
+        "gen_ai.request.temperature": request.temperature,
+        "agentcluster.llm.fallback_models": list(request.fallback_models) or None,
+    }
+
+
+def _trace_result(span: tracing.Span, result: LlmResult) -> None:
+    usage = result.usage
+    span.set_attributes(
+        {
+            "gen_ai.response.model": result.model,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "agentcluster.llm.cost_usd": usage.cost_usd,
+            "agentcluster.llm.attempts": result.attempts,
+            "agentcluster.llm.tool_calls": len(result.tool_calls),
+        }
+    )
+    if result.finish_reason:
+        span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
 
 
 def _measure(result: LlmResult, latency_ms: float) -> None:

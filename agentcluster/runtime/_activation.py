@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 
+from agentcluster import tracing
 from agentcluster.agent import AgentLoop, TurnContext
 from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import StaleEpochError
@@ -22,6 +23,7 @@ from agentcluster.logs import bound
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.runtime._journal import StoreJournal
 from agentcluster.store import SqlStateStore
+from agentcluster.tracing import Carrier
 
 __all__ = ["Activation", "history_from_messages"]
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 INTERRUPTED_TURN = "the turn was interrupted by a host restart"
 RECENT_OUTCOMES = 64
 """Outcomes an activation remembers, so a waiter that arrives after its turn ended is answered."""
+RECENT_TRACES = 256
+"""Trace carriers of turns not started yet that an activation remembers (a turn whose carrier
+was dropped, or that is resumed after a restart, starts a trace of its own)."""
 
 
 def _chat(message: Message) -> ChatMessage:
@@ -94,6 +99,7 @@ class Activation:
         )
         self._outcomes: OrderedDict[str, TurnOutcome] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[TurnOutcome | None]]] = defaultdict(list)
+        self._traces: OrderedDict[str, Carrier] = OrderedDict()
         self._worker: asyncio.Task[None] | None = None
         self._turn_task: asyncio.Task[object] | None = None
         self._current_turn: str | None = None
@@ -113,8 +119,15 @@ class Activation:
     def current_turn(self) -> str | None:
         return self._current_turn
 
-    def pump(self) -> None:
-        """Make sure the worker looks for open turns (idempotent)."""
+    def pump(self, turn_id: str | None = None, trace: Carrier | None = None) -> None:
+        """Make sure the worker looks for open turns (idempotent).
+
+        Args:
+            turn_id: a turn the caller queued or waits for: when it runs, it continues the
+                caller's trace (``trace``, by default the active span's).
+        """
+        if turn_id is not None:
+            self._remember_trace(turn_id, tracing.carrier() if trace is None else trace)
         self.last_active = time.monotonic()
         self._wake.set()
         if not self.busy:
@@ -128,7 +141,7 @@ class Activation:
             return known
         waiter: asyncio.Future[TurnOutcome | None] = asyncio.get_running_loop().create_future()
         self._waiters[turn_id].append(waiter)
-        self.pump()
+        self.pump(turn_id)
         try:
             async with asyncio.timeout(timeout_s):
                 return await waiter
@@ -140,6 +153,13 @@ class Activation:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._waiters[turn_id]
+
+    def _remember_trace(self, turn_id: str, trace: Carrier) -> None:
+        # The first caller's wins: the request that queued the turn, not a later waiter.
+        if trace and turn_id not in self._traces:
+            self._traces[turn_id] = trace
+            while len(self._traces) > RECENT_TRACES:
+                self._traces.popitem(last=False)
 
     def _turn_ended(self, outcome: TurnOutcome) -> None:
         self._outcomes[outcome.turn_id] = outcome
@@ -159,6 +179,11 @@ class Activation:
             self._settle(turn_id, self._outcomes.get(turn_id))
 
     async def _work(self) -> None:
+        # The worker outlives the call that started it: its turns hang under their own traces.
+        with tracing.detached():
+            await self._work_turns()
+
+    async def _work_turns(self) -> None:
         try:
             while self._wake.is_set() and not self.stale:
                 self._wake.clear()
@@ -208,13 +233,16 @@ class Activation:
         self._current_turn = turn.turn_id
         started = time.monotonic()
         ids = {"tenant_id": self.session.tenant_id, "session_id": self.session_id}
-        with bound(**ids, turn_id=turn.turn_id):  # the turn's task and its logs carry the ids
+        span = self._turn_span(context)
+        # The turn's task, its logs and its events carry the ids and the turn's span.
+        with bound(**ids, turn_id=turn.turn_id), tracing.use(span):
             self._turn_task = asyncio.create_task(
                 self._loop.run_turn(context, self.history, self._journal, prior_steps=prior_steps)
             )
         try:
             result = await self._turn_task
-            with bound(**ids, turn_id=turn.turn_id):
+            span.set_attribute("agentcluster.turn.status", getattr(result, "status", "ended"))
+            with bound(**ids, turn_id=turn.turn_id), tracing.use(span):
                 log.info(
                     "turn %s: %s after %d step(s) in %.0f ms (attempt %d)",
                     turn.turn_id,
@@ -224,13 +252,34 @@ class Activation:
                     context.attempt,
                 )
         except asyncio.CancelledError:
+            span.set_attribute("agentcluster.turn.status", "cancelled")
             worker = asyncio.current_task()
             if worker is not None and worker.cancelling():
                 raise  # the worker itself is being stopped, not just the turn
+        except Exception as exc:
+            tracing.mark_error(span, exc)
+            raise
         finally:
+            span.end()
             self._current_turn = None
             self._turn_task = None
             self.last_active = time.monotonic()
+
+    def _turn_span(self, context: TurnContext) -> tracing.Span:
+        """The turn's span (GenAI ``invoke_agent``), under the trace of the request that queued
+        it; a new trace when that is unknown (a resumed turn, a carrier dropped)."""
+        return tracing.start_span(
+            f"invoke_agent {context.agent}",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": context.agent,
+                "agentcluster.tenant_id": context.tenant_id,
+                "agentcluster.session_id": context.session_id,
+                "agentcluster.turn_id": context.turn_id,
+                "agentcluster.turn.attempt": context.attempt,
+            },
+            parent=self._traces.pop(context.turn_id, {}),
+        )
 
     async def _prior_steps(self, turn: Turn) -> int:
         messages = await self._store.list_messages(self.session.tenant_id, self.session_id)

@@ -16,6 +16,7 @@ from agentcluster.domain import Session, Submission
 from agentcluster.errors import TerminalFailure
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
+from agentcluster.tracing import configure_tracing
 
 __all__ = ["Runtime", "SessionRouter"]
 
@@ -23,7 +24,10 @@ __all__ = ["Runtime", "SessionRouter"]
 class SessionRouter(Protocol):
     """Port: reaches the host of a session (Ray actors in production)."""
 
-    async def notify(self, session_id: str) -> None: ...
+    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
+        """Wake the session's host to run its open turns (``turn_id``: the one just queued,
+        whose trace the host continues when it runs)."""
+        ...
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool: ...
 
@@ -52,11 +56,14 @@ class Runtime:
     async def connect(cls, settings: Settings | None = None) -> Runtime:
         """The runtime of the Ray cluster this process is connected to (``ray.init`` first).
 
-        Opens the state store (running migrations) and routes to SessionHost actors.
+        Opens the state store (running migrations) and routes to SessionHost actors. Configures
+        this process's tracing unless something did before (a gateway replica does), so calls
+        to the hosts continue the caller's trace.
         """
         from actors.session import RaySessionRouter  # the Ray edge, imported only when used
 
         settings = settings or load_settings()
+        configure_tracing(settings.tracing, "runtime")
         store = await open_state_store(settings)
         return cls(store, RaySessionRouter(settings))
 
@@ -86,7 +93,7 @@ class Runtime:
             tenant_id, session_id, content, idempotency_key=idempotency_key
         )
         if notify:
-            await self.router.notify(session_id)
+            await self.router.notify(session_id, submission.turn_id)
         return submission
 
     async def wait_turn(

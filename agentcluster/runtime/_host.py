@@ -25,6 +25,7 @@ from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.runtime._activation import Activation, history_from_messages
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
+from agentcluster.tracing import Carrier
 
 __all__ = ["HostStats", "RuntimeDeps", "SessionHostCore"]
 
@@ -123,9 +124,10 @@ class SessionHostCore:
         history = history_from_messages(loaded.messages, exclude_turns=queued)
         return Activation(session, session.owner_epoch, history, deps.store, loop)
 
-    async def notify(self, session_id: str) -> None:
-        """A message was committed for this session: activate it and run its open turns."""
-        (await self._activate(session_id)).pump()
+    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
+        """A message was committed for this session: activate it and run its open turns
+        (``turn_id``, the turn just queued, continues the active trace when it runs)."""
+        (await self._activate(session_id)).pump(turn_id)
 
     async def wait_turn(
         self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
@@ -164,15 +166,17 @@ class SessionHostCore:
         after_seq: int = 0,
         until_turn: str | None = None,
         wake: bool = False,
+        trace: Carrier | None = None,
     ) -> AsyncIterator[StreamItem]:
         """Persisted events after ``after_seq``, then live deltas and events, without gap or
         duplicate. Ends after ``until_turn``'s terminal event when given, or when the session is
-        passivated or moves to another host (resubscribe with the last seq seen)."""
+        passivated or moves to another host (resubscribe with the last seq seen). A woken
+        ``until_turn`` continues the trace of ``trace`` (default: the active one)."""
         activation = await self._owned(tenant_id, session_id)
         deps = await self._ready()
         queue = activation.feed.subscribe()  # first: nothing committed from now on is missed
         if wake:
-            activation.pump()  # after subscribing: not even a delta can pass unseen
+            activation.pump(until_turn, trace)  # after subscribing: no delta can pass unseen
         try:
             last = after_seq
             while True:
