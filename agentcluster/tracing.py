@@ -203,8 +203,9 @@ def start_span(
 
 
 def current_span() -> Span:
-    """The active span (a non-recording one when nothing is traced)."""
-    return trace.get_current_span()
+    """The active span to annotate; a non-recording one when this process records nothing (so
+    a span of someone else's provider, active around our code, is never written to)."""
+    return trace.get_current_span() if _SETUP else trace.INVALID_SPAN
 
 
 def use(active: Span) -> contextlib.AbstractContextManager[Span]:
@@ -226,6 +227,10 @@ def span(
         parent: the carrier received with a call from another process (its SERVER span's
             parent); None continues the active context.
     """
+    if not _SETUP and parent is None:
+        # Off, and nothing to hand on: the active context stays as it is (no attach/detach).
+        yield trace.INVALID_SPAN
+        return
     opened = start_span(name, kind=kind, attributes=attributes, parent=parent)
     try:
         with use(opened):

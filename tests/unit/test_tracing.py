@@ -335,3 +335,13 @@ async def test_a_turn_continues_the_trace_of_the_call_that_queued_it(
     lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     ended = [line for line in lines if submission.turn_id in str(line["message"])]
     assert ended and all(line["trace_id"] == trace_hex for line in ended)
+
+
+async def test_off_never_writes_to_a_span_of_someone_elses_provider() -> None:
+    outer = TracerProvider().get_tracer("app").start_span("an app's span")
+    llm = ScriptedLLM(_call("calculator", '{"expression": "1+1"}'), _answer("2"))
+    with tracing.use(outer):
+        await _loop(llm).run_turn(CONTEXT, [ChatMessage(role="user", content="x")], MemoryJournal())
+    outer.end()
+    assert not tracing.tracing_enabled()
+    assert isinstance(outer, ReadableSpan) and not outer.attributes
