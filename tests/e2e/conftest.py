@@ -18,6 +18,7 @@ from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
 from deployments.gateway import build_gateway
 from tests.conftest import service
 from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
+from tests.support.otlp_receiver import OtlpReceiver
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 AUTH_CACHE_S = 1.0  # short, so the revocation test waits little
@@ -58,9 +59,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """The OTLP/HTTP receiver every e2e process exports its spans to (tracing is on for the
+    whole e2e session, so the shared app is the one traced)."""
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
 def e2e_settings(
     postgres_dsn: str,  # noqa: F811
     fake_llm: FakeLLM,
+    otlp_receiver: OtlpReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     agents = tmp_path_factory.mktemp("agents")
@@ -75,6 +86,12 @@ def e2e_settings(
             "browser": {"pool_max": 1, "action_timeout_s": 20},
             "tools": {"workspace_root": tmp_path_factory.mktemp("workspaces")},
             "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
+            "tracing": {
+                "exporter": "otlp",
+                "endpoint": otlp_receiver.url,
+                "service_name": "agentcluster-e2e",
+                "export_delay_s": 0.2,
+            },
         }
     )
 
