@@ -76,8 +76,6 @@ FLUSH_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class _Setup:
-    settings: TracingSettings
-    component: str
     provider: TracerProvider
     tracer: Tracer
     memory: InMemorySpanExporter | None
@@ -122,7 +120,11 @@ def configure_tracing(settings: TracingSettings, component: str) -> bool:
                 export_timeout_millis=settings.export_timeout_s * 1000,
             )
         )
-    _SETUP[:] = [_Setup(settings, component, provider, provider.get_tracer(_SCOPE), memory)]
+    _SETUP[:] = [_Setup(provider, provider.get_tracer(_SCOPE), memory)]
+    where = settings.traces_url if settings.exporter == "otlp" else "memory"
+    log.info(
+        "tracing: %s spans go to %s (sample ratio %g)", component, where, settings.sample_ratio
+    )
     return True
 
 

@@ -34,12 +34,18 @@ from tests.unit.test_agent_loop import CONTEXT, MemoryJournal, ScriptedLLM, _ans
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def memory_tracing() -> Iterator[None]:
-    """Tracing on with the memory exporter for the test (and off again after it)."""
-    assert tracing.configure_tracing(TracingSettings(exporter="memory"), "unit")
+@pytest.fixture(autouse=True)
+def no_tracing_around() -> Iterator[None]:
+    """Each test starts with this process's tracing off and leaves it off."""
+    tracing.shutdown_tracing()
     yield
     tracing.shutdown_tracing()
+
+
+@pytest.fixture
+def memory_tracing() -> None:
+    """Tracing on with the memory exporter for the test."""
+    assert tracing.configure_tracing(TracingSettings(exporter="memory"), "unit")
 
 
 def _spans() -> list[ReadableSpan]:
@@ -167,15 +173,12 @@ def test_the_first_configuration_of_a_process_holds(memory_tracing: None) -> Non
 
 def test_a_zero_sample_ratio_records_new_traces_never_but_follows_a_sampled_caller() -> None:
     assert tracing.configure_tracing(TracingSettings(exporter="memory", sample_ratio=0), "unit")
-    try:
-        with tracing.span("unsampled") as span:
-            assert not span.is_recording()
-        caller = TracerProvider().get_tracer("caller").start_span("sampled caller")
-        with tracing.span("followed", parent=tracing.carrier(caller)) as span:
-            assert span.is_recording()
-        assert [span.name for span in tracing.finished_spans()] == ["followed"]
-    finally:
-        tracing.shutdown_tracing()
+    with tracing.span("unsampled") as span:
+        assert not span.is_recording()
+    caller = TracerProvider().get_tracer("caller").start_span("sampled caller")
+    with tracing.span("followed", parent=tracing.carrier(caller)) as span:
+        assert span.is_recording()
+    assert [span.name for span in tracing.finished_spans()] == ["followed"]
 
 
 # -- gateway ----------------------------------------------------------------------------------
