@@ -30,6 +30,7 @@ from agentcluster.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD_CONFIGS = ["cluster/aws.yaml", "cluster/gcp.yaml"]
+FAKE_CONFIG = ROOT / "cluster" / "fake-multinode.yaml"
 RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
 DASHBOARD = ROOT / "configs" / "grafana" / "agentcluster.json"
 BROWSER = "browser"
@@ -102,7 +103,7 @@ def _check_bounds(config: Config) -> None:
     _require(config["max_workers"] <= total, "global max_workers can never be reached")
 
 
-def _check_node_types(config: Config) -> None:
+def _check_node_types(config: Config, slots: int = BROWSER_SLOTS) -> None:
     node_types = config["available_node_types"]
     head = node_types[config["head_node_type"]]
     _require(head["max_workers"] == 0, "the head type must not scale")
@@ -110,8 +111,8 @@ def _check_node_types(config: Config) -> None:
     browsers = [n for n, t in node_types.items() if BROWSER in t["resources"]]
     _require(len(browsers) == 1, f"expected one node type with {BROWSER!r}, found {browsers}")
     _require(
-        node_types[browsers[0]]["resources"][BROWSER] == BROWSER_SLOTS,
-        f"{browsers[0]}: expected {{{BROWSER!r}: {BROWSER_SLOTS}}}",
+        node_types[browsers[0]]["resources"][BROWSER] == slots,
+        f"{browsers[0]}: expected {{{BROWSER!r}: {slots}}}",
     )
     cpu_workers = [
         name
@@ -342,6 +343,56 @@ def test_broken_local_config_is_rejected(
     mutate(config)
     with pytest.raises(error):
         check_local_config(config)
+
+
+# --- fake multinode cluster config ------------------------------------------------------------
+
+
+def check_fake_config(config: Config) -> None:
+    """cluster/fake-multinode.yaml: the checks Ray's autoscaler runs when it loads the file (it
+    only logs a failure, at debug level, so a broken file would go unnoticed), and the node shape
+    of the cloud configs with one browser per node, on loopback.
+
+    `ray up`'s prepare_config cannot run on it: Ray 2.60 does not ship the provider's defaults
+    file (fake_multi_node/example.yaml), so the file carries every section itself.
+    """
+    validate_config(config)
+    _check_bounds(config)
+    _check_node_types(config, slots=1)
+    provider = config["provider"]
+    # The fake provider tags its head with this node type name.
+    _require(config["head_node_type"] == "ray.head.default", "head_node_type: ray.head.default")
+    _require(provider["gcs_address"].startswith("127.0.0.1:"), "provider.gcs_address off loopback")
+    _require(provider.get("use_node_id_as_ip") is True, "fake nodes share an IP: use node ids")
+
+
+def test_fake_multinode_config_passes_autoscaler_validation_and_our_checks() -> None:
+    check_fake_config(_load_yaml(FAKE_CONFIG))
+
+
+FAKE_MUTATIONS: list[tuple[str, Callable[[Config], None], type[Exception]]] = [
+    ("unknown top-level key", _set("head_nodes", {}), jsonschema.ValidationError),
+    ("head type renamed", _set("head_node_type", "head"), ValueError),
+    ("browser resource dropped", _drop_browser, ConfigProblem),
+    ("gcs on another address", _set("provider.gcs_address", "192.0.2.2:6390"), ConfigProblem),
+    (
+        "more browser nodes than the cluster",
+        _set("available_node_types.browser_worker.max_workers", 5),
+        ConfigProblem,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "error"), FAKE_MUTATIONS, ids=[m[0] for m in FAKE_MUTATIONS]
+)
+def test_broken_fake_config_is_rejected(
+    name: str, mutate: Callable[[Config], None], error: type[Exception]
+) -> None:
+    config = _load_yaml(FAKE_CONFIG)
+    mutate(config)
+    with pytest.raises(error):
+        check_fake_config(config)
 
 
 # --- KubeRay RayService ------------------------------------------------------------------------
