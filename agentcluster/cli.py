@@ -4,7 +4,8 @@ Commands: ``serve`` (Ray and the gateway on this machine: the main job), ``up`` 
 same in the background, tracked by a PID file), ``status`` (is the gateway up and ready), ``chat``
 (a conversation in the terminal, streamed), ``keys`` (API keys, with the admin key), ``db upgrade``
 / ``db current`` (migrations), ``check`` (probe every configured dependency), ``relay`` (run the
-outbox relay in the foreground), ``config`` (show effective settings).
+outbox relay in the foreground), ``config`` (show effective settings), ``secrets rotate``
+(re-encrypt the provider secrets under a new key).
 
 Errors are one line ``agentcluster: <message>`` on stderr; the exit code is 2 for usage and
 configuration errors, 1 for failures (gateway unreachable, an API error, not ready).
@@ -19,6 +20,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from agentcluster._cli_chat import Console, run_chat
 from agentcluster._cli_local import LocalFiles, run_down, run_up, serve_pid
@@ -160,6 +162,12 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
         return run_keys_revoke(client, args.key_id, sys.stdout)
 
 
+def _secrets(args: argparse.Namespace, settings: Settings) -> int:
+    from agentcluster._cli_secrets import run_secrets_rotate
+
+    return asyncio.run(run_secrets_rotate(settings, args.new_key_file, sys.stdout))
+
+
 def _db(args: argparse.Namespace, settings: Settings) -> int:
     runner = _db_upgrade if args.db_command == "upgrade" else _db_current
     return asyncio.run(runner(settings))
@@ -177,6 +185,7 @@ _HANDLERS: dict[str, Handler] = {
     "chat": _chat,
     "keys": _keys,
     "db": _db,
+    "secrets": _secrets,
     "check": lambda _args, settings: asyncio.run(_check(settings)),
     "relay": lambda _args, settings: asyncio.run(_relay(settings)),
     "config": lambda _args, settings: _config(settings),
@@ -265,12 +274,29 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     revoke.add_argument("key_id", metavar="KEY_ID")
 
 
+def _add_secrets(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    secrets = commands.add_parser("secrets", help="provider secrets (encrypted with Fernet)")
+    secrets_commands = secrets.add_subparsers(dest="secrets_command", required=True)
+    rotate = secrets_commands.add_parser(
+        "rotate",
+        help="re-encrypt every provider secret from the current key to a new one (all or nothing)",
+    )
+    rotate.add_argument(
+        "--new-key-file",
+        type=Path,
+        metavar="PATH",
+        help="a file (mode 0600) holding the new key (default: $SA01_CRYPTO_NEW_FERNET_KEY; the "
+        "embedded mode generates one when neither is given)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcluster", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_lifecycle(commands)
     _add_chat(commands)
     _add_keys(commands)
+    _add_secrets(commands)
     db = commands.add_parser("db", help="database migrations")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="migrate the database to the newest schema")

@@ -256,26 +256,54 @@ class AuthSettings(BaseSettings):
 
 
 class CryptoSettings(BaseSettings):
-    """Encryption of provider secrets."""
+    """Encryption of provider secrets (Fernet).
+
+    ``fernet_key`` is one key, or several separated by commas during a rotation: the first
+    encrypts, every one decrypts. Unset: the embedded mode (no Redis, SQLite) keeps a generated key
+    in ``key_file``; anything else refuses to store secrets.
+    """
 
     model_config = SettingsConfigDict(env_prefix="SA01_CRYPTO_", **_SECTION)
 
-    fernet_key: str | None = None
+    fernet_key: str | None = Field(default=None, repr=False)
+    new_fernet_key: str | None = Field(default=None, repr=False)
+    """The key ``agentcluster secrets rotate`` re-encrypts every provider secret to."""
+    key_file: Path | None = None
+    """The embedded mode's generated key (default ``<data dir>/fernet.key``, mode 0600)."""
 
     @field_validator("fernet_key")
     @classmethod
     def _check_fernet(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        try:
-            raw = base64.urlsafe_b64decode(value.strip().encode())
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(
-                "not url-safe base64 (generate one with Fernet.generate_key())"
-            ) from exc
-        if len(raw) != 32:
-            raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
+        keys = [part.strip() for part in value.split(",")]
+        for key in keys:
+            _check_fernet_key(key)
+        return ",".join(keys)
+
+    @field_validator("new_fernet_key")
+    @classmethod
+    def _check_new_fernet(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "," in value:
+            raise ValueError("one key only (the key to rotate to)")
+        _check_fernet_key(value.strip())
         return value.strip()
+
+    @property
+    def fernet_keys(self) -> list[str]:
+        """The configured keys, the encrypting one first (empty when unset)."""
+        return self.fernet_key.split(",") if self.fernet_key else []
+
+
+def _check_fernet_key(key: str) -> None:
+    try:
+        raw = base64.urlsafe_b64decode(key.encode())
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not url-safe base64 (generate one with Fernet.generate_key())") from exc
+    if len(raw) != 32:
+        raise ValueError("a Fernet key is 32 url-safe base64-encoded bytes")
 
 
 class GatewaySettings(BaseSettings):
@@ -303,6 +331,10 @@ class LlmSettings(BaseSettings):
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
     breaker_reset_s: float = Field(default=30.0, gt=0, le=3600)
+    settings_refresh_s: float = Field(default=2.0, gt=0, le=3600)
+    """How often a process checks whether the provider settings changed (they apply within it)."""
+    probe_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """The timeout of a provider's test-connection call."""
 
     @field_validator("api_base")
     @classmethod

@@ -4,6 +4,7 @@ Hierarchy::
 
     AgentClusterError                  base; ``retryable`` is data, not a subclass
     ├── ConfigError                    bad or missing configuration (names the variable); terminal
+    │   └── SecretKeyError             the Fernet key cannot decrypt the stored provider secrets
     ├── UserError                      the caller's request is wrong; terminal; maps to 4xx
     │   ├── NotFoundError              404: no such session/key/agent *for this tenant*
     │   ├── ConflictError              409: state does not allow it (closed session, ...)
@@ -27,6 +28,7 @@ __all__ = [
     "DependencyUnavailable",
     "InfrastructureError",
     "NotFoundError",
+    "SecretKeyError",
     "StaleEpochError",
     "TerminalFailure",
     "ToolError",
@@ -64,6 +66,15 @@ def _rebuild(cls: type[AgentClusterError], state: dict[str, object]) -> AgentClu
 
 class ConfigError(AgentClusterError):
     """Configuration is missing or malformed; the message starts with the variable's name."""
+
+
+class SecretKeyError(ConfigError):
+    """The configured Fernet key cannot decrypt a stored secret (a wrong key, or secrets rotated
+    to a key this process was not given). Names the variable, never the secret or the key."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
 
 
 class UserError(AgentClusterError):

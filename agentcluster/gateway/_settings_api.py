@@ -1,0 +1,139 @@
+"""Provider settings over HTTP, admin key only.
+
+``GET /v1/settings/providers`` (keys masked), ``PUT /v1/settings/providers`` (replace them all; a
+masked key sent back keeps the stored one) and ``POST /v1/settings/providers/{name}/test`` (one
+small call to the provider; ``ok: false`` with a detail when it fails). Errors are problem+json
+like the rest of the API: 401/403 for a missing or non-admin key (checked before the body), 422
+``validation-failed`` and 400 ``malformed-json`` for bad bodies, 404 for an unknown provider, 409
+``conflict`` for a stale ``version``, 500 ``misconfigured`` when no key can encrypt or decrypt.
+
+The app's lifespan opens the :class:`~agentcluster.providers.ProviderService` with
+:func:`start_settings_api`; :func:`include_settings_api` adds the routes. Callers are
+authenticated by ``app.state.service`` (the gateway's ``GatewayService``, or anything with the
+same ``authenticate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Annotated, Protocol
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
+
+from agentcluster.config import Settings
+from agentcluster.errors import DependencyUnavailable
+from agentcluster.gateway._problems import ProblemError
+from agentcluster.gateway._service import Caller
+from agentcluster.providers import (
+    Probe,
+    ProviderService,
+    ProviderSettingsIn,
+    ProviderSettingsOut,
+    ProviderTestIn,
+    ProviderTestResult,
+    open_provider_service,
+)
+from agentcluster.providers._models import NAME_PATTERN
+from agentcluster.store import SqlStateStore
+
+__all__ = ["include_settings_api", "settings_router", "start_settings_api", "stop_settings_api"]
+
+
+class Authenticator(Protocol):
+    """Who is behind a bearer token (the gateway's ``GatewayService.authenticate``)."""
+
+    async def authenticate(self, token: str | None) -> Caller: ...
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ProblemError(
+            401,
+            "unauthorized",
+            "use Authorization: Bearer <api key>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return value.strip()
+
+
+async def _admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    authenticator: Authenticator = request.app.state.service
+    caller = await authenticator.authenticate(_bearer(authorization))
+    caller.require_admin()
+    return caller
+
+
+def _providers(request: Request) -> ProviderService:
+    providers: ProviderService | None = getattr(request.app.state, "providers", None)
+    if providers is None:
+        raise DependencyUnavailable("gateway", "provider settings are not started on this replica")
+    return providers
+
+
+AdminDep = Annotated[Caller, Depends(_admin)]
+ProvidersDep = Annotated[ProviderService, Depends(_providers)]
+ProviderName = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+settings_router = APIRouter(prefix="/v1/settings/providers", tags=["settings"])
+
+
+@settings_router.get("", response_model=ProviderSettingsOut)
+async def get_providers(_admin: AdminDep, providers: ProvidersDep) -> ProviderSettingsOut:
+    return await providers.get()
+
+
+@settings_router.put("", response_model=ProviderSettingsOut)
+async def put_providers(
+    body: ProviderSettingsIn, _admin: AdminDep, providers: ProvidersDep
+) -> ProviderSettingsOut:
+    return await providers.put(body)
+
+
+@settings_router.post("/{name}/test", response_model=ProviderTestResult)
+async def test_provider(
+    name: ProviderName,
+    _admin: AdminDep,
+    providers: ProvidersDep,
+    body: ProviderTestIn | None = None,
+) -> ProviderTestResult:
+    return await providers.test(name, body)
+
+
+def include_settings_api(app: FastAPI) -> None:
+    """Add the provider settings routes to ``app``."""
+    app.include_router(settings_router)
+
+
+async def start_settings_api(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    state_store: SqlStateStore | None = None,
+    known_agents: Collection[str] | None = None,
+    probe: Probe | None = None,
+) -> ProviderService:
+    """Open the provider service for ``app`` (in its lifespan; close with stop_settings_api).
+
+    Args:
+        app: the gateway app (the service goes to ``app.state.providers``).
+        settings: the settings tree.
+        state_store: the replica's state store, shared by the embedded settings store.
+        known_agents: the agent profiles' names (settings for others are refused).
+        probe: the test call (default: one LiteLLM call).
+    """
+    providers = await open_provider_service(
+        settings, state_store=state_store, known_agents=known_agents, probe=probe
+    )
+    app.state.providers = providers
+    return providers
+
+
+async def stop_settings_api(app: FastAPI) -> None:
+    """Close what :func:`start_settings_api` opened."""
+    providers: ProviderService | None = getattr(app.state, "providers", None)
+    if providers is not None:
+        app.state.providers = None
+        await providers.aclose()
