@@ -8,6 +8,7 @@ without retries, bounded by ``timeout_s``; whatever happens becomes a :class:`Pr
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from agentcluster.providers._secrets import mask_secret
 __all__ = ["Probe", "ProbeOutcome", "probe_with_litellm", "scrub"]
 
 _DETAIL_CHARS = 300
+_SSL_CONTEXT = re.compile(r" ssl:<[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,7 @@ async def probe_with_litellm(route: ModelRoute, timeout_s: float) -> ProbeOutcom
     except Exception as exc:
         # Any failure is the answer to "does this provider work": LiteLLM raises many classes
         # (openai's, httpx's, its own), all reported the same way, the key scrubbed out.
-        return ProbeOutcome(
-            ok=False,
-            latency_ms=_since(started),
-            detail=scrub(_describe(exc), route.api_key),
-            status=_status_of(exc),
-        )
+        return _failed(route, exc, started)
     model = getattr(response, "model", None) or route.litellm_model
     return ProbeOutcome(
         ok=True, latency_ms=_since(started), detail=scrub(f"answered as {model}", route.api_key)
@@ -81,30 +78,41 @@ def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000.0, 1)
 
 
+def _failed(route: ModelRoute, exc: BaseException, started: float) -> ProbeOutcome:
+    transport = _transport_failure(exc)
+    if transport is not None:
+        # No HTTP answer at all, whatever status LiteLLM's wrapper claims (it says 500).
+        where = route.api_base or "the provider"
+        reason = _SSL_CONTEXT.sub("", str(transport))  # aiohttp's repr of an object: noise
+        detail = f"cannot connect to {where}: {type(transport).__name__}: {reason}"
+        return ProbeOutcome(
+            ok=False, latency_ms=_since(started), detail=scrub(detail, route.api_key)
+        )
+    status = _status_of(exc)
+    prefix = f"HTTP {status}: " if status is not None else ""
+    detail = f"{prefix}{type(exc).__name__}: {exc}"
+    return ProbeOutcome(
+        ok=False, latency_ms=_since(started), detail=scrub(detail, route.api_key), status=status
+    )
+
+
 def _status_of(exc: BaseException) -> int | None:
     status: Any = getattr(exc, "status_code", None)
     return status if isinstance(status, int) and 100 <= status < 600 else None
 
 
-def _describe(exc: BaseException) -> str:
-    if _is_connection_failure(exc):
-        return f"cannot connect: {type(exc).__name__}: {exc}"
-    status = _status_of(exc)
-    prefix = f"HTTP {status}: " if status is not None else ""
-    return f"{prefix}{type(exc).__name__}: {exc}"
-
-
-def _is_connection_failure(exc: BaseException) -> bool:
+def _transport_failure(exc: BaseException) -> BaseException | None:
+    """The transport error behind ``exc``, if it is one: LiteLLM reports a refused connection as
+    its own InternalServerError (500) caused by it, so look down the chain (a few links)."""
     import httpx
     import openai
 
-    # LiteLLM reports a refused connection as its own InternalServerError (500) whose cause is
-    # the transport error: look down the chain (a few links) rather than trust the class.
     current: BaseException | None = exc
-    for _ in range(5):
+    found: BaseException | None = None
+    for _ in range(6):
         if current is None:
-            return False
+            break
         if isinstance(current, openai.APIConnectionError | httpx.TransportError):
-            return True
+            found = current  # keep going: the innermost one says the most (host, port, errno)
         current = current.__cause__ or current.__context__
-    return False
+    return found
