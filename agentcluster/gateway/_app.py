@@ -35,6 +35,11 @@ from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._settings_api import (
+    include_settings_api,
+    start_settings_api,
+    stop_settings_api,
+)
 from agentcluster.health import probe_all
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
@@ -447,12 +452,14 @@ def create_app(
         runtime = await (connect or Runtime.connect)(settings)
         policy = build_policy_engine(settings)
         app.state.service = GatewayService(runtime, settings, profiles, policy)
+        await start_settings_api(app, settings, state_store=runtime.store, known_agents=profiles)
         _register(app.state.service)
         settle_long_lived_objects()
         try:
             async with mcp.running():
                 yield
         finally:
+            await stop_settings_api(app)  # before the runtime: it may share the store's engine
             await policy.aclose()
             await runtime.close()
             await tracing.flush_tracing()
@@ -471,6 +478,7 @@ def create_app(
 
     for router in (sessions, agents, keys, system):
         app.include_router(router)
+    include_settings_api(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcluster.config import LlmSettings, prepare_offline_environment
 
@@ -64,6 +64,9 @@ from agentcluster.llm._types import (  # noqa: E402
     ToolCallSpec,
     ToolSchema,
 )
+
+if TYPE_CHECKING:
+    from agentcluster.providers import ModelRoute, ProviderResolver
 
 __all__ = ["RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep", "wire_tool_name"]
 
@@ -188,8 +191,10 @@ class LiteLLMClient:
         *,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
+        routes: ProviderResolver | None = None,
     ) -> None:
         self._settings = settings
+        self._routes = routes
         if breakers is None:
             breakers = BreakerRegistry.from_settings(settings)
         self.breakers = breakers
@@ -245,6 +250,8 @@ class LiteLLMClient:
         self, model: str, request: LlmRequest, on_delta: DeltaSink | None, progress: _Progress
     ) -> LlmResult | None:
         """Call ``model`` with retries; None (with the reason recorded) to move to the next."""
+        # The provider settings' route for this model (None: this client's own settings apply).
+        route = await self._routes.route(model) if self._routes is not None else None
         breaker = self.breakers.breaker(model)
         # Refreshed on use: Ray stops exporting a gauge that is not set again for a while.
         metrics.record_breaker_state(model, breaker.current_state)
@@ -253,7 +260,7 @@ class LiteLLMClient:
             try:
                 with breaker.calling():
                     progress.attempts += 1
-                    return await self._stream_once(model, request, on_delta, progress)
+                    return await self._stream_once(model, route, request, on_delta, progress)
             except pybreaker.CircuitBreakerError:
                 reason = f"{last.detail}; circuit open" if last else "circuit open, not called"
                 progress.failures.append(f"{model}: {reason}")
@@ -283,13 +290,18 @@ class LiteLLMClient:
         return max(backoff, failure.retry_after_s)
 
     async def _stream_once(
-        self, model: str, request: LlmRequest, on_delta: DeltaSink | None, progress: _Progress
+        self,
+        model: str,
+        route: ModelRoute | None,
+        request: LlmRequest,
+        on_delta: DeltaSink | None,
+        progress: _Progress,
     ) -> LlmResult:
         """One streamed call; library errors leave as TerminalFailure or _CallFailed."""
         assembly = _StreamAssembly()
         deltas_before = progress.deltas
         try:
-            stream = await litellm.acompletion(**self._call_arguments(model, request))
+            stream = await litellm.acompletion(**self._call_arguments(model, route, request))
             try:
                 async for chunk in stream:
                     text = assembly.add(chunk)
@@ -302,7 +314,8 @@ class LiteLLMClient:
                 await _close_stream(stream)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise _map_error(exc, model, after_deltas=progress.deltas - deltas_before) from exc
-        result = assembly.result(model, self._routed(model), request)
+        routed = route.litellm_model if route is not None else self._routed(model)
+        result = assembly.result(model, routed, request)
         if not result.tool_calls:
             return result
         names = {wire_tool_name(tool.name): tool.name for tool in request.tools}
@@ -311,7 +324,9 @@ class LiteLLMClient:
         ]
         return result.model_copy(update={"tool_calls": calls})
 
-    def _call_arguments(self, model: str, request: LlmRequest) -> dict[str, Any]:
+    def _call_arguments(
+        self, model: str, route: ModelRoute | None, request: LlmRequest
+    ) -> dict[str, Any]:
         settings = self._settings
         arguments: dict[str, Any] = {
             "model": self._routed(model),
@@ -325,6 +340,10 @@ class LiteLLMClient:
             "num_retries": 0,
             "max_retries": 0,
         }
+        if route is not None:
+            arguments["model"] = route.litellm_model
+            arguments["api_base"] = route.api_base
+            arguments["api_key"] = route.api_key or ("none" if route.api_base else None)
         if request.max_output_tokens is not None:
             arguments["max_tokens"] = request.max_output_tokens
         if request.temperature is not None:

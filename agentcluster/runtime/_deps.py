@@ -7,6 +7,7 @@ from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings
 from agentcluster.llm import BreakerRegistry, ChatMessage, LiteLLMClient, ToolSchema, trim_history
 from agentcluster.policy import build_policy_engine
+from agentcluster.providers import SettingsModels, open_provider_resolver
 from agentcluster.runtime._host import RuntimeDeps
 
 __all__ = ["build_runtime_deps", "trim_to_window"]
@@ -27,11 +28,16 @@ async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
 
     profiles = load_profiles(settings.runtime.agents_dir)
     store = await open_state_store(settings)
-    llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm))
+    # Provider settings (GET/PUT /v1/settings/providers) route models and may replace an agent's
+    # models; a change is seen within SA01_LLM_SETTINGS_REFRESH_S, without a restart.
+    resolver = await open_provider_resolver(settings, state_store=store)
+    llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm), routes=resolver)
     executor = await ActorToolExecutor.create(settings, profiles.values(), store)
     policy = build_policy_engine(settings)
     loops = {
-        name: AgentLoop(profile, llm, executor, policy, trim_to_window)
+        name: AgentLoop(
+            profile, SettingsModels(llm, resolver, name), executor, policy, trim_to_window
+        )
         for name, profile in profiles.items()
     }
     return RuntimeDeps(store=store, loops=loops)

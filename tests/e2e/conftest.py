@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from ray import serve
 
 from agentcluster.config import Settings, load_settings
@@ -85,7 +86,13 @@ def e2e_settings(
             "policy": {"url": service("SA01_POLICY_URL")},
             "browser": {"pool_max": 1, "action_timeout_s": 20},
             "tools": {"workspace_root": tmp_path_factory.mktemp("workspaces")},
-            "runtime": {"agents_dir": agents, "host_prefix": f"e{uuid.uuid4().hex[:6]}"},
+            # Its own namespace: provider settings live in Redis under it, apart from other runs.
+            "runtime": {
+                "agents_dir": agents,
+                "host_prefix": f"e{uuid.uuid4().hex[:6]}",
+                "namespace": f"e2e-{uuid.uuid4().hex[:8]}",
+            },
+            "crypto": {"fernet_key": Fernet.generate_key().decode()},
             "tracing": {
                 "exporter": "otlp",
                 "endpoint": otlp_receiver.url,
