@@ -1,47 +1,70 @@
 """The web console: a small front end (plain ES modules, no build step) served by the gateway at
 ``/ui``, and the two API routes it adds (``GET /v1/whoami``, the admin key's ``GET /v1/cluster``).
 
-Wire it into a gateway app with :func:`include_console`.
+Wire it into a gateway app with :func:`include_console`. Importing this package does not import
+the gateway (the routes' module is loaded when they are built), so the gateway's app module may
+import it.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fastapi import FastAPI
 
 from agentcluster.console._assets import CONTENT_SECURITY_POLICY, ConsoleAssets, ui_router
-from agentcluster.console._cluster import (
+from agentcluster.console._models import (
     BreakerOut,
+    BreakerState,
     ClusterOut,
-    ClusterProbe,
     HostOut,
     PoolOut,
-    RayClusterProbe,
     WhoAmI,
+)
+from agentcluster.console._probe import (
+    ClusterProbe,
+    RayClusterProbe,
     breakers_from_metrics,
-    cluster_router,
     read_cluster,
 )
+
+if TYPE_CHECKING:
+    from agentcluster.console._routes import ProbeFactory, cluster_router
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "BreakerOut",
+    "BreakerState",
     "ClusterOut",
     "ClusterProbe",
     "ConsoleAssets",
     "HostOut",
     "PoolOut",
+    "ProbeFactory",
     "RayClusterProbe",
     "WhoAmI",
     "breakers_from_metrics",
     "cluster_router",
     "include_console",
     "read_cluster",
+    "ui_router",
 ]
+
+_ROUTES = frozenset({"ProbeFactory", "cluster_router"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROUTES:
+        return getattr(importlib.import_module("agentcluster.console._routes"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def include_console(app: FastAPI, assets: ConsoleAssets | None = None) -> FastAPI:
     """Add the console (``/ui``) and its API routes to a gateway app from ``create_app``; returns
     the app. ``assets`` defaults to the files shipped with the package."""
+    from agentcluster.console._routes import cluster_router
+
     app.include_router(cluster_router())
     app.include_router(ui_router(assets))
     return app

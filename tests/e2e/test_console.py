@@ -15,8 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
+from starlette.routing import Match
 
 from agentcluster.config import Settings
 from agentcluster.console import include_console
@@ -31,12 +33,21 @@ CHROMIUM = Path("/usr/bin/chromium")
 APP = "console"
 PREFIX = "/console"
 NODE_TIMEOUT_S = 300
+CLUSTER_PATH = "/v1/cluster"
+
+
+def _serves(app: FastAPI, path: str) -> bool:
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    return any(route.matches(scope)[0] == Match.FULL for route in app.routes)
 
 
 def console_gateway(settings: Settings) -> Application:
-    """The gateway app with the console included, as a Serve application (the composition
-    ``include_console(create_app(settings))`` that the real gateway wiring does)."""
-    app = include_console(create_app(settings))
+    """The gateway app with the console, as a Serve application: the composition
+    ``include_console(create_app(settings))`` of the gateway's wiring (skipped once
+    ``create_app`` includes the console itself)."""
+    app = create_app(settings)
+    if not _serves(app, CLUSTER_PATH):
+        include_console(app)
 
     @serve.deployment(name="ConsoleGateway", ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)

@@ -37,12 +37,12 @@ class ProvidersView {
     this.stamp = h("span", { class: "muted small" });
     this.list = h("div", { class: "providers" });
     this.agents = h("tbody");
+    this.agentNames = h("datalist", { id: "agent-names" }); // offered in the agent fields
     this.error = h("p", { class: "error", role: "alert", hidden: true });
     this.save = h("button", { type: "submit" }, "Save");
     this.form = h(
       "form",
       { "aria-label": "Provider settings" },
-      h("h2", {}, "Providers"),
       this.list,
       h(
         "datalist",
@@ -62,6 +62,7 @@ class ProvidersView {
         h("thead", {}, h("tr", {}, ["Agent", "Model", "Fallbacks", ""].map((t) => h("th", { scope: "col" }, t)))),
         this.agents,
       ),
+      this.agentNames,
       h("p", {}, h("button", { type: "button", class: "quiet", onclick: () => this.addAgent() }, "Add agent")),
       this.error,
       h("div", { class: "row" }, this.save, this.stamp),
@@ -75,6 +76,10 @@ class ProvidersView {
   }
 
   async load() {
+    this.ctx.api
+      .get("v1/agents", {}, this.signal)
+      .then((agents) => replace(this.agentNames, agents.items.map((a) => h("option", { value: a.name }))))
+      .catch(() => {}); // only suggestions
     try {
       this.show(await this.ctx.api.get(PATH, {}, this.signal));
       replace(this.body, this.form);
@@ -123,7 +128,7 @@ class ProvidersView {
   }
 
   addAgent(agent = "", models = { model: "", fallback_models: [] }) {
-    const name = h("input", { "aria-label": "Agent", value: agent, required: true, placeholder: "default" });
+    const name = h("input", { "aria-label": "Agent", value: agent, required: true, placeholder: "default", list: "agent-names" });
     const model = h("input", { "aria-label": "Model", value: models.model, required: true, placeholder: "local/demo" });
     const fallbacks = h("input", {
       "aria-label": "Fallbacks",

@@ -1,100 +1,38 @@
-"""The console's API: who is calling (``GET /v1/whoami``) and, for the admin key, what the
-cluster looks like (``GET /v1/cluster``: session hosts, actor pools, LLM circuit breakers).
+"""The cluster view's port and its Ray adapter: session hosts through the runtime's session
+router, actor pools through their manager actors, LLM breakers from this node's Ray metrics.
 
-The cluster view is read through one port, :class:`ClusterProbe`; :class:`RayClusterProbe` is
-the thin wrapper that asks Ray (hosts through the runtime's session router, pools through their
-manager actors, breakers from this node's Ray metrics). A part that cannot be read is left empty
-and named in ``problems``, so one slow pool does not hide the hosts.
+A part that cannot be read is left empty and named in ``problems``, so one slow pool does not hide
+the hosts.
 """
 
-# No ``from __future__ import annotations``: the routes are nested functions that Serve pickles
-# by value, and FastAPI reads their annotations again in the replica, where only real objects
-# (not names to look up in the module) survive the trip.
+from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
-from fastapi import APIRouter, Depends, Header, Request
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from agentcluster import metrics
 from agentcluster.config import Settings
+from agentcluster.console._models import (
+    BreakerOut,
+    BreakerState,
+    ClusterOut,
+    HostOut,
+    PoolOut,
+)
 from agentcluster.errors import AgentClusterError
-from agentcluster.gateway._problems import ProblemError
-from agentcluster.gateway._service import Caller, GatewayService
 from agentcluster.runtime import HostStats
 
-__all__ = [
-    "BreakerOut",
-    "ClusterOut",
-    "ClusterProbe",
-    "HostOut",
-    "PoolOut",
-    "RayClusterProbe",
-    "WhoAmI",
-    "breakers_from_metrics",
-    "cluster_router",
-    "read_cluster",
-]
+__all__ = ["ClusterProbe", "RayClusterProbe", "breakers_from_metrics", "read_cluster"]
 
 PART_TIMEOUT_S = 5.0
 BREAKER_METRIC = "ray_agentcluster_llm_breaker_state"
-BreakerState = Literal["closed", "half-open", "open"]
 T = TypeVar("T")
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class WhoAmI(_Out):
-    """The caller behind the API key: the admin key (no tenant) or a tenant's key."""
-
-    admin: bool
-    tenant_id: str | None = None
-    key_id: str | None = None
-
-
-class HostOut(_Out):
-    host_id: str
-    active_sessions: int
-    running_turns: int
-    subscribers: int
-    activations: int
-    passivations: int
-
-
-class PoolOut(_Out):
-    pool: str
-    min_size: int
-    max_size: int
-    size: int
-    starting: int
-    idle: int
-    leased: int
-    waiters: int
-    leases_granted: int
-    exhausted: int
-    members_failed: int
-
-
-class BreakerOut(_Out):
-    model: str
-    state: BreakerState
-
-
-class ClusterOut(_Out):
-    """A snapshot of the cluster. ``breakers`` are this gateway node's view (the Ray metrics of
-    the session hosts on its node); ``problems`` names each part that could not be read."""
-
-    hosts: list[HostOut]
-    pools: list[PoolOut]
-    breakers: list[BreakerOut]
-    problems: list[str]
 
 
 class ClusterProbe(Protocol):
@@ -223,54 +161,3 @@ def _is_member(name: str, names: set[str]) -> bool:
 
 def _pick(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     return {name: values[name] for name in model.model_fields if name in values}
-
-
-# -- routes -----------------------------------------------------------------------------------
-
-
-def _service(request: Request) -> GatewayService:
-    service: GatewayService = request.app.state.service
-    return service
-
-
-ServiceDep = Annotated[GatewayService, Depends(_service)]
-
-
-async def _caller(
-    service: ServiceDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    scheme, _, token = (authorization or "").partition(" ")
-    if authorization and (scheme.lower() != "bearer" or not token.strip()):
-        raise ProblemError(
-            401,
-            "unauthorized",
-            "use Authorization: Bearer <api key>",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    return await service.authenticate(token.strip() or None)
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
-ProbeFactory = Callable[[GatewayService], ClusterProbe]
-
-
-def _ray_probe(service: GatewayService) -> ClusterProbe:
-    return RayClusterProbe(service.settings, service.runtime.router)
-
-
-def cluster_router(probe: ProbeFactory = _ray_probe) -> APIRouter:
-    """``GET /v1/whoami`` and the admin key's ``GET /v1/cluster``."""
-    router = APIRouter(tags=["console"])
-
-    @router.get("/v1/whoami", response_model=WhoAmI)
-    async def whoami(caller: CallerDep) -> WhoAmI:
-        """Which key this is: the admin key, or a tenant's key (and its tenant)."""
-        return WhoAmI(admin=caller.admin, tenant_id=caller.tenant_id, key_id=caller.key_id)
-
-    @router.get("/v1/cluster", response_model=ClusterOut)
-    async def cluster(caller: CallerDep, service: ServiceDep) -> ClusterOut:
-        """Admin key only: session hosts, actor pools and LLM breakers."""
-        caller.require_admin()
-        return await read_cluster(probe(service))
-
-    return router

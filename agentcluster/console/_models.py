@@ -1,0 +1,61 @@
+"""The console API's bodies: who is calling, and the cluster as the admin key sees it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["BreakerOut", "BreakerState", "ClusterOut", "HostOut", "PoolOut", "WhoAmI"]
+
+BreakerState = Literal["closed", "half-open", "open"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class WhoAmI(_Out):
+    """The caller behind the API key: the admin key (no tenant) or a tenant's key."""
+
+    admin: bool
+    tenant_id: str | None = None
+    key_id: str | None = None
+
+
+class HostOut(_Out):
+    host_id: str
+    active_sessions: int
+    running_turns: int
+    subscribers: int
+    activations: int
+    passivations: int
+
+
+class PoolOut(_Out):
+    pool: str
+    min_size: int
+    max_size: int
+    size: int
+    starting: int
+    idle: int
+    leased: int
+    waiters: int
+    leases_granted: int
+    exhausted: int
+    members_failed: int
+
+
+class BreakerOut(_Out):
+    model: str
+    state: BreakerState
+
+
+class ClusterOut(_Out):
+    """A snapshot of the cluster. ``breakers`` are this gateway node's view (the Ray metrics of
+    the session hosts on its node); ``problems`` names each part that could not be read."""
+
+    hosts: list[HostOut]
+    pools: list[PoolOut]
+    breakers: list[BreakerOut]
+    problems: list[str]

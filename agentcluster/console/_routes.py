@@ -1,0 +1,65 @@
+"""The console's API routes: ``GET /v1/whoami`` (which key this is) and the admin key's
+``GET /v1/cluster``. Imported only when the routes are built (:func:`include_console`), so the
+console package can be imported by the gateway's app module without an import cycle.
+"""
+
+# No ``from __future__ import annotations``: see _assets.py.
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from agentcluster.console._models import ClusterOut, WhoAmI
+from agentcluster.console._probe import ClusterProbe, RayClusterProbe, read_cluster
+from agentcluster.gateway._problems import ProblemError
+from agentcluster.gateway._service import Caller, GatewayService
+
+__all__ = ["ProbeFactory", "cluster_router"]
+
+
+def _service(request: Request) -> GatewayService:
+    service: GatewayService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[GatewayService, Depends(_service)]
+
+
+async def _caller(
+    service: ServiceDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    scheme, _, token = (authorization or "").partition(" ")
+    if authorization and (scheme.lower() != "bearer" or not token.strip()):
+        raise ProblemError(
+            401,
+            "unauthorized",
+            "use Authorization: Bearer <api key>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return await service.authenticate(token.strip() or None)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+ProbeFactory = Callable[[GatewayService], ClusterProbe]
+
+
+def _ray_probe(service: GatewayService) -> ClusterProbe:
+    return RayClusterProbe(service.settings, service.runtime.router)
+
+
+def cluster_router(probe: ProbeFactory = _ray_probe) -> APIRouter:
+    """``GET /v1/whoami`` and the admin key's ``GET /v1/cluster``."""
+    router = APIRouter(tags=["console"])
+
+    @router.get("/v1/whoami", response_model=WhoAmI)
+    async def whoami(caller: CallerDep) -> WhoAmI:
+        """Which key this is: the admin key, or a tenant's key (and its tenant)."""
+        return WhoAmI(admin=caller.admin, tenant_id=caller.tenant_id, key_id=caller.key_id)
+
+    @router.get("/v1/cluster", response_model=ClusterOut)
+    async def cluster(caller: CallerDep, service: ServiceDep) -> ClusterOut:
+        """Admin key only: session hosts, actor pools and LLM breakers."""
+        caller.require_admin()
+        return await read_cluster(probe(service))
+
+    return router
