@@ -58,6 +58,16 @@ def _ray_daemons(user: str) -> set[int]:
     return found
 
 
+def _suite_ray_daemons() -> set[int]:
+    """PIDs of the Ray daemons this pytest process started (the ray_cluster fixture's: ray.init
+    starts them as its children). Other Ray clusters on the machine may come and go meanwhile."""
+    return {
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if child.name() in RAY_DAEMONS
+    }
+
+
 def _ray_cli() -> str:
     return str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ray")
 
@@ -167,7 +177,7 @@ async def test_ray_up_serves_a_turn_and_ray_down_stops_only_this_cluster(
             "SA01_AUTH_ADMIN_KEY": admin_key,
         },
     )
-    ours_before = _ray_daemons("root")
+    ours_before = _suite_ray_daemons()
     assert ours_before, "the suite's own Ray cluster (ray_cluster fixture) should be running"
     started = time.monotonic()
     await asyncio.to_thread(_launcher, "up", config, tmp_path / "ray-up.log", UP_TIMEOUT_S)
@@ -196,7 +206,7 @@ async def test_ray_up_serves_a_turn_and_ray_down_stops_only_this_cluster(
             return not _ray_daemons(CLUSTER_USER) and _port_free(21016)
 
         await eventually(cluster_gone, timeout=60, interval=1, message="local cluster stopped")
-        assert ours_before <= _ray_daemons("root"), "ray down stopped Ray processes not its own"
+        assert ours_before <= _suite_ray_daemons(), "ray down stopped Ray processes not its own"
         print(f"ray up took {up_s:.1f} s")
     finally:
         if not down_done:
