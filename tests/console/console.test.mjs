@@ -8,12 +8,16 @@
 //   AGENT            the agent to create sessions with
 //   STREAM_PROMPT / STREAM_ANSWER    a message and the answer the fake model streams for it
 //   TOOL_PROMPT / TOOL_ANSWER / TOOL_NAME    a message whose turn calls TOOL_NAME, and its answer
+//   BROWSER_AGENT / SHOT_PROMPT / SHOT_ANSWER   an agent with browser tools, a message whose turn
+//                    takes a screenshot, and its answer
 //   PROVIDER_NAME / PROVIDER_BASE / PROVIDER_SECRET   a provider to add in the settings page
+//   SCREENSHOT_DIR   optional: a PNG of the page after each scenario goes there
 //
 // The scenarios run in order in one browser, each building on the one before.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { join } from "node:path";
+import { after, afterEach, before, describe, test } from "node:test";
 
 import { chromium } from "playwright-core";
 
@@ -34,6 +38,9 @@ const env = Object.fromEntries(
     "TOOL_PROMPT",
     "TOOL_ANSWER",
     "TOOL_NAME",
+    "BROWSER_AGENT",
+    "SHOT_PROMPT",
+    "SHOT_ANSWER",
     "PROVIDER_NAME",
     "PROVIDER_BASE",
     "PROVIDER_SECRET",
@@ -42,6 +49,7 @@ const env = Object.fromEntries(
 const CONSOLE = new URL(env.CONSOLE_URL);
 const API = new URL("../", CONSOLE);
 const STEP_MS = 30_000;
+const BROWSER_START_MS = 120_000; // the first screenshot starts a browser actor
 
 let browser;
 let context;
@@ -91,6 +99,14 @@ after(async () => {
 });
 
 describe("the web console", { concurrency: false }, () => {
+  let shots = 0;
+  afterEach(async (t) => {
+    if (!process.env.SCREENSHOT_DIR || !page) return;
+    shots += 1;
+    const name = `${String(shots).padStart(2, "0")}-${t.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 60)}.png`;
+    await page.screenshot({ path: join(process.env.SCREENSHOT_DIR, name), fullPage: true }).catch(() => {});
+  });
+
   test("is served with a strict Content-Security-Policy and an SPA fallback", async () => {
     const response = await page.goto(new URL("sessions/some-deep-link", CONSOLE).href);
     assert.equal(response.status(), 200);
@@ -179,8 +195,29 @@ describe("the web console", { concurrency: false }, () => {
     await page.locator("li.msg.assistant.final", { hasText: env.TOOL_ANSWER }).waitFor();
   });
 
+  test("shows a browser screenshot as the turn takes it", async () => {
+    await page.getByRole("link", { name: "Sessions", exact: true }).click();
+    await page.getByLabel("Agent").selectOption(env.BROWSER_AGENT);
+    await page.getByRole("button", { name: "New session" }).click();
+    await page.waitForURL(/\/ui\/sessions\/[^/]+$/);
+    const box = page.getByRole("textbox", { name: "Message", exact: true });
+    await box.fill(env.SHOT_PROMPT);
+    await box.press("Enter");
+    const shot = page.locator('li.tool[data-tool="browser_screenshot"]');
+    await shot.locator('[data-decision="allowed"]').waitFor({ timeout: BROWSER_START_MS });
+    const image = shot.locator("figure.shot img");
+    await image.waitFor({ timeout: BROWSER_START_MS });
+    assert.match(await image.getAttribute("src"), /^blob:/);
+    const size = await image.evaluate(async (img) => {
+      await img.decode();
+      return [img.naturalWidth, img.naturalHeight];
+    });
+    assert.ok(size[0] > 0 && size[1] > 0, `the screenshot did not load: ${size}`);
+    await page.locator("li.msg.assistant.final", { hasText: env.SHOT_ANSWER }).waitFor();
+  });
+
   test("opens an existing session with its history", async () => {
-    await page.getByRole("link", { name: "Sessions" }).click();
+    await page.getByRole("link", { name: "Sessions", exact: true }).click();
     const row = page.locator(`tr[data-session-id="${shared.sessionId}"]`);
     await row.waitFor();
     await row.getByRole("link", { name: shared.sessionId }).click();
@@ -196,7 +233,7 @@ describe("the web console", { concurrency: false }, () => {
   });
 
   test("deletes a session", async () => {
-    await page.getByRole("link", { name: "Sessions" }).click();
+    await page.getByRole("link", { name: "Sessions", exact: true }).click();
     const row = page.locator(`tr[data-session-id="${shared.sessionId}"]`);
     await row.getByRole("button", { name: "Delete" }).click();
     await row.getByRole("button", { name: "Confirm delete" }).click();

@@ -24,7 +24,13 @@ from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.gateway import create_app
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import ADMIN_KEY, PROFILE, new_tenant, script_tool_turn
+from tests.e2e.conftest import (
+    ADMIN_KEY,
+    BROWSER_PROFILE,
+    PROFILE,
+    new_tenant,
+    script_tool_turn,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -109,7 +115,11 @@ async def _run_suite(suite: Path, env: dict[str, str]) -> tuple[int, str]:
 
 
 async def test_console_in_a_browser(
-    console_url: str, node_suite: Path, http: httpx.AsyncClient, fake_llm: FakeLLM
+    console_url: str,
+    node_suite: Path,
+    http: httpx.AsyncClient,
+    fake_llm: FakeLLM,
+    tmp_path: Path,
 ) -> None:
     _tenant_id, tenant_key = await new_tenant(http, "ui")
     token = uuid.uuid4().hex[:10]
@@ -129,6 +139,9 @@ async def test_console_in_a_browser(
     tool_answer = f"6 times 7 is 42 ({token})"
     call = ToolCall(name="calculator", arguments={"expression": "6*7"})
     script_tool_turn(fake_llm, f"{token}-tool", call, tool_answer)
+    shot_prompt = f"show me the page {token}-shot"
+    shot_answer = f"Here is the screenshot ({token})"
+    script_tool_turn(fake_llm, f"{token}-shot", ToolCall(name="browser_screenshot"), shot_answer)
 
     code, output = await _run_suite(
         node_suite,
@@ -143,10 +156,17 @@ async def test_console_in_a_browser(
             "TOOL_PROMPT": tool_prompt,
             "TOOL_ANSWER": tool_answer,
             "TOOL_NAME": call.name,
+            "BROWSER_AGENT": str(BROWSER_PROFILE["name"]),
+            "SHOT_PROMPT": shot_prompt,
+            "SHOT_ANSWER": shot_answer,
             "PROVIDER_NAME": f"ui-{token}",
             "PROVIDER_BASE": fake_llm.base_url,
             "PROVIDER_SECRET": f"sk-console-{uuid.uuid4().hex}",
+            "SCREENSHOT_DIR": str(tmp_path),
         },
     )
     print(output)
-    assert code == 0, f"the console's browser tests failed (exit {code}):\n{output}"
+    assert code == 0, (
+        f"the console's browser tests failed (exit {code}); screenshots of each scenario are "
+        f"in {tmp_path}:\n{output}"
+    )

@@ -288,7 +288,12 @@ class ChatView {
       );
       const url = URL.createObjectURL(blob);
       this.blobUrls.push(url);
-      figure.prepend(h("img", { src: url, alt: `screenshot from ${item.li.dataset.tool}` }));
+      const stick = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 40;
+      const image = h("img", { src: url, alt: `screenshot from ${item.li.dataset.tool}` });
+      image.addEventListener("load", () => {
+        if (stick) this.log.scrollTop = this.log.scrollHeight;
+      });
+      figure.prepend(h("a", { href: url, target: "_blank", rel: "noopener", title: "full size" }, image));
     } catch (error) {
       if (error.name !== "AbortError") figure.append(h("p", { class: "error" }, `could not load it: ${error.message}`));
     }
