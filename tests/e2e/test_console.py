@@ -1,7 +1,7 @@
-"""The web console in a real browser: the Node suite in ``tests/console`` (playwright-core driving
-Debian's ``/usr/bin/chromium``, never a downloaded browser) against a gateway app that includes
-the console, deployed beside the shared e2e app (same Serve proxy and session hosts, its own
-route prefix, so the console also proves it works under a prefix)."""
+"""The web console in a real browser: the Node suite in ``tests/console`` (its SSE parser alone,
+then playwright-core driving Debian's ``/usr/bin/chromium``, never a downloaded browser) against
+a gateway app that includes the console, deployed beside the shared e2e app (same Serve proxy
+and session hosts, its own route prefix, so the console also proves it works under a prefix)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ async def _run_suite(suite: Path, env: dict[str, str]) -> tuple[int, str]:
         "--test",
         "--test-reporter=spec",
         "--test-concurrency=1",
+        "sse.test.mjs",
         "console.test.mjs",
         cwd=suite,
         env=os.environ | env,
