@@ -31,6 +31,7 @@ from agentcluster import metrics as cluster_metrics
 from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
+from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
@@ -482,4 +483,5 @@ def create_app(
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))
+    include_console(app)  # the web console at /ui, /v1/whoami and /v1/cluster
     return app
