@@ -5,41 +5,17 @@ console package can be imported by the gateway's app module without an import cy
 
 # No ``from __future__ import annotations``: see _assets.py.
 from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter
 
 from agentcluster.console._models import ClusterOut, WhoAmI
 from agentcluster.console._probe import ClusterProbe, RayClusterProbe, read_cluster
-from agentcluster.gateway._problems import ProblemError
-from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._callers import CallerDep, ServiceDep
+from agentcluster.gateway._service import GatewayService
 
 __all__ = ["ProbeFactory", "cluster_router"]
 
 
-def _service(request: Request) -> GatewayService:
-    service: GatewayService = request.app.state.service
-    return service
-
-
-ServiceDep = Annotated[GatewayService, Depends(_service)]
-
-
-async def _caller(
-    service: ServiceDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    scheme, _, token = (authorization or "").partition(" ")
-    if authorization and (scheme.lower() != "bearer" or not token.strip()):
-        raise ProblemError(
-            401,
-            "unauthorized",
-            "use Authorization: Bearer <api key>",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    return await service.authenticate(token.strip() or None)
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
 ProbeFactory = Callable[[GatewayService], ClusterProbe]
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,9 +33,10 @@ from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
+from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
-from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._service import GatewayService
 from agentcluster.gateway._settings_api import (
     include_settings_api,
     start_settings_api,
@@ -89,34 +90,6 @@ LATENCY = Histogram(
     ["route"],
     registry=REPLICA_REGISTRY,
 )
-
-
-def _service(request: Request) -> GatewayService:
-    service: GatewayService = request.app.state.service
-    return service
-
-
-ServiceDep = Annotated[GatewayService, Depends(_service)]
-
-
-async def _caller(
-    service: ServiceDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    token = None
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise ProblemError(
-                401,
-                "unauthorized",
-                "use Authorization: Bearer <api key>",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        token = value.strip()
-    return await service.authenticate(token)
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 def _sse(item: StreamItem) -> ServerSentEvent:

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
 
 from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
-from agentcluster.gateway._problems import ProblemError
+from agentcluster.gateway._callers import bearer_token
 from agentcluster.gateway._service import Caller
 from agentcluster.providers import (
     Probe,
@@ -45,23 +45,9 @@ class Authenticator(Protocol):
     async def authenticate(self, token: str | None) -> Caller: ...
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise ProblemError(
-            401,
-            "unauthorized",
-            "use Authorization: Bearer <api key>",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    return value.strip()
-
-
 async def _admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     authenticator: Authenticator = request.app.state.service
-    caller = await authenticator.authenticate(_bearer(authorization))
+    caller = await authenticator.authenticate(bearer_token(authorization))
     caller.require_admin()
     return caller
 
