@@ -38,6 +38,7 @@ __all__ = [
     "DbSettings",
     "GatewaySettings",
     "KafkaSettings",
+    "LimitSettings",
     "LlmSettings",
     "PolicySettings",
     "RedisSettings",
@@ -347,6 +348,27 @@ class LlmSettings(BaseSettings):
         return value if value and value.strip() else None
 
 
+class LimitSettings(BaseSettings):
+    """Per-tenant limits: the defaults every tenant gets (``0``: unlimited).
+
+    An operator overrides them for one tenant with ``PUT /v1/tenants/{tenant_id}/limits`` (kept in
+    the state store); a process reuses a tenant's limits for ``refresh_s`` seconds.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SA01_LIMITS_", **_SECTION)
+
+    requests_per_minute: int = Field(default=0, ge=0, le=1_000_000)
+    """API requests per tenant in any 60 seconds (HTTP 429 with Retry-After past it)."""
+    tokens_per_day: int = Field(default=0, ge=0, le=10**12)
+    """LLM tokens (prompt + completion) per tenant per UTC day."""
+    cost_per_day_usd: float = Field(default=0.0, ge=0, le=10**7)
+    """LLM cost (LiteLLM's price of the usage) per tenant per UTC day, in US dollars."""
+    refresh_s: float = Field(default=5.0, ge=0, le=3600)
+    """How long a process reuses a tenant's limits before reading its overrides again."""
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """Connect and command timeout of the limit counters in Redis."""
+
+
 class RuntimeSettings(BaseSettings):
     """Session hosts: placement, capacity and lifecycle."""
 
@@ -479,6 +501,7 @@ class Settings(BaseModel):
     crypto: CryptoSettings
     gateway: GatewaySettings
     llm: LlmSettings
+    limits: LimitSettings
     runtime: RuntimeSettings
     tools: ToolSettings
     browser: BrowserSettings
@@ -520,6 +543,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "crypto": CryptoSettings,
     "gateway": GatewaySettings,
     "llm": LlmSettings,
+    "limits": LimitSettings,
     "runtime": RuntimeSettings,
     "tools": ToolSettings,
     "browser": BrowserSettings,

@@ -8,12 +8,15 @@ Hierarchy::
     ├── UserError                      the caller's request is wrong; terminal; maps to 4xx
     │   ├── NotFoundError              404: no such session/key/agent *for this tenant*
     │   ├── ConflictError              409: state does not allow it (closed session, ...)
-    │   └── ValidationFailed           422: well-formed but invalid input
+    │   ├── ValidationFailed           422: well-formed but invalid input
+    │   └── RateLimited                429: over the tenant's request rate; retryable after
+    │                                  ``retry_after`` seconds
     ├── ToolError                      "tell the model": returned to the LLM as a tool result
     ├── InfrastructureError            a dependency failed; ``dependency`` names it
     │   └── DependencyUnavailable      unreachable (refused, timed out); retryable
     ├── StaleEpochError                a fenced write by a host that lost the session
     └── TerminalFailure                the work cannot succeed (e.g. a turn past its retry budget)
+        └── BudgetExceeded             the tenant's daily LLM token or cost budget is spent
 
 Exceptions carry plain attributes so they pickle across Ray actors, and they never log by
 themselves: whoever catches them decides.
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 __all__ = [
     "AgentClusterError",
+    "BudgetExceeded",
     "ConfigError",
     "ConflictError",
     "DependencyUnavailable",
     "InfrastructureError",
     "NotFoundError",
+    "RateLimited",
     "SecretKeyError",
     "StaleEpochError",
     "TerminalFailure",
@@ -105,6 +110,35 @@ class ValidationFailed(UserError):
     problem_type = "validation-failed"
 
 
+class RateLimited(UserError):
+    """Too many requests: the tenant is over its request rate. Retrying after ``retry_after``
+    seconds may succeed, so unlike other user errors it is retryable.
+
+    Attributes:
+        retry_after: seconds until the next request can be admitted (None: unknown).
+        limit: the rate that was exceeded, in requests per window (None: unknown).
+        window_s: the window of that rate, in seconds.
+    """
+
+    status = 429
+    problem_type = "rate-limited"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        limit: int | None = None,
+        window_s: float = 60.0,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.window_s = window_s
+
+
 class ToolError(AgentClusterError):
     """A tool failed in a way the model should hear about (returned as the tool's result)."""
 
@@ -134,3 +168,32 @@ class StaleEpochError(AgentClusterError):
 
 class TerminalFailure(AgentClusterError):
     """The work cannot succeed; do not retry."""
+
+
+class BudgetExceeded(TerminalFailure):
+    """The tenant's daily LLM budget does not allow the next call; the turn fails without it.
+
+    Attributes:
+        tenant_id: whose budget.
+        budget: which one: ``tokens_per_day`` or ``cost_per_day_usd``.
+        used: what the tenant used today (tokens, or US dollars).
+        limit: the budget (tokens, or US dollars).
+        resets_at: when the day's usage starts again from zero (ISO 8601, UTC midnight).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str,
+        budget: str,
+        used: float,
+        limit: float,
+        resets_at: str,
+    ) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.budget = budget
+        self.used = used
+        self.limit = limit
+        self.resets_at = resets_at

@@ -2,6 +2,8 @@
 
 from agentcluster.agent._loop import (
     AgentLoop,
+    Budget,
+    BudgetHold,
     Trimmer,
     TurnContext,
     TurnJournal,
@@ -14,6 +16,8 @@ from agentcluster.agent._profiles import AgentProfile, TurnRetry, load_profiles
 __all__ = [
     "AgentLoop",
     "AgentProfile",
+    "Budget",
+    "BudgetHold",
     "Trimmer",
     "TurnContext",
     "TurnJournal",

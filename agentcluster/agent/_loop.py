@@ -39,6 +39,8 @@ from agentcluster.tools._base import (
 
 __all__ = [
     "AgentLoop",
+    "Budget",
+    "BudgetHold",
     "Trimmer",
     "TurnContext",
     "TurnJournal",
@@ -107,6 +109,34 @@ class TurnJournal(Protocol):
     async def turn_cancelled(self, turn_id: str, reason: str, usage: Usage) -> None: ...
 
 
+@dataclass(frozen=True)
+class BudgetHold:
+    """What a :class:`Budget` set aside for one LLM call: the tenant, the budget period it counts
+    in, and the tokens reserved (the call's estimated prompt)."""
+
+    tenant_id: str
+    period: str
+    tokens: int = 0
+
+
+class Budget(Protocol):
+    """Port: the tenant's LLM budget, asked before each LLM call and told its usage after it."""
+
+    async def reserve(self, tenant_id: str, request: LlmRequest) -> BudgetHold:
+        """Set aside what the call needs, or raise.
+
+        Raises:
+            BudgetExceeded: the budget does not allow the call (the turn fails without it).
+            InfrastructureError: the budget cannot be checked (the turn fails: no call is made
+                unchecked).
+        """
+        ...
+
+    async def settle(self, hold: BudgetHold, usage: Usage) -> None:
+        """Count the call's real usage in place of what ``hold`` reserved."""
+        ...
+
+
 @dataclass
 class _Tally:
     """Usage so far in a turn (kept outside the steps so failures can still report it)."""
@@ -165,12 +195,14 @@ class AgentLoop:
         tools: ToolExecutor,
         policy: PolicyEngine,
         trim: Trimmer,
+        budget: Budget | None = None,
     ) -> None:
         self.profile = profile
         self._llm = llm
         self._tools = tools
         self._policy = policy
         self._trim = trim
+        self._budget = budget
         self._schemas = tools.schemas(list(profile.tools))
 
     async def run_turn(
@@ -269,7 +301,11 @@ class AgentLoop:
         async def on_delta(text: str) -> None:
             await journal.delta(context.turn_id, step, text)
 
+        budget = self._budget
+        hold = await budget.reserve(context.tenant_id, request) if budget is not None else None
         result = await self._llm.complete(request, on_delta)
+        if budget is not None and hold is not None:
+            await _settle(budget, hold, result.usage)
         history.append(
             ChatMessage(
                 role="assistant", content=result.content, tool_calls=result.tool_calls or None
@@ -339,6 +375,21 @@ class AgentLoop:
         except AgentClusterError as exc:
             # Fail closed: no decision means no tool call.
             return PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+
+
+async def _settle(budget: Budget, hold: BudgetHold, usage: Usage) -> None:
+    try:
+        await budget.settle(hold, usage)
+    except AgentClusterError as exc:
+        # The call is made and its answer is good: failing the turn would not take the usage
+        # back. The next call's reserve fails closed if the counters stay unreachable.
+        log.warning(
+            "tenant %s: the usage of an LLM call was not counted (%d tokens, $%.6f): %s",
+            hold.tenant_id,
+            usage.total_tokens,
+            usage.cost_usd,
+            exc,
+        )
 
 
 def _trace_decision(decision: PolicyDecision) -> None:

@@ -11,7 +11,8 @@ catches a 404 from the gateway as well as one raised in-process)::
     │   ├── NotFound         404          also a NotFoundError
     │   ├── Conflict         409          also a ConflictError
     │   ├── PayloadTooLarge  413          also a UserError
-    │   ├── RateLimited      429          retryable; ``retry_after`` seconds when the server said
+    │   ├── RateLimited      429          also a RateLimited; retryable; ``retry_after`` seconds
+    │   │                                 when the server said (``Retry-After``)
     │   └── ServerError      5xx          retryable for 502 and 504
     │       └── Unavailable  503          retryable
     ├── ConnectionFailed                  no answer (refused, reset, timed out); a
@@ -30,6 +31,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
+from agentcluster import errors
 from agentcluster.api import PROBLEM_BASE, Problem
 from agentcluster.errors import (
     AgentClusterError,
@@ -114,8 +116,9 @@ class PayloadTooLarge(ApiError, UserError):
     """413: the body is larger than the gateway accepts."""
 
 
-class RateLimited(ApiError):
-    """429: too many requests. ``retry_after`` is the server's hint in seconds, if any."""
+class RateLimited(ApiError, errors.RateLimited):
+    """429: too many requests. ``retry_after`` is the server's hint in seconds, if any (the
+    gateway sends whole seconds until the tenant's next request is admitted)."""
 
     retryable = True
 

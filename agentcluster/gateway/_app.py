@@ -34,6 +34,7 @@ from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import CallerDep, ServiceDep
+from agentcluster.gateway._limits_api import include_limits_api
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._service import GatewayService
@@ -43,6 +44,7 @@ from agentcluster.gateway._settings_api import (
     stop_settings_api,
 )
 from agentcluster.health import probe_all
+from agentcluster.limits import open_tenant_limits
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
 
@@ -425,7 +427,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await (connect or Runtime.connect)(settings)
         policy = build_policy_engine(settings)
-        app.state.service = GatewayService(runtime, settings, profiles, policy)
+        limits = open_tenant_limits(settings, runtime.store)
+        app.state.service = GatewayService(runtime, settings, profiles, policy, limits)
         await start_settings_api(app, settings, state_store=runtime.store, known_agents=profiles)
         _register(app.state.service)
         settle_long_lived_objects()
@@ -434,6 +437,7 @@ def create_app(
                 yield
         finally:
             await stop_settings_api(app)  # before the runtime: it may share the store's engine
+            await limits.aclose()
             await policy.aclose()
             await runtime.close()
             await tracing.flush_tracing()
@@ -453,6 +457,7 @@ def create_app(
     for router in (sessions, agents, keys, system):
         app.include_router(router)
     include_settings_api(app)
+    include_limits_api(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))

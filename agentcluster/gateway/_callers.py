@@ -38,7 +38,9 @@ ServiceDep = Annotated[GatewayService, Depends(request_service)]
 async def request_caller(
     service: ServiceDep, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
-    return await service.authenticate(bearer_token(authorization))
+    caller = await service.authenticate(bearer_token(authorization))
+    await service.admit(caller)  # the tenant's requests per minute: 429 past it
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(request_caller)]

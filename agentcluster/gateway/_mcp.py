@@ -57,9 +57,14 @@ async def _caller(service: GatewayService) -> Caller:
     if token is None:  # the auth middleware runs first; this is a misconfiguration
         raise ToolError("unauthorized: no API key on this request")
     try:
-        return await service.authenticate(token.token)
+        caller = await service.authenticate(token.token)
     except ProblemError as exc:
         raise ToolError(f"unauthorized: {exc.detail}") from None
+    try:
+        await service.admit(caller)  # the tenant's requests per minute, as over HTTP
+    except AgentClusterError as exc:
+        raise _tool_error(exc) from None
+    return caller
 
 
 def _tool_error(exc: ProblemError | AgentClusterError | ValidationError) -> ToolError:

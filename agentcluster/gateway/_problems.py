@@ -6,6 +6,7 @@ Types are stable URIs under ``PROBLEM_BASE``; clients switch on them, not on the
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from agentcluster.errors import (
     AgentClusterError,
     ConfigError,
     InfrastructureError,
+    RateLimited,
     StaleEpochError,
     UserError,
 )
@@ -109,6 +111,18 @@ def _from_error(exc: AgentClusterError) -> tuple[int, str, str]:
     return 500, "internal-error", exc.message
 
 
+def _rate_headers(exc: AgentClusterError) -> dict[str, str] | None:
+    """``Retry-After`` (whole seconds) and the RateLimit fields of a 429."""
+    if not isinstance(exc, RateLimited) or exc.retry_after is None:
+        return None
+    seconds = str(max(1, math.ceil(exc.retry_after)))
+    headers = {"Retry-After": seconds}
+    if exc.limit is not None:
+        headers |= {"RateLimit-Limit": str(exc.limit), "RateLimit-Remaining": "0"}
+        headers["RateLimit-Reset"] = seconds
+    return headers
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error (ours, validation, HTTP, unexpected) to a problem+json response."""
 
@@ -121,7 +135,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_ours(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AgentClusterError)
         status, problem_type, detail = _from_error(exc)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1"} if status == 503 else _rate_headers(exc)
         return problem(status, problem_type, detail, instance=request.url.path, headers=headers)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from agentcluster.config import Settings
 from agentcluster.domain import Submission
 from agentcluster.errors import DependencyUnavailable, NotFoundError, ValidationFailed
 from agentcluster.gateway._problems import ProblemError
+from agentcluster.limits import RateDecision, TenantLimitsService
 from agentcluster.logs import bind_for_task
 from agentcluster.policy import ApiAction, RegoPolicyEngine
 from agentcluster.runtime import Runtime, StreamItem
@@ -119,11 +120,13 @@ class GatewayService:
         settings: Settings,
         profiles: dict[str, AgentProfile],
         policy: RegoPolicyEngine | None = None,
+        limits: TenantLimitsService | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.profiles = profiles
         self.policy = policy
+        self.limits = limits
         # (tenant, action, agent, admin) -> the policy's decision; SHA-256 of a key -> its caller.
         cache_s = settings.auth.cache_s
         self._decisions: _Recent[tuple[str, str, str | None, bool], PolicyDecision]
@@ -151,6 +154,18 @@ class GatewayService:
         caller = Caller(tenant_id=key.tenant_id, key_id=key.key_id)
         self._callers.put(digest, caller)
         return caller
+
+    async def admit(self, caller: Caller) -> RateDecision | None:
+        """Count a tenant's request against its rate (after authentication); None when nothing
+        was counted (the admin key, no rate limit, no limits configured).
+
+        Raises:
+            RateLimited: over the tenant's requests per minute (429 with Retry-After).
+            InfrastructureError: the rate counters cannot be reached (503).
+        """
+        if caller.tenant_id is None or self.limits is None:
+            return None
+        return await self.limits.admit(caller.tenant_id)
 
     async def authorize(self, caller: Caller, action: ApiAction, agent: str | None = None) -> str:
         """Ask the policy whether the caller may do ``action``; returns the caller's tenant.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agentcluster.agent import AgentLoop, load_profiles
 from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings
+from agentcluster.limits import open_budget_guard
 from agentcluster.llm import BreakerRegistry, ChatMessage, LiteLLMClient, ToolSchema, trim_history
 from agentcluster.policy import build_policy_engine
 from agentcluster.providers import SettingsModels, open_provider_resolver
@@ -22,7 +23,8 @@ def trim_to_window(
 
 
 async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
-    """Store, LLM client (with per-model breakers), tools, policy and one loop per agent."""
+    """Store, LLM client (with per-model breakers), tools, policy, budgets and one loop per
+    agent."""
     # Tools run on pooled actors (the Ray edge, imported only here): none runs in a host.
     from actors.executor import ActorToolExecutor
 
@@ -34,9 +36,11 @@ async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
     llm = LiteLLMClient(settings.llm, BreakerRegistry.from_settings(settings.llm), routes=resolver)
     executor = await ActorToolExecutor.create(settings, profiles.values(), store)
     policy = build_policy_engine(settings)
+    # The tenant's daily token and cost budgets, checked before each LLM call of every agent.
+    budget = open_budget_guard(settings, store)
     loops = {
         name: AgentLoop(
-            profile, SettingsModels(llm, resolver, name), executor, policy, trim_to_window
+            profile, SettingsModels(llm, resolver, name), executor, policy, trim_to_window, budget
         )
         for name, profile in profiles.items()
     }
