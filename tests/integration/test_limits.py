@@ -15,13 +15,16 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from agentcluster.errors import DependencyUnavailable, NotFoundError
+from agentcluster.config import load_settings
+from agentcluster.errors import BudgetExceeded, DependencyUnavailable, NotFoundError, RateLimited
+from agentcluster.events import Usage
 from agentcluster.gateway._problems import install_problem_handlers
 from agentcluster.limits import (
     DailyUsage,
@@ -35,8 +38,11 @@ from agentcluster.limits import (
     TenantLimitsService,
     UsageCounter,
     day_key,
+    open_budget_guard,
+    open_tenant_limits,
     sliding_window,
 )
+from agentcluster.llm import ChatMessage, LlmRequest
 from agentcluster.store import SqlStateStore, open_store
 from tests.conftest import service
 
@@ -293,3 +299,35 @@ async def test_memory_limiter_matches_its_documented_scope() -> None:
     who = tenant()
     admitted = [(await replicas[i % 2].hit(who, 2, 60.0)).allowed for i in range(6)]
     assert admitted == [True, True, True, True, False, False]
+
+
+async def test_embedded_mode_hosts_share_budgets_through_the_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without SA01_REDIS_URL: two session hosts (two guards, two engines on one SQLite file)
+    spend one tenant's budget together; the gateway's rate limit is its own process's."""
+    monkeypatch.delenv("SA01_REDIS_URL", raising=False)
+    settings = load_settings({"db": {"dsn": f"sqlite:///{tmp_path / 'embedded.db'}"}})
+    assert settings.redis.url is None
+    stores = [await open_store(settings.db_dsn), await open_store(settings.db_dsn)]
+    try:
+        who = (await stores[0].create_tenant("embedded")).tenant_id
+        gateway = open_tenant_limits(settings, stores[0])
+        await gateway.write(who, LimitOverrides(requests_per_minute=2, tokens_per_day=100))
+        assert [(await gateway.admit(who)) is not None for _ in range(2)] == [True, True]
+        with pytest.raises(RateLimited):
+            await gateway.admit(who)
+
+        hosts = [open_budget_guard(settings, store) for store in stores]
+        request = LlmRequest(model="m", messages=[ChatMessage(role="user", content="hi")])
+        hold = await hosts[0].reserve(who, request)
+        await hosts[0].settle(hold, Usage(prompt_tokens=40, completion_tokens=30))
+        hold = await hosts[1].reserve(who, request)
+        await hosts[1].settle(hold, Usage(prompt_tokens=10, completion_tokens=15))
+        with pytest.raises(BudgetExceeded, match="used 95 of 100 tokens"):
+            await hosts[0].reserve(who, request)
+        assert (await gateway.read(who)).usage_today.tokens == 95
+        await gateway.aclose()
+    finally:
+        for store in stores:
+            await store.close()
