@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from tests.conftest import eventually
@@ -169,3 +171,18 @@ async def test_the_limits_api_is_admin_only_and_validated(http: httpx.AsyncClien
     assert got["tenant_id"] == tenant_id
     assert got["limits"] == got["defaults"]  # the e2e defaults: unlimited
     assert got["usage_today"]["tokens"] == 0
+
+
+async def test_mcp_tool_calls_count_against_the_same_rate(
+    http: httpx.AsyncClient, gateway_url: str
+) -> None:
+    tenant_id, key = await new_tenant(http, "rate-mcp")
+    await _set_limits(http, tenant_id, requests_per_minute=3)
+    assert (await http.get("/v1/agents", headers=_auth(key))).status_code == 200
+    async with Client(f"{gateway_url}/mcp", auth=key) as client:
+        for _ in range(2):
+            assert "tester" in str((await client.call_tool("list_agents")).structured_content)
+        with pytest.raises(ToolError, match=r"rate limit of 3 requests per minute reached"):
+            await client.call_tool("list_agents")
+    refused = await http.get("/v1/agents", headers=_auth(key))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
