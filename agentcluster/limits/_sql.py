@@ -183,8 +183,10 @@ class SqlOverridesStore(_SettingsRows):
             SettingRow.tenant_id == tenant_id, SettingRow.key == OVERRIDES_KEY
         )
         async with self._transaction() as connection:
-            value = await connection.scalar(query)
-        return LimitOverrides.model_validate(value or {})
+            value = await connection.scalar(query) or {}
+        # Fields this version does not know (written by a newer one) are left out, not an error.
+        known = {name: value[name] for name in LimitOverrides.model_fields if name in value}
+        return LimitOverrides.model_validate(known)
 
     async def write(self, tenant_id: str, overrides: LimitOverrides) -> None:
         await self._store.get_tenant(tenant_id)  # NotFoundError for an unknown tenant
