@@ -20,16 +20,15 @@ the primary key and the loser tries again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentcluster.errors import DependencyUnavailable, InfrastructureError
+from agentcluster.errors import InfrastructureError
 from agentcluster.limits._math import budget_verdict
 from agentcluster.limits._models import DailyUsage, LimitOverrides, TenantLimits
 from agentcluster.limits._ports import Admission
@@ -56,20 +55,6 @@ class _SettingsRows:
         self._engine = store.engine
         self._dependency = store.dependency
         self.description = f"settings table of {store.description}"
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() as connection:
-                yield connection
-        except IntegrityError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            raise DependencyUnavailable(self._dependency, f"{self.description}: {exc}") from exc
-        except DBAPIError as exc:
-            raise InfrastructureError(
-                self._dependency, f"{self.description}: {exc.orig}", retryable=True
-            ) from exc
 
     async def _locked(self, connection: AsyncConnection, tenant_id: str, key: str) -> Any:
         """Lock the row (see the module docstring) and return its value, or None when absent."""
@@ -102,7 +87,7 @@ class _SettingsRows:
         """Run ``work`` in a transaction, again when it lost a race to insert the same row."""
         for attempt in range(_INSERT_ATTEMPTS):
             try:
-                async with self._transaction() as connection:
+                async with self._store.transaction() as connection:
                     return await work(connection)
             except IntegrityError as exc:
                 if attempt == _INSERT_ATTEMPTS - 1:
@@ -167,7 +152,7 @@ class SqlUsageCounter(_SettingsRows):
         query = select(SettingRow.value).where(
             SettingRow.tenant_id == tenant_id, SettingRow.key == usage_key(day)
         )
-        async with self._transaction() as connection:
+        async with self._store.transaction() as connection:
             return _usage_of(await connection.scalar(query))
 
     async def aclose(self) -> None:
@@ -182,7 +167,7 @@ class SqlOverridesStore(_SettingsRows):
         query = select(SettingRow.value).where(
             SettingRow.tenant_id == tenant_id, SettingRow.key == OVERRIDES_KEY
         )
-        async with self._transaction() as connection:
+        async with self._store.transaction() as connection:
             value = await connection.scalar(query) or {}
         # Fields this version does not know (written by a newer one) are left out, not an error.
         known = {name: value[name] for name in LimitOverrides.model_fields if name in value}

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import and_, delete, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster.errors import ConflictError, DependencyUnavailable, InfrastructureError
@@ -185,26 +185,6 @@ class SqlSettingsStore:
         self._dependency = store.dependency
         self.description = f"settings table of {store.description}"
 
-    @asynccontextmanager
-    async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        try:
-            if write:
-                async with self._engine.begin() as connection:
-                    yield connection
-            else:
-                async with self._engine.connect() as connection:
-                    yield connection
-        except ConflictError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            raise DependencyUnavailable(self._dependency, f"{self.description}: {exc}") from exc
-        except DBAPIError as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            raise InfrastructureError(
-                self._dependency, f"{self.description}: {exc.orig}", retryable=True
-            ) from exc
-
     async def _newest(self, connection: AsyncConnection) -> Any:
         query = (
             select(SettingRow.key, SettingRow.value, SettingRow.updated_at)
@@ -216,12 +196,12 @@ class SqlSettingsStore:
 
     async def version(self) -> int:
         query = select(SettingRow.key).where(_IN_DOCUMENT).order_by(SettingRow.key.desc()).limit(1)
-        async with self._connection(write=False) as connection:
+        async with self._store.transaction() as connection:
             key = (await connection.execute(query)).scalar()
         return _version_of(key) if key else 0
 
     async def read(self) -> StoredDocument:
-        async with self._connection(write=False) as connection:
+        async with self._store.transaction() as connection:
             row = await self._newest(connection)
         if row is None:
             return StoredDocument(version=0, data={})
@@ -232,7 +212,7 @@ class SqlSettingsStore:
     async def write(self, data: dict[str, Any], expected_version: int) -> int:
         version = expected_version + 1
         try:
-            async with self._connection(write=True) as connection:
+            async with self._store.transaction() as connection:
                 newest = await self._newest(connection)
                 if (_version_of(newest.key) if newest else 0) != expected_version:
                     raise _conflict(expected_version)

@@ -416,8 +416,9 @@ class SqlStateStore:
         await self._engine.dispose()
 
     @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction whose driver errors become ours, naming the database."""
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction whose driver errors become ours, naming the database (also for the
+        adapters that keep their own rows in this database, e.g. the settings table's)."""
         try:
             async with self._engine.begin() as connection:
                 yield connection
@@ -453,7 +454,7 @@ class SqlStateStore:
 
     async def create_tenant(self, name: str, tenant_id: str | None = None) -> Tenant:
         tenant = TenantRow(tenant_id=tenant_id or _new_id(), name=name, created_at=utcnow())
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             await connection.execute(
                 insert(TenantRow).values(
                     tenant_id=tenant.tenant_id, name=name, created_at=tenant.created_at
@@ -462,7 +463,7 @@ class SqlStateStore:
         return Tenant(tenant_id=tenant.tenant_id, name=name, created_at=tenant.created_at)
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(select(TenantRow).where(TenantRow.tenant_id == tenant_id))
             ).one_or_none()
@@ -481,7 +482,7 @@ class SqlStateStore:
             key_hash=hash_api_key(secret),
             created_at=utcnow(),
         )
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             await self._require_tenant(connection, tenant_id)
             await connection.execute(
                 insert(ApiKeyRow).values(
@@ -497,7 +498,7 @@ class SqlStateStore:
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The live key whose secret this is, or None."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     select(ApiKeyRow).where(
@@ -512,7 +513,7 @@ class SqlStateStore:
         query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
         if tenant_id is not None:
             query = query.where(ApiKeyRow.tenant_id == tenant_id)
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             rows = (await connection.execute(query)).all()
         return [_api_key(row) for row in rows]
 
@@ -521,7 +522,7 @@ class SqlStateStore:
         conditions = [ApiKeyRow.key_id == key_id, ApiKeyRow.revoked_at.is_(None)]
         if tenant_id is not None:
             conditions.append(ApiKeyRow.tenant_id == tenant_id)
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             result = await connection.execute(
                 update(ApiKeyRow).where(*conditions).values(revoked_at=utcnow())
             )
@@ -543,7 +544,7 @@ class SqlStateStore:
         """Create a session and record ``session.created`` in the same transaction."""
         now = utcnow()
         session_id = _new_id()
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             await self._require_tenant(connection, tenant_id)
             await connection.execute(
                 insert(SessionRow).values(
@@ -568,7 +569,7 @@ class SqlStateStore:
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session:
         """The session, if it belongs to ``tenant_id`` (another tenant's session is not found)."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     select(SessionRow).where(
@@ -592,7 +593,7 @@ class SqlStateStore:
                 | ((SessionRow.created_at == created_at) & (SessionRow.session_id > session_id))
             )
         query = query.order_by(SessionRow.created_at, SessionRow.session_id).limit(limit + 1)
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             rows = (await connection.execute(query)).all()
         items = [_session(row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -619,7 +620,7 @@ class SqlStateStore:
             conditions.append(SessionRow.owner_epoch == epoch)
         if tenant_id is not None:
             conditions.append(SessionRow.tenant_id == tenant_id)
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             locked = (
                 await connection.execute(
                     update(SessionRow)
@@ -706,7 +707,7 @@ class SqlStateStore:
 
     async def claim_session(self, session_id: str, host_id: str) -> int:
         """Make ``host_id`` the owner with a new epoch; every older epoch is fenced off."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             epoch = await connection.scalar(
                 update(SessionRow)
                 .where(SessionRow.session_id == session_id)
@@ -726,7 +727,7 @@ class SqlStateStore:
         Raises:
             NotFoundError: no such session.
         """
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     update(SessionRow)
@@ -753,7 +754,7 @@ class SqlStateStore:
 
     async def release_session(self, session_id: str, epoch: int) -> bool:
         """Give up ownership if still the owner (passivation); True if released."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             result = await connection.execute(
                 update(SessionRow)
                 .where(SessionRow.session_id == session_id, SessionRow.owner_epoch == epoch)
@@ -774,7 +775,7 @@ class SqlStateStore:
             query = query.order_by(MessageRow.position.desc()).limit(limit)
         else:
             query = query.order_by(MessageRow.position)
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             rows = list((await connection.execute(query)).all())
         if limit is not None:
             rows.reverse()
@@ -794,7 +795,7 @@ class SqlStateStore:
             .order_by(EventRow.seq)
             .limit(limit)
         )
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             payloads = (await connection.execute(query)).scalars().all()
         return [ev.load_event(payload) for payload in payloads]
 
@@ -805,7 +806,7 @@ class SqlStateStore:
     ) -> str:
         """Store a file a tool produced for a session's turn; returns its id."""
         attachment_id = _new_id()
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             await connection.execute(
                 insert(AttachmentRow).values(
                     attachment_id=attachment_id,
@@ -828,7 +829,7 @@ class SqlStateStore:
         Raises:
             NotFoundError: no such attachment in that tenant's session.
         """
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     select(AttachmentRow.media_type, AttachmentRow.data).where(
@@ -843,7 +844,7 @@ class SqlStateStore:
         return str(row.media_type), bytes(row.data)
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn:
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     select(TurnRow).where(
@@ -861,12 +862,12 @@ class SqlStateStore:
 
     async def open_turns_with_prompts(self, session_id: str) -> list[tuple[Turn, str]]:
         """Like :meth:`open_turns`, each with the content of the user message that started it."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             rows = (await connection.execute(_open_turns_query(session_id))).all()
         return [(_turn(row), row.prompt) for row in rows]
 
     async def get_message(self, tenant_id: str, message_id: str) -> Message:
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             row = (
                 await connection.execute(
                     select(MessageRow).where(
@@ -889,7 +890,7 @@ class SqlStateStore:
             )
             .distinct()
         )
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             return list((await connection.execute(query)).scalars().all())
 
     # -- outbox ---------------------------------------------------------------------------------
@@ -908,7 +909,7 @@ class SqlStateStore:
             .order_by(EventRow.position)
             .limit(limit)
         )
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             rows = (await connection.execute(query)).all()
         return [
             OutboxRecord(
@@ -924,7 +925,7 @@ class SqlStateStore:
     async def mark_published(self, positions: Sequence[int]) -> None:
         if not positions:
             return
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             for start in range(0, len(positions), 500):
                 chunk = list(positions[start : start + 500])
                 await connection.execute(
@@ -935,7 +936,7 @@ class SqlStateStore:
 
     async def outbox_lag(self) -> int:
         """How many committed events wait for the relay."""
-        async with self._begin() as connection:
+        async with self.transaction() as connection:
             count = await connection.scalar(
                 select(func.count()).select_from(EventRow).where(EventRow.published_at.is_(None))
             )
