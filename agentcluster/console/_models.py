@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from agentcluster.runtime import HostStats
+
 __all__ = ["BreakerOut", "BreakerState", "ClusterOut", "HostOut", "PoolOut", "WhoAmI"]
 
 BreakerState = Literal["closed", "half-open", "open"]
@@ -23,13 +25,8 @@ class WhoAmI(_Out):
     key_id: str | None = None
 
 
-class HostOut(_Out):
-    host_id: str
-    active_sessions: int
-    running_turns: int
-    subscribers: int
-    activations: int
-    passivations: int
+HostOut = HostStats
+"""A session host as the console shows it: its own stats, as they are."""
 
 
 class PoolOut(_Out):

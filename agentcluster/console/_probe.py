@@ -117,7 +117,7 @@ class RayClusterProbe:
         if not isinstance(self._router, _HostLoads):
             return []  # not a Ray router (e.g. an in-process runtime): no hosts to show
         loads = await self._router.host_loads()
-        return [HostOut(**stats.model_dump()) for stats in loads]
+        return list(loads)
 
     async def pools(self) -> list[PoolOut]:
         from actors.pool import ActorPool  # the Ray edge, imported when used

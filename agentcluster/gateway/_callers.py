@@ -8,7 +8,15 @@ from fastapi import Depends, Header, Request
 from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
 
-__all__ = ["CallerDep", "ServiceDep", "bearer_token", "request_caller", "request_service"]
+__all__ = [
+    "AdminDep",
+    "CallerDep",
+    "ServiceDep",
+    "bearer_token",
+    "request_admin",
+    "request_caller",
+    "request_service",
+]
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -44,3 +52,11 @@ async def request_caller(
 
 
 CallerDep = Annotated[Caller, Depends(request_caller)]
+
+
+async def request_admin(caller: CallerDep) -> Caller:
+    caller.require_admin()  # a dependency: 401/403 come before any complaint about the body
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(request_admin)]

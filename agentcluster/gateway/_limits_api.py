@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Path
 
 from agentcluster.errors import DependencyUnavailable
-from agentcluster.gateway._callers import CallerDep, ServiceDep
-from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._callers import AdminDep, ServiceDep
+from agentcluster.gateway._service import GatewayService
 from agentcluster.limits import LimitOverrides, TenantLimitsOut, TenantLimitsService
 
 __all__ = ["include_limits_api", "limits_router"]
@@ -29,13 +29,7 @@ async def _limits(service: ServiceDep) -> TenantLimitsService:
     return service.limits
 
 
-async def _require_admin(caller: CallerDep) -> Caller:
-    caller.require_admin()  # a dependency: 401/403 come before any complaint about the body
-    return caller
-
-
 LimitsDep = Annotated[TenantLimitsService, Depends(_limits)]
-AdminDep = Annotated[Caller, Depends(_require_admin)]
 
 limits_router = APIRouter(prefix="/v1/tenants/{tenant_id}/limits", tags=["limits"])
 

@@ -9,21 +9,19 @@ like the rest of the API: 401/403 for a missing or non-admin key (checked before
 
 The app's lifespan opens the :class:`~agentcluster.providers.ProviderService` with
 :func:`start_settings_api`; :func:`include_settings_api` adds the routes. Callers are
-authenticated by ``app.state.service`` (the gateway's ``GatewayService``, or anything with the
-same ``authenticate``).
+authenticated like every route of the gateway (``_callers.AdminDep``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Annotated, Protocol
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 
 from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
-from agentcluster.gateway._callers import bearer_token
-from agentcluster.gateway._service import Caller
+from agentcluster.gateway._callers import AdminDep
 from agentcluster.providers import (
     Probe,
     ProviderService,
@@ -39,19 +37,6 @@ from agentcluster.store import SqlStateStore
 __all__ = ["include_settings_api", "settings_router", "start_settings_api", "stop_settings_api"]
 
 
-class Authenticator(Protocol):
-    """Who is behind a bearer token (the gateway's ``GatewayService.authenticate``)."""
-
-    async def authenticate(self, token: str | None) -> Caller: ...
-
-
-async def _admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    authenticator: Authenticator = request.app.state.service
-    caller = await authenticator.authenticate(bearer_token(authorization))
-    caller.require_admin()
-    return caller
-
-
 def _providers(request: Request) -> ProviderService:
     providers: ProviderService | None = getattr(request.app.state, "providers", None)
     if providers is None:
@@ -59,7 +44,6 @@ def _providers(request: Request) -> ProviderService:
     return providers
 
 
-AdminDep = Annotated[Caller, Depends(_admin)]
 ProvidersDep = Annotated[ProviderService, Depends(_providers)]
 ProviderName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
