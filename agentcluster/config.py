@@ -363,6 +363,13 @@ class LimitSettings(BaseSettings):
     """LLM tokens (prompt + completion) per tenant per UTC day."""
     cost_per_day_usd: float = Field(default=0.0, ge=0, le=10**7)
     """LLM cost (LiteLLM's price of the usage) per tenant per UTC day, in US dollars."""
+    max_open_streams: int = Field(default=16, ge=0, le=100_000)
+    """Streams and waits a tenant may hold open at once (SSE event streams, streamed turns,
+    ``?wait=true``, the MCP ``send_message``): past it HTTP 429 ``too-many-streams`` at once.
+    Keep it below the gateway's ``max_ongoing_requests`` so no tenant can fill a replica."""
+    stream_lease_s: float = Field(default=30.0, ge=3, le=3600)
+    """Expiry of an open stream's slot in Redis, renewed every third of it while the stream is
+    open: the slots of a replica that died are free again after at most this long."""
     refresh_s: float = Field(default=5.0, ge=0, le=3600)
     """How long a process reuses a tenant's limits before reading its overrides again."""
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)

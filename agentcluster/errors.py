@@ -6,11 +6,13 @@ Hierarchy::
     ├── ConfigError                    bad or missing configuration (names the variable); terminal
     │   └── SecretKeyError             the Fernet key cannot decrypt the stored provider secrets
     ├── UserError                      the caller's request is wrong; terminal; maps to 4xx
+    │   ├── Forbidden                  403: denied (by the policy, for one)
     │   ├── NotFoundError              404: no such session/key/agent *for this tenant*
     │   ├── ConflictError              409: state does not allow it (closed session, ...)
     │   ├── ValidationFailed           422: well-formed but invalid input
     │   └── RateLimited                429: over the tenant's request rate; retryable after
-    │                                  ``retry_after`` seconds
+    │       │                          ``retry_after`` seconds
+    │       └── TooManyStreams         429: the tenant holds its most open streams and waits
     ├── ToolError                      "tell the model": returned to the LLM as a tool result
     ├── InfrastructureError            a dependency failed; ``dependency`` names it
     │   └── DependencyUnavailable      unreachable (refused, timed out); retryable
@@ -30,12 +32,14 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DependencyUnavailable",
+    "Forbidden",
     "InfrastructureError",
     "NotFoundError",
     "RateLimited",
     "SecretKeyError",
     "StaleEpochError",
     "TerminalFailure",
+    "TooManyStreams",
     "ToolError",
     "UserError",
     "ValidationFailed",
@@ -89,6 +93,13 @@ class UserError(AgentClusterError):
     problem_type: str = "bad-request"
 
 
+class Forbidden(UserError):
+    """The caller may not do this (e.g. the policy denied the action); the message says why."""
+
+    status = 403
+    problem_type = "forbidden"
+
+
 class NotFoundError(UserError):
     """The thing does not exist for this tenant."""
 
@@ -137,6 +148,23 @@ class RateLimited(UserError):
         self.retry_after = retry_after
         self.limit = limit
         self.window_s = window_s
+
+
+class TooManyStreams(RateLimited):
+    """The tenant already holds its most concurrently open streams and waits (SSE streams,
+    streamed turns, waits for a turn's answer); one may open when another closes.
+
+    ``limit`` stays None (it is not a request rate); ``max_open_streams`` is the limit.
+    """
+
+    problem_type = "too-many-streams"
+
+    def __init__(
+        self, message: str, *, retry_after: float, max_open_streams: int, open_streams: int
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.max_open_streams = max_open_streams
+        self.open_streams = open_streams
 
 
 class ToolError(AgentClusterError):
