@@ -410,6 +410,22 @@ class ToolSettings(BaseSettings):
     python_cpu_s: int = Field(default=10, ge=1, le=3600)
     python_memory_mb: int = Field(default=512, ge=16, le=65_536)
     python_wall_s: float = Field(default=30.0, gt=0, le=3600)
+    python_max_processes: int = Field(default=64, ge=4, le=4096)
+    python_tmp_mb: int = Field(default=64, ge=1, le=65_536)
+    python_sandbox: Literal["bwrap", "unsafe-single-tenant"] = "bwrap"
+    """``bwrap``: every python_exec in a bubblewrap sandbox, refused where it cannot be built.
+    ``unsafe-single-tenant``: a plain subprocess of the actor's user that can read what that
+    user can (development on a single-tenant machine only; warned about at every start)."""
+    sandbox_bwrap: Path = Path("/usr/bin/bwrap")
+    sandbox_python: Path = Path("/usr/bin/python3")
+    sandbox_packages: list[Path] = Field(default_factory=list)
+    """Directories of Python packages offered read-only to sandboxed code (on its sys.path)."""
+    sandbox_uid: int = Field(default=65534, ge=1, le=2**32 - 2)
+    sandbox_gid: int = Field(default=65534, ge=1, le=2**32 - 2)
+    workspace_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, le=2**40)
+    workspace_max_files: int = Field(default=10_000, ge=1, le=10_000_000)
+    workspace_retention_s: float = Field(default=7 * 86_400.0, gt=0, le=10 * 365 * 86_400)
+    """How long a closed session's workspace is kept before it is removed."""
     fetch_max_bytes: int = Field(default=2_000_000, ge=1024, le=100_000_000)
     fetch_timeout_s: float = Field(default=20.0, gt=0, le=600)
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
@@ -441,6 +457,19 @@ class BrowserSettings(BaseSettings):
     resource: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     """A custom Ray resource each browser actor needs (one unit), e.g. ``browser`` on clusters
     whose browser nodes offer it (cluster/*.yaml); unset: any node."""
+    run_as_uid: int = Field(default=65534, ge=1, le=2**31 - 1)
+    """The unprivileged uid Chromium runs as when the actor runs as root (``nobody``); an actor
+    that is not root runs Chromium as itself."""
+    run_as_gid: int = Field(default=65534, ge=1, le=2**31 - 1)
+    evaluate: Literal["never", "policy"] = "never"
+    """browser_task's ``evaluate`` action (arbitrary JavaScript): ``never`` removes it;
+    ``policy`` offers it when the tenant's policy allows the tool ``browser_evaluate``."""
+    unsafe_no_sandbox: bool = False
+    """UNSAFE for multiple tenants: run Chromium without its sandbox where the kernel refuses
+    it (no user namespaces); without this setting such a browser does not start."""
+    unsafe_no_egress_proxy: bool = False
+    """UNSAFE for multiple tenants: Chromium connects directly, only the URL given to
+    browser_navigate is checked (benchmark baselines only)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> BrowserSettings:
