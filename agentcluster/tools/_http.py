@@ -22,6 +22,7 @@ from agentcluster.errors import ConfigError, ToolError
 from agentcluster.llm._types import ToolSchema
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._ssrf import CheckedTarget, IPAddress, SsrfGuard
+from agentcluster.tools._urls import parse_web_url
 
 __all__ = ["HttpFetchTool", "TransportFactory"]
 
@@ -242,16 +243,15 @@ def _parse_request(arguments: dict[str, Any]) -> _Request:
 
 
 def _parse_url(raw: Any) -> httpx.URL:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ToolError("url must be an absolute http(s) URL such as 'https://example.com/'")
+    # Parsed as a browser would (WHATWG), then handed to httpx in that normalized form: the host
+    # the guard checks is the host httpx connects to, whatever notation the model used.
+    web_url = parse_web_url(raw)
     try:
-        url = httpx.URL(raw.strip())
+        url = httpx.URL(str(web_url))
     except httpx.InvalidURL as exc:
         raise ToolError(f"invalid url {raw!r}: {exc}") from None
-    if url.scheme not in _DEFAULT_PORTS or not url.host:
-        raise ToolError(f"url must be an absolute http or https URL, got {raw!r}")
-    if url.userinfo:
-        raise ToolError("credentials in the URL are not supported; send an Authorization header")
+    if url.raw_host.decode("ascii").lower() != web_url.host or url.userinfo:
+        raise ToolError(f"invalid url {raw!r}: its host is ambiguous")
     return url
 
 
@@ -270,14 +270,7 @@ def _redirect(request: _Request, response: _Response) -> _Request | None:
     location = response.headers.get("location")
     if response.status not in _REDIRECTS or not location:
         return None
-    try:
-        url = request.url.join(location)
-    except httpx.InvalidURL as exc:
-        raise ToolError(
-            f"{request.url} redirected to an invalid location {location!r}: {exc}"
-        ) from None
-    if url.scheme not in _DEFAULT_PORTS:
-        raise ToolError(f"{request.url} redirected to a non-http(s) URL {location!r}")
+    url = _redirect_target(request.url, location)
     method, body = request.method, request.body
     # 303 always, and 301/302 after a POST, turn into a GET without a body (as browsers do).
     if (response.status == 303 and method != "HEAD") or (
@@ -288,6 +281,22 @@ def _redirect(request: _Request, response: _Response) -> _Request | None:
     if _origin(url) != _origin(request.url):
         headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
     return replace(request, method=method, url=url, headers=headers, body=body)
+
+
+def _redirect_target(base: httpx.URL, location: str) -> httpx.URL:
+    # Browsers read "\\" in a Location as "/" ("/\\host" is another host): refuse it, and check
+    # the joined URL as any URL the model gives.
+    if any(ord(char) < 0x20 or char in "\\\x7f" for char in location):
+        raise ToolError(
+            f"{base} redirected to {location!r}, which has a backslash or a control character"
+        )
+    try:
+        return _parse_url(str(base.join(location)))
+    except httpx.InvalidURL as exc:
+        problem = str(exc)
+    except ToolError as exc:
+        problem = exc.message
+    raise ToolError(f"{base} redirected to a refused location {location!r}: {problem}")
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
