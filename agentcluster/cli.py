@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agentcluster import redact
 from agentcluster._cli_chat import Console, run_chat
 from agentcluster._cli_local import LocalFiles, run_down, run_up, serve_pid
 from agentcluster._cli_remote import (
@@ -94,12 +95,7 @@ async def _relay(settings: Settings) -> int:
 
 
 def _config(settings: Settings) -> int:
-    shown = settings.model_dump(mode="json")
-    for section in ("auth", "crypto"):
-        shown[section] = {key: "***" if value else None for key, value in shown[section].items()}
-    if settings.db.dsn:
-        shown["db"]["dsn"] = settings.db.dsn.split("@")[-1]
-    print(json.dumps(shown, indent=2))
+    print(json.dumps(redact.mask_settings(settings), indent=2))
     return 0
 
 
@@ -324,7 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         # The client commands print their own output; INFO logs (every httpx request) would bury it.
         level = settings.log_level if args.command in _SERVER_COMMANDS else "WARNING"
-        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        redact.remember_settings(settings)
+        logging.basicConfig(
+            level=level,
+            format="%(levelname)s %(name)s: %(message)s",
+            handlers=[redact.scrub_handler(logging.StreamHandler())],
+        )
         if "url" in args:
             args.url = resolve_url(args.url, settings)
         return _HANDLERS[args.command](args, settings)

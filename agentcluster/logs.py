@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
+from agentcluster import redact
 from agentcluster.config import Settings
 
 __all__ = ["JsonFormatter", "bind_for_task", "bound", "configure_logging", "current_ids"]
@@ -69,7 +70,8 @@ class JsonFormatter(logging.Formatter):
             **current_ids(),
         }
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            # The text ScrubFilter left (secrets removed), else the traceback as it is.
+            entry["error"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
@@ -85,10 +87,14 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
     """Log our packages (``agentcluster``, ``actors``, ``deployments``) at the configured level as
     JSON (or text, ``SA01_LOG_FORMAT=text``) to ``stream`` (stderr: Ray keeps it per worker).
 
-    Idempotent per process: a second call replaces the handler it installed before.
+    Every line is scrubbed of secrets (:class:`~agentcluster.redact.ScrubFilter`), the settings'
+    own secrets included. Idempotent per process: a second call replaces the handler it installed
+    before.
     """
+    redact.remember_settings(settings)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
+    redact.scrub_handler(handler)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

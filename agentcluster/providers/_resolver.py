@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agentcluster import redact
 from agentcluster.errors import AgentClusterError
 from agentcluster.llm import LLM, DeltaSink, LlmRequest, LlmResult
 from agentcluster.providers._models import AgentModels, StoredSettings, split_reference
@@ -172,6 +173,8 @@ class ProviderResolver:
             )
             for p in stored.providers
         }
+        # Error texts and log lines of this process never show these keys (agentcluster.redact).
+        redact.remember(*(provider.api_key for provider in providers.values()))
         return _Snapshot(version=document.version, providers=providers, agents=dict(stored.agents))
 
 

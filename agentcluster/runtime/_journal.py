@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from agentcluster import events as ev
-from agentcluster import metrics
+from agentcluster import metrics, redact
 from agentcluster.agent import TurnJournal
 from agentcluster.domain import TurnStatus
 from agentcluster.events import Usage
@@ -142,6 +142,12 @@ class StoreJournal(TurnJournal):
     async def tool_completed(
         self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
     ) -> None:
+        if not outcome.ok:  # error texts (a provider's, a library's) may quote a key
+            outcome = outcome.model_copy(
+                update={"error": outcome.error and redact.scrub(outcome.error)}
+            )
+            content = redact.scrub(content)
+
         async def change(writer: SessionWriter) -> None:
             await writer.add_message("tool", content, turn_id=turn_id, tool_call_id=call.id)
             await writer.finish_tool_call(
@@ -188,6 +194,7 @@ class StoreJournal(TurnJournal):
     async def turn_failed(
         self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage
     ) -> None:
+        error = redact.scrub(error)  # LiteLLM's texts may quote the key or the auth header
         await self._finish(
             turn_id,
             "failed",
