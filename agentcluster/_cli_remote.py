@@ -88,11 +88,10 @@ def run_status(client: Client, url: str, out: TextIO) -> int:
     ready = client.ready()
     print(f"ready       {ready.status}", file=out)
     for dependency in ready.dependencies:
-        print(
-            f"  {dependency.name:<11} {dependency.state:<9} {dependency.latency_ms:7.1f} ms  "
-            f"{dependency.detail}".rstrip(),
-            file=out,
-        )
+        # Latency and detail come only with the admin key (status sends it when configured).
+        latency = "" if dependency.latency_ms is None else f"{dependency.latency_ms:7.1f} ms"
+        line = f"  {dependency.name:<11} {dependency.state:<9} {latency:>10}"
+        print(f"{line}  {dependency.detail or ''}".rstrip(), file=out)
     return 0 if ready.status == "ready" else 1
 
 

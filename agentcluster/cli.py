@@ -126,7 +126,8 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     pid = serve_pid(LocalFiles.of(settings))
-    with Client(args.url, timeout=10.0, retries=0) as client:
+    # With the admin key /v1/ready adds each dependency's details; without, names and states.
+    with Client(args.url, settings.auth.admin_key, timeout=10.0, retries=0) as client:
         code = run_status(client, args.url, sys.stdout)
     if pid is not None:
         print(f"local       pid {pid} (started by `agentcluster up`)")

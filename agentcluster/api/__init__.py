@@ -2,6 +2,8 @@
 
 from agentcluster.api._models import (
     MAX_CONTENT_CHARS,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
     AgentList,
     AgentOut,
     CancelIn,
@@ -22,6 +24,8 @@ from agentcluster.api._models import (
     SessionList,
     SessionOut,
     TurnOut,
+    check_metadata,
+    json_depth,
 )
 from agentcluster.api._stream import Delta, Overflow, StreamItem
 
@@ -29,6 +33,8 @@ PROBLEM_BASE = "https://agentcluster.dev/problems/"
 
 __all__ = [
     "MAX_CONTENT_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
     "PROBLEM_BASE",
     "AgentList",
     "AgentOut",
@@ -53,4 +59,6 @@ __all__ = [
     "SessionOut",
     "StreamItem",
     "TurnOut",
+    "check_metadata",
+    "json_depth",
 ]

@@ -6,16 +6,19 @@ OpenAPI schema and the client.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentcluster.domain import ApiKey, Message, Session
 from agentcluster.events import Usage
 
 __all__ = [
     "MAX_CONTENT_CHARS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
     "AgentList",
     "AgentOut",
     "CancelIn",
@@ -36,9 +39,43 @@ __all__ = [
     "SessionList",
     "SessionOut",
     "TurnOut",
+    "check_metadata",
+    "json_depth",
 ]
 
 MAX_CONTENT_CHARS = 32_000
+MAX_METADATA_DEPTH = 16
+"""Nesting levels of session metadata (the object itself is level 1)."""
+MAX_METADATA_BYTES = 16 * 1024
+"""Session metadata serialized as compact UTF-8 JSON."""
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar is 0, ``{}`` and ``[]`` are 1); iterative, so any
+    depth is measured without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Raise ValueError naming the limit when ``metadata`` is too deep, too large or holds a
+    number JSON cannot carry (NaN, Infinity)."""
+    depth = json_depth(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH} levels")
+    try:
+        encoded = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("NaN and Infinity are not JSON numbers") from None
+    size = len(encoded.encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"{size} bytes serialized; the limit is {MAX_METADATA_BYTES} bytes")
 
 
 class _In(BaseModel):
@@ -61,7 +98,17 @@ class Problem(_Out):
 
 class SessionCreateIn(_In):
     agent: str = Field(default="default", min_length=1, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"free-form JSON, at most {MAX_METADATA_DEPTH} levels deep and "
+        f"{MAX_METADATA_BYTES} bytes serialized",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        check_metadata(metadata)
+        return metadata
 
 
 class SessionOut(_Out):
@@ -195,15 +242,21 @@ class KeyList(_Out):
 
 
 class ReadyDependency(_Out):
+    """One dependency's state; ``detail`` (its URL, password masked, or why it is down) and
+    ``latency_ms`` are shown to the admin key only."""
+
     name: str
     state: Literal["up", "down", "embedded"]
-    detail: str = ""
-    latency_ms: float = 0.0
+    detail: str | None = None
+    latency_ms: float | None = None
 
 
 class Ready(_Out):
+    """``checked_at``: when the probe answered ran (a result is reused for up to a second)."""
+
     status: Literal["ready", "degraded"]
     dependencies: list[ReadyDependency]
+    checked_at: datetime | None = None
 
 
 class Health(_Out):
