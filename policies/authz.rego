@@ -114,6 +114,18 @@ _malformed contains "network.allow_public" if {
 	not is_boolean(value)
 }
 
+_malformed contains "network.allow_ports" if {
+	value := setting("network").allow_ports
+	not _port_list(value)
+}
+
+_port_list(value) if {
+	is_array(value)
+	every item in value {
+		_is_port(item)
+	}
+}
+
 _malformed contains "limits.url_schemes" if {
 	value := setting("limits").url_schemes
 	not _string_list(value)
@@ -341,13 +353,33 @@ denials contains msg if {
 	])
 }
 
+denials contains "network target has no port (an integer from 1 to 65535)" if {
+	input.kind == "network"
+	is_object(input.target)
+	not _is_port(object.get(input, ["target", "port"], null))
+}
+
 denials contains msg if {
 	input.kind == "network"
 	is_string(input.target.ip)
 	not _target_allowed
+	not _port_refused
 	msg := concat("", [
 		_target_label, " is blocked: ", _category_text[_category], " are not allowed for tenant ",
 		_tenant_name, "; ", _category_hint[_category],
+	])
+}
+
+denials contains msg if {
+	input.kind == "network"
+	is_string(input.target.ip)
+	not _target_allowed
+	_port_refused
+	msg := concat("", [
+		_target_label, " is blocked: port ", format_int(input.target.port, 10),
+		" of public addresses is not allowed for tenant ", _tenant_name, " (allowed: ",
+		concat(", ", [format_int(port, 10) | some port in _allow_ports]),
+		"); an operator can change network.allow_ports or allowlist the host",
 	])
 }
 
@@ -379,20 +411,34 @@ default _network := {}
 
 _network := setting("network")
 
-_target_allowed if {
+# Ports of public addresses; allowlisted targets (host, CIDR, metadata entry) are reachable on any
+# port: the operator named that destination.
+default _allow_ports := [80, 443]
+
+_allow_ports := _network.allow_ports
+
+_port_refused if {
 	_category == "public"
 	object.get(_network, "allow_public", true) == true
+	_is_port(input.target.port)
+	not input.target.port in _allow_ports
 }
 
 _target_allowed if {
-	not _category in {"public", "metadata"}
+	_category == "public"
+	object.get(_network, "allow_public", true) == true
+	input.target.port in _allow_ports
+}
+
+_target_allowed if {
+	_category != "metadata"
 	_allowlisted
 }
 
 _target_allowed if {
 	_category == "metadata"
 	some entry in object.get(_network, "allow_metadata", [])
-	entry in {input.target.ip, lower(input.target.host)}
+	entry in {input.target.ip, _cidr_ip, lower(input.target.host)}
 }
 
 _allowlisted if {
@@ -402,8 +448,16 @@ _allowlisted if {
 
 _allowlisted if {
 	some cidr in object.get(_network, "allow_cidrs", [])
-	net.cidr_contains(cidr, input.target.ip)
+	net.cidr_contains(cidr, _cidr_ip)
 }
+
+# The address matched against allowlisted CIDRs: an IPv4-mapped address is its IPv4 address (the
+# same host; Go's CIDR matching sees it so, the Wasm builtin does not, so both get the IPv4 text).
+# Other IPv6 forms that carry an IPv4 address need an IPv6 CIDR or a host entry of their own.
+_cidr_ip := v4 if {
+	array.slice(_groups, 0, 6) == [0, 0, 0, 0, 0, 65535]
+	some v4 in _carried_ipv4s
+} else := input.target.ip
 
 # The category is the stricter of what the caller says and what the address is: a caller that
 # labels 127.0.0.1 "public" is still asking for loopback.
@@ -424,40 +478,184 @@ _is_metadata if lower(input.target.host) in metadata_hosts
 
 _is_metadata if input.target.ip in metadata_ips
 
+_is_metadata if {
+	some ip in metadata_ips
+	_ipv6_groups(ip) == _groups
+}
+
+_is_metadata if {
+	some ip in _carried_ipv4s
+	ip in metadata_ips
+}
+
 metadata_hosts := {"metadata.google.internal", "metadata.goog", "metadata"}
 
-metadata_ips := {"169.254.169.254", "fd00:ec2::254", "169.254.170.2"}
+metadata_ips := {"169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200"}
 
-# First matching category wins; metadata is checked before these.
+# First matching category wins; metadata is checked before these. Addresses that carry an IPv4
+# address are classified by it (below), before these ranges.
 ip_ranges := [
 	["loopback", ["127.0.0.0/8", "::1/128"]],
 	["unspecified", ["0.0.0.0/8", "::/128"]],
 	["link_local", ["169.254.0.0/16", "fe80::/10"]],
-	["private", ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]],
+	[
+		"private",
+		["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fec0::/10"],
+	],
 	["multicast", ["224.0.0.0/4", "ff00::/8"]],
 	[
 		"reserved",
 		[
 			"240.0.0.0/4", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",
-			"203.0.113.0/24", "64:ff9b::/96", "100::/64", "2001:db8::/32",
+			"203.0.113.0/24", "2001::/23", "2001:db8::/32", "3fff::/20",
+			# IPv6 outside 2000::/3 (global unicast) and the ranges above.
+			"::/3", "4000::/2", "8000::/2", "c000::/3", "e000::/4", "f000::/5", "f800::/6", "fe00::/9",
 		],
 	],
 ]
 
-_ip_categories contains category if {
+_category_order := ["loopback", "unspecified", "link_local", "private", "multicast", "reserved"]
+
+_ip_category := _carried_category if {
+	count(_carried_ipv4s) > 0
+} else := _plain_category(input.target.ip)
+
+_plain_category(ip) := [c | some c in _category_order; _in_category(c, ip)][0]
+
+_in_category(category, ip) if {
 	some entry in ip_ranges
-	category := entry[0]
+	entry[0] == category
 	some cidr in entry[1]
-	net.cidr_contains(cidr, input.target.ip)
+	net.cidr_contains(cidr, ip)
 }
 
-# IPv4-mapped IPv6 (::ffff:a.b.c.d) is matched as text and comes first: Go's CIDR matching sees the
-# IPv4 address inside, the Wasm builtin does not; callers should unwrap such addresses anyway.
-_ip_category := "reserved" if {
-	startswith(lower(input.target.ip), "::ffff:")
-} else := [c | some c in _category_order; c in _ip_categories][0]
+# ---- IPv6 addresses that carry an IPv4 address are judged by the IPv4 address they carry
+# (as agentcluster.tools._ssrf.embedded_ipv4): IPv4-compatible ::/96 (not :: and ::1),
+# IPv4-mapped ::ffff:0:0/96, IPv4-translated ::ffff:0:0:0/96, NAT64 64:ff9b::/96 and the
+# local-use 64:ff9b:1::/48 (the IPv4 address in the last 32 bits), 6to4 2002::/16 (bits 16-47),
+# Teredo 2001::/32 (server in bits 32-63, client inverted in the last 32 bits; the stricter
+# wins). The text is parsed here into eight 16-bit groups: the Wasm target has no IP builtins.
 
-_category_order := ["loopback", "unspecified", "link_local", "private", "multicast", "reserved"]
+_strictest_first := ["metadata", "loopback", "unspecified", "link_local", "private", "multicast", "reserved", "public"]
+
+_carried_category := [c | some c in _strictest_first; c in _carried_categories][0]
+
+_carried_categories contains _v4_category(ip) if some ip in _carried_ipv4s
+
+_v4_category(ip) := "metadata" if {
+	ip in metadata_ips
+} else := _plain_category(ip) if {
+	_plain_category(ip)
+} else := "public"
+
+_carried_ipv4s contains _v4_text(pair[0], pair[1]) if some pair in _carried_pairs
+
+default _groups := []
+
+_groups := _ipv6_groups(input.target.ip)
+
+_carried_pairs contains [_groups[6], _groups[7]] if _last_32_bits
+
+_carried_pairs contains [_groups[1], _groups[2]] if _groups[0] == 8194 # 0x2002
+
+_carried_pairs contains [_groups[2], _groups[3]] if _teredo
+
+_carried_pairs contains [65535 - _groups[6], 65535 - _groups[7]] if _teredo
+
+_teredo if array.slice(_groups, 0, 2) == [8193, 0] # 2001:0::/32
+
+# ::ffff:0:0/96, ::ffff:0:0:0/96, 64:ff9b::/96, 64:ff9b:1::/48, ::/96 but :: and ::1
+_last_32_bits if array.slice(_groups, 0, 6) == [0, 0, 0, 0, 0, 65535]
+
+_last_32_bits if array.slice(_groups, 0, 6) == [0, 0, 0, 0, 65535, 0]
+
+_last_32_bits if array.slice(_groups, 0, 6) == [100, 65435, 0, 0, 0, 0]
+
+_last_32_bits if array.slice(_groups, 0, 3) == [100, 65435, 1]
+
+_last_32_bits if {
+	array.slice(_groups, 0, 6) == [0, 0, 0, 0, 0, 0]
+	not array.slice(_groups, 6, 8) in {[0, 0], [0, 1]}
+}
+
+_v4_text(high, low) := concat(".", [
+	format_int(bits.rsh(high, 8), 10), format_int(bits.and(high, 255), 10),
+	format_int(bits.rsh(low, 8), 10), format_int(bits.and(low, 255), 10),
+])
+
+# The eight 16-bit groups of an IPv6 address written as text (undefined for anything else).
+_ipv6_groups(ip) := groups if {
+	is_string(ip)
+	contains(ip, ":")
+	not contains(ip, "::")
+	groups := _group_list(lower(ip))
+	count(groups) == 8
+}
+
+_ipv6_groups(ip) := groups if {
+	is_string(ip)
+	halves := split(lower(ip), "::")
+	count(halves) == 2
+	left := _group_list(halves[0])
+	right := _group_list(halves[1])
+	fill := (8 - count(left)) - count(right)
+	fill >= 1
+	groups := array.concat(array.concat(left, [0 | some _ in numbers.range(1, fill)]), right)
+}
+
+_group_list(text) := [] if text == ""
+
+_group_list(text) := groups if {
+	text != ""
+	parts := split(text, ":")
+	last := count(parts) - 1
+	head := [_hex16(part) | some part in array.slice(parts, 0, last)]
+	count(head) == last
+	groups := array.concat(head, _last_groups(parts[last]))
+}
+
+_last_groups(part) := [_hex16(part)] if not contains(part, ".")
+
+_last_groups(part) := [(octets[0] * 256) + octets[1], (octets[2] * 256) + octets[3]] if {
+	parts := split(part, ".")
+	count(parts) == 4
+	octets := [_dec8(p) | some p in parts]
+	count(octets) == 4
+}
+
+_hex16(text) := _digits_value(text, 16) if {
+	count(text) >= 1
+	count(text) <= 4
+}
+
+_dec8(text) := value if {
+	count(text) >= 1
+	count(text) <= 3
+	value := _digits_value(text, 10)
+	value <= 255
+}
+
+_digits_value(text, base) := sum(values) if {
+	indexes := numbers.range(0, count(text) - 1)
+	values := [(_digit_values[substring(text, i, 1)] * _powers[base][(count(text) - 1) - i]) | some i in indexes]
+	every i in indexes {
+		_digit_values[substring(text, i, 1)] < base
+	}
+}
+
+_digit_values := {
+	"0": 0, "1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8, "9": 9,
+	"a": 10, "b": 11, "c": 12, "d": 13, "e": 14, "f": 15,
+}
+
+_powers := {10: [1, 10, 100], 16: [1, 16, 256, 4096]}
+
+_is_port(value) if {
+	is_number(value)
+	value == floor(value)
+	value >= 1
+	value <= 65535
+}
 
 # ---------------------------------------------------------------- API actions
 

@@ -21,6 +21,8 @@ tenants := {
 	},
 	"narrow": {"tools": {"allow": ["browser_*"]}, "network": {"allow_public": false, "allow_hosts": ["docs.test"]}},
 	"broken": {"tools": "not an object"},
+	"ports": {"network": {"allow_ports": [8443]}},
+	"badports": {"network": {"allow_ports": ["80"]}},
 }
 
 tool(tenant, agent, name, arguments) := {
@@ -347,6 +349,118 @@ test_network_target_missing_parts_denied if {
 	not allowed(bad_ip)
 	reason(bad_ip) == "network target ip \"not-an-ip\" is not an IP address"
 	not allowed(net("t0", "x", "fe80::1%eth0", "public"))
+}
+
+# ---------------------------------------------------------------- IPv6 forms carrying an IPv4 address
+
+netp(tenant, host, ip, category, port) := json.patch(net(tenant, host, ip, category), [{"op": "replace", "path": "/target/port", "value": port}])
+
+# [address, the category of the IPv4 address it carries]
+carried_cases := [
+	["::127.0.0.1", "loopback"], # IPv4-compatible ::/96
+	["::7f00:1", "loopback"],
+	["0:0:0:0:0:0:7f00:1", "loopback"],
+	["::0.0.0.1", "loopback"], # that is ::1
+	["::2", "unspecified"],
+	["::a9fe:a9fe", "metadata"],
+	["::e000:1", "multicast"],
+	["::c000:201", "reserved"],
+	["::ffff:127.0.0.1", "loopback"], # IPv4-mapped
+	["::FFFF:7F00:1", "loopback"],
+	["0:0:0:0:0:ffff:7f00:1", "loopback"],
+	["::ffff:0.0.0.0", "unspecified"],
+	["::ffff:a9fe:a9fe", "metadata"],
+	["::ffff:0:7f00:1", "loopback"], # IPv4-translated
+	["64:ff9b::7f00:1", "loopback"], # NAT64
+	["64:ff9b::127.0.0.1", "loopback"],
+	["64:ff9b::a00:1", "private"],
+	["64:ff9b:1::7f00:1", "loopback"], # NAT64 local use
+	["64:ff9b:1:ffff::a9fe:a9fe", "metadata"],
+	["2002:7f00:1::", "loopback"], # 6to4
+	["2002:a9fe:a9fe::1", "metadata"],
+	["2002:c0a8:101:1::1", "private"],
+	["2001:0:808:808::80ff:fffe", "loopback"], # Teredo, client 127.0.0.1
+	["2001:0:7f00:1::f7f7:f7f7", "loopback"], # Teredo, server 127.0.0.1
+	["2001:0:808:808::f5ff:fefe", "private"], # Teredo, client 10.0.1.1
+]
+
+test_ipv6_forms_are_judged_by_the_ipv4_address_they_carry if {
+	every case in carried_cases {
+		d := decide(net("t0", "x.test", case[0], "public"))
+		d.allowed == false
+		contains(d.reason, concat("", ["is blocked: ", authz._category_text[case[1]]]))
+	}
+}
+
+test_ipv6_forms_carrying_a_public_ipv4_address_are_public if {
+	every ip in ["::ffff:8.8.8.8", "64:ff9b::808:808", "64:ff9b:1::808:808", "2002:808:808::1", "2001:0:808:808::f7f7:f7f7"] {
+		reason(net("t0", "x.test", ip, "public")) == concat("", ["http_fetch to x.test (", ip, ") is allowed for tenant t0 (public)"])
+	}
+}
+
+test_plain_ipv6_is_not_unwrapped if {
+	contains(reason(net("t0", "x", "::", "public")), "unspecified addresses")
+	contains(reason(net("t0", "x", "::1", "public")), "loopback addresses")
+	contains(reason(net("t0", "x", "2001:db8::1", "public")), "reserved addresses")
+	contains(reason(net("t0", "x", "5f00::1", "public")), "reserved addresses")
+	contains(reason(net("t0", "x", "fec0::1", "public")), "private network addresses")
+	contains(reason(net("t0", "x", "FD00:EC2:0::254", "public")), "cloud metadata")
+	allowed(net("t0", "x", "2606:4700::1111", "public"))
+}
+
+test_ipv4_mapped_addresses_match_ipv4_allowlists if {
+	allowed(net("t1", "x", "::ffff:127.0.0.1", "loopback"))
+	allowed(net("t1", "x", "::ffff:a9fe:a9fe", "metadata"))
+
+	# Other forms reach the IPv4 host through a translator: an IPv4 CIDR does not open them.
+	not allowed(net("t1", "x", "::127.0.0.1", "loopback"))
+	not allowed(net("t1", "x", "64:ff9b::7f00:1", "loopback"))
+}
+
+# ---------------------------------------------------------------- ports
+
+test_public_addresses_only_on_allowed_ports if {
+	allowed(netp("t0", "example.test", "93.184.216.34", "public", 443))
+	allowed(netp("t0", "example.test", "93.184.216.34", "public", 80))
+	reason(netp("t0", "example.test", "93.184.216.34", "public", 8080)) == "http_fetch to example.test (93.184.216.34) is blocked: port 8080 of public addresses is not allowed for tenant t0 (allowed: 80, 443); an operator can change network.allow_ports or allowlist the host"
+	not allowed(netp("t0", "x.test", "2606:4700::1111", "public", 22))
+	not allowed(netp("t0", "x.test", "::ffff:8.8.8.8", "public", 6379))
+}
+
+test_a_tenant_sets_its_own_ports if {
+	allowed(netp("ports", "x.test", "93.184.216.34", "public", 8443))
+	not allowed(netp("ports", "x.test", "93.184.216.34", "public", 443))
+	contains(reason(netp("ports", "x.test", "93.184.216.34", "public", 443)), "(allowed: 8443)")
+}
+
+test_allowlisted_targets_on_any_port if {
+	allowed(netp("t1", "127.0.0.1", "127.0.0.1", "loopback", 8265))
+	allowed(netp("t1", "wiki.corp.test", "93.184.216.34", "public", 22))
+	allowed(netp("t1", "169.254.169.254", "169.254.169.254", "metadata", 8080))
+	not allowed(netp("t1", "127.0.0.2", "127.0.0.2", "loopback", 80))
+}
+
+test_a_port_denial_is_not_reported_for_other_denials if {
+	r := reason(netp("t0", "x", "10.0.0.1", "private", 8080))
+	contains(r, "private network addresses are not allowed")
+	not contains(r, "port 8080")
+	not allowed(netp("narrow", "example.test", "93.184.216.34", "public", 8080))
+	contains(reason(netp("narrow", "example.test", "93.184.216.34", "public", 8080)), "public addresses are not allowed")
+}
+
+test_network_target_port_must_be_a_port if {
+	every port in ["80", 0, 65536, 80.5, -1, null, true] {
+		d := decide(netp("t1", "127.0.0.1", "127.0.0.1", "loopback", port))
+		d.allowed == false
+		contains(d.reason, "network target has no port (an integer from 1 to 65535)")
+	}
+	no_port := json.remove(net("t0", "x", "93.184.216.34", "public"), ["/target/port"])
+	contains(reason(no_port), "has no port")
+}
+
+test_malformed_allow_ports_deny if {
+	not allowed(netp("badports", "x", "93.184.216.34", "public", 80))
+	contains(reason(netp("badports", "x", "93.184.216.34", "public", 80)), "malformed at network.allow_ports")
 }
 
 # ---------------------------------------------------------------- API actions

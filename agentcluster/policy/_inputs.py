@@ -63,7 +63,8 @@ def network_input(
     category: NetworkCategory,
     tool: str = "http_fetch",
 ) -> dict[str, Any]:
-    """The policy input for one network target (``host`` as written, ``ip`` as resolved)."""
+    """The policy input for one network target (``host`` as written, ``ip`` as resolved, ``port``
+    the one connected to: the shipped policy allows public addresses on its ``allow_ports``)."""
     return {
         "kind": "network",
         "tenant": tenant_id,
@@ -84,8 +85,9 @@ def classify_address(ip: str) -> NetworkCategory:
     """The network category of an IP address, as the policy's ``target.category`` expects it:
     the SSRF guard's classification (one definition; see ``agentcluster.tools._ssrf``).
 
-    Addresses that carry an IPv4 address (``::ffff:a.b.c.d``, NAT64, 6to4) are classified by it;
-    send that address as ``ip`` too (the policy treats ``::ffff:`` text as reserved).
+    IPv6 addresses that carry an IPv4 address (IPv4-compatible, -mapped and -translated, NAT64,
+    6to4, Teredo) get the category of the IPv4 address they carry, as the policy computes it from
+    ``ip`` itself; an IPv4-mapped address is best sent in its IPv4 form (the guard does).
 
     Raises:
         ValueError: ``ip`` is not an IP address.

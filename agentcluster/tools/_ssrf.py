@@ -8,16 +8,21 @@ lookup, so a name cannot be re-pointed at an internal address in between: DNS re
 Categories, most specific first::
 
     metadata     cloud instance metadata: 169.254.169.254, fd00:ec2::254, metadata.google.internal
-    unspecified  0.0.0.0, ::
+    unspecified  0.0.0.0/8, ::
     loopback     127.0.0.0/8, ::1
     link_local   169.254.0.0/16, fe80::/10
-    private      RFC 1918, CGNAT 100.64.0.0/10, ULA fc00::/7
+    private      RFC 1918, CGNAT 100.64.0.0/10, ULA fc00::/7, site-local fec0::/10
     multicast    224.0.0.0/4, ff00::/8
-    reserved     everything else that is not globally routable (documentation, benchmarking, ...)
+    reserved     everything else that is not globally routable (documentation, benchmarking,
+                 IETF assignments 192.0.0.0/24 and 2001::/23, IPv6 outside 2000::/3, ...)
     public       the rest
 
-IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:127.0.0.1``, NAT64
-``64:ff9b::/96``, 6to4 ``2002::/16``) are classified as the IPv4 address they carry.
+IPv6 addresses that carry an IPv4 address are judged by the IPv4 address they carry
+(:func:`embedded_ipv4`): IPv4-compatible ``::/96`` (``::127.0.0.1``; not ``::`` and ``::1``),
+IPv4-mapped ``::ffff:0:0/96``, IPv4-translated ``::ffff:0:0:0/96``, NAT64 ``64:ff9b::/96`` and
+the local-use ``64:ff9b:1::/48`` (the IPv4 in the last 32 bits), 6to4 ``2002::/16`` (bits
+16-47), and Teredo ``2001::/32``, judged by the stricter of its server and (obfuscated) client
+address. A zone id (``fe80::1%eth0``) is not part of the address and is dropped first.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from agentcluster.errors import ConfigError, ToolError
 from agentcluster.tools._base import PolicyDecision
 
 __all__ = [
+    "DEFAULT_ALLOW_PORTS",
     "METADATA_HOSTS",
     "AddressCategory",
     "CheckedTarget",
@@ -44,6 +50,7 @@ __all__ = [
     "SystemResolver",
     "classify_address",
     "classify_target",
+    "embedded_ipv4",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -74,22 +81,80 @@ METADATA_HOSTS: frozenset[str] = frozenset(
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _ULA = ipaddress.ip_network("fc00::/7")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _RFC1918 = tuple(
     ipaddress.ip_network(cidr) for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+# Not globally routable, yet ``is_global`` in some Python versions.
+_RESERVED = tuple(ipaddress.ip_network(cidr) for cidr in ("192.0.0.0/24", "2001::/23", "3fff::/20"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_LAST_32_BITS = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
+_STRICTEST_FIRST: tuple[AddressCategory, ...] = (
+    "metadata",
+    "loopback",
+    "unspecified",
+    "link_local",
+    "private",
+    "multicast",
+    "reserved",
+    "public",
 )
 
 
 def classify_address(address: IPAddress | str) -> AddressCategory:
     """The category of one IP address (see the module docstring for the table).
 
+    An IPv6 address that carries IPv4 addresses gets the strictest of their categories.
+
     Raises:
         ValueError: ``address`` is a string that is not an IP address.
     """
-    ip = _unwrap(ipaddress.ip_address(address) if isinstance(address, str) else address)
+    ip = _without_zone(ipaddress.ip_address(address) if isinstance(address, str) else address)
+    carried = embedded_ipv4(ip)
+    if carried:
+        return min((_classify_plain(v4) for v4 in carried), key=_STRICTEST_FIRST.index)
+    return _classify_plain(ip)
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries (see the module docstring); () if none.
+
+    Teredo gives two: the server's and the client's (its bits inverted, as Teredo stores it).
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return ()
+    ip = _without_zone(address)
+    value = int(ip)
+    if any(ip in network for network in _LAST_32_BITS):
+        return (ipaddress.IPv4Address(value & 0xFFFFFFFF),)
+    if ip in _IPV4_COMPATIBLE and value > 1:
+        return (ipaddress.IPv4Address(value),)
+    if ip in _SIX_TO_FOUR:
+        return (ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF),)
+    if ip in _TEREDO:
+        server = ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF)
+        return server, ipaddress.IPv4Address(~value & 0xFFFFFFFF)
+    return ()
+
+
+def _without_zone(ip: IPAddress) -> IPAddress:
+    # ipaddress keeps "%eth0" in equality and hashing: fd00:ec2::254%eth0 would miss the
+    # metadata set. The zone only picks an interface; the address is the same.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return ipaddress.IPv6Address(int(ip))
+    return ip
+
+
+def _classify_plain(ip: IPAddress) -> AddressCategory:
     if ip in METADATA_ADDRESSES:
         return "metadata"
-    if ip.is_unspecified:
+    if ip.is_unspecified or ip in _THIS_NETWORK:
         return "unspecified"
     if ip.is_loopback:
         return "loopback"
@@ -99,26 +164,15 @@ def classify_address(address: IPAddress | str) -> AddressCategory:
         return "private"
     if ip.is_multicast:
         return "multicast"
-    if not ip.is_global:
+    if not ip.is_global or ip.is_reserved or any(ip in network for network in _RESERVED):
         return "reserved"
     return "public"
-
-
-def _unwrap(ip: IPAddress) -> IPAddress:
-    # IPv6 forms that carry an IPv4 address a gateway may deliver to: judge the IPv4 address.
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return ip
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour or ip
 
 
 def _is_private(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv4Address):
         return ip in _CGNAT or any(ip in network for network in _RFC1918)
-    return ip in _ULA
+    return ip in _ULA or ip in _SITE_LOCAL
 
 
 def classify_target(host: str, ip: IPAddress) -> AddressCategory:
@@ -180,27 +234,40 @@ class NetworkPolicy(Protocol):
     ) -> PolicyDecision: ...
 
 
-class DefaultNetworkPolicy:
-    """Public addresses allowed; everything else denied unless allowlisted.
+DEFAULT_ALLOW_PORTS: tuple[int, ...] = (80, 443)
+"""Ports of public addresses a tool may connect to unless configured otherwise (as the policy)."""
 
-    Used when no policy engine is configured, and by tests. An allowlisted host or CIDR opens
-    non-public addresses, except metadata endpoints: those need their own explicit entry (the
-    metadata host name, or a CIDR that names the metadata address itself, such as
-    ``169.254.169.254/32``), so allowing ``169.254.0.0/16`` does not open instance credentials.
+
+class DefaultNetworkPolicy:
+    """Public addresses on ports 80 and 443 allowed; everything else denied unless allowlisted.
+
+    Used when no policy engine is configured, and by tests; it decides as the shipped Rego policy
+    with its default data does. An allowlisted host or CIDR opens what it names on every port
+    (the operator named that destination), except metadata endpoints: those need their own
+    explicit entry (the metadata host name, or a CIDR that names the metadata address itself,
+    such as ``169.254.169.254/32``), so allowing ``169.254.0.0/16`` does not open instance
+    credentials.
 
     Args:
         allow_hosts: host names (case-insensitive, exact match) allowed whatever they resolve to.
         allow_cidrs: networks such as ``"127.0.0.1/32"`` or ``"10.0.0.0/8"`` that are allowed.
+        allow_ports: the ports public addresses may be reached on.
 
     Raises:
-        ConfigError: a CIDR does not parse.
+        ConfigError: a CIDR does not parse, or a port is not 1-65535.
     """
 
     engine = "default-network"
 
-    def __init__(self, allow_hosts: Iterable[str] = (), allow_cidrs: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        allow_hosts: Iterable[str] = (),
+        allow_cidrs: Iterable[str] = (),
+        allow_ports: Iterable[int] = DEFAULT_ALLOW_PORTS,
+    ) -> None:
         self._hosts = frozenset(_normalize_host(host) for host in allow_hosts)
         self._networks = tuple(_network(cidr) for cidr in allow_cidrs)
+        self._ports = tuple(_port(port) for port in allow_ports)
 
     async def decide_network(
         self,
@@ -214,19 +281,34 @@ class DefaultNetworkPolicy:
         port: int,
         category: AddressCategory,
     ) -> PolicyDecision:
-        """Allow public addresses and allowlisted ones; deny the rest with the category."""
-        if category == "public":
+        """Allow public addresses on the allowed ports and allowlisted targets; deny the rest."""
+        if category == "public" and port in self._ports:
             return self._decide(True, "public address")
+        allowlisted = self._allowlisted(host, ip, category)
+        if allowlisted is not None:
+            return self._decide(True, allowlisted)
+        if category == "public":
+            ports = ", ".join(str(p) for p in self._ports) or "none"
+            return self._decide(False, f"port {port} of public addresses is not allowed ({ports})")
+        return self._decide(False, f"{category} address {ip} is not allowlisted")
+
+    def _allowlisted(self, host: str, ip: str, category: AddressCategory) -> str | None:
         if _normalize_host(host) in self._hosts:
-            return self._decide(True, f"host {host} is allowlisted")
-        address = ipaddress.ip_address(ip)
+            return f"host {host} is allowlisted"
+        address = _without_zone(ipaddress.ip_address(ip))
         for network in self._networks:
             if address in network and (category != "metadata" or address in _exact(network)):
-                return self._decide(True, f"{ip} is in allowlisted network {network}")
-        return self._decide(False, f"{category} address {ip} is not allowlisted")
+                return f"{ip} is in allowlisted network {network}"
+        return None
 
     def _decide(self, allowed: bool, reason: str) -> PolicyDecision:
         return PolicyDecision(allowed=allowed, reason=reason, engine=self.engine)
+
+
+def _port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"allow_ports: {port!r} is not a port (an integer from 1 to 65535)")
+    return port
 
 
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -316,6 +398,6 @@ class SsrfGuard:
 
 def _ip_literal(host: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return _without_zone(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         return None

@@ -70,7 +70,12 @@ def tool(tenant: str, agent: str, name: str, **arguments: Any) -> dict[str, Any]
 
 
 def net(
-    tenant: str, host: str, ip: str, category: NetworkCategory, scheme: str = "https"
+    tenant: str,
+    host: str,
+    ip: str,
+    category: NetworkCategory,
+    scheme: str = "https",
+    port: int = 443,
 ) -> dict[str, Any]:
     return network_input(
         tenant_id=tenant,
@@ -78,7 +83,7 @@ def net(
         scheme=scheme,
         host=host,
         ip=ip,
-        port=443,
+        port=port,
         category=category,
     )
 
@@ -130,7 +135,23 @@ ROWS = [
         "metadata by name", net(D, "metadata.google.internal", "93.184.216.34", "public"), False, ""
     ),
     Row("mislabelled", net(D, "x.test", "127.0.0.1", "public"), False, "loopback addresses"),
-    Row("v4-mapped", net(D, "x.test", "::ffff:127.0.0.1", "public"), False, "reserved"),
+    Row("v4-mapped", net(D, "x.test", "::ffff:127.0.0.1", "public"), False, "loopback addr"),
+    Row("v4-mapped allowlisted", net(T, "x.test", "::ffff:127.0.0.1", "loopback"), True, ""),
+    Row("v4-compatible", net(D, "x.test", "::7f00:1", "public"), False, "loopback addr"),
+    Row("v4-compatible text", net(D, "x.test", "::127.0.0.1", "public"), False, "loopback addr"),
+    Row("v4-translated", net(D, "x.test", "::ffff:0:7f00:1", "public"), False, "loopback addr"),
+    Row("NAT64", net(D, "x.test", "64:ff9b::a9fe:a9fe", "public"), False, "cloud metadata"),
+    Row("NAT64 local", net(D, "x.test", "64:ff9b:1::a00:1", "public"), False, "private net"),
+    Row("NAT64 public", net(D, "x.test", "64:ff9b::808:808", "public"), True, "(public)"),
+    Row("6to4", net(D, "x.test", "2002:7f00:1::", "public"), False, "loopback addr"),
+    Row("Teredo client", net(D, "x.test", "2001:0:808:808::80ff:fffe", "public"), False, "loopb"),
+    Row("Teredo public", net(D, "x.test", "2001:0:808:808::f7f7:f7f7", "public"), True, "public"),
+    Row("not in 2000::/3", net(D, "x.test", "5f00::1", "public"), False, "reserved"),
+    Row("IPv4 CIDR, v6 form", net(T, "x.test", "::7f00:1", "loopback"), False, "loopback"),
+    Row("port 8080 public", net(D, "x.test", "8.8.8.8", "public", port=8080), False, "port 8080"),
+    Row("port 80 public", net(D, "x.test", "8.8.8.8", "public", port=80), True, "(public)"),
+    Row("allowlisted port", net(T, "127.0.0.1", "127.0.0.1", "loopback", port=8265), True, ""),
+    Row("no port", net(D, "x.test", "8.8.8.8", "public", port=0), False, "has no port"),
     Row("not an ip", net(D, "x.test", "not-an-ip", "public"), False, "not an IP address"),
     Row("scheme", net(D, "x.test", "93.184.216.34", "public", "ftp"), False, 'scheme "ftp"'),
     # ---- API actions

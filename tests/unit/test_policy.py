@@ -216,6 +216,99 @@ async def test_wasm_decides_network_targets_with_override_data(wasm: WasmPolicy)
     assert listed.allowed, listed.reason
 
 
+_CATEGORY_TEXT = {
+    "loopback": "loopback addresses",
+    "private": "private network addresses",
+    "link_local": "link-local addresses",
+    "metadata": "cloud metadata endpoints",
+    "reserved": "reserved addresses",
+    "multicast": "multicast addresses",
+    "unspecified": "unspecified addresses",
+}
+
+# Addresses in many notations, the IPv6 forms that carry an IPv4 address among them.
+_ADDRESSES = [
+    "127.0.0.1",
+    "0.1.2.3",
+    "100.100.100.200",
+    "192.0.0.9",
+    "8.8.8.8",
+    "::",
+    "::1",
+    "::2",
+    "::127.0.0.1",
+    "::7f00:1",
+    "0:0:0:0:0:0:7f00:1",
+    "::a9fe:a9fe",
+    "::808:808",
+    "::ffff:127.0.0.1",
+    "::FFFF:7F00:1",
+    "0:0:0:0:0:ffff:a00:1",
+    "::ffff:0:7f00:1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::127.0.0.1",
+    "64:ff9b::808:808",
+    "64:ff9b:1::a9fe:a9fe",
+    "64:ff9b:1:abcd::c0a8:101",
+    "64:ff9b:1::808:808",
+    "2002:7f00:1::",
+    "2002:a9fe:a9fe:1:2:3:4:5",
+    "2002:808:808::",
+    "2001:0:808:808::80ff:fffe",
+    "2001:0:7f00:1::f7f7:f7f7",
+    "2001:0:808:808::f5ff:fefe",
+    "2001:0:808:808::f7f7:f7f7",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "2001:db8::1",
+    "2001:10::1",
+    "3fff::1",
+    "5f00::1",
+    "::1:0:0:1",
+    "fec0::1",
+    "fe80::1",
+    "fc00::1",
+    "fd00:ec2::254",
+    "FD00:EC2:0:0:0:0:0:254",
+    "ff02::1",
+    "2606:4700::1111",
+]
+
+
+@pytest.mark.parametrize("ip", _ADDRESSES)
+async def test_the_rego_policy_classifies_addresses_as_the_guard_does(
+    wasm: WasmPolicy, ip: str
+) -> None:
+    # Labelled "public", so the policy's own classification of the address decides.
+    decision = await wasm.decide_network(
+        tenant_id="unit-t0",
+        agent="support",
+        scheme="http",
+        host="x.test",
+        ip=ip,
+        port=80,
+        category="public",
+    )
+    category = classify_address(ip)
+    if category == "public":
+        assert decision.allowed, decision.reason
+        assert decision.reason.endswith("(public)")
+    else:
+        assert not decision.allowed
+        assert f"is blocked: {_CATEGORY_TEXT[category]} are not allowed" in decision.reason
+
+
+async def test_wasm_decides_ports(wasm: WasmPolicy) -> None:
+    target = {"tenant_id": "unit-t1", "agent": "support", "scheme": "http", "category": "public"}
+    public = await wasm.decide_network(host="x.test", ip="8.8.8.8", port=8080, **target)
+    assert not public.allowed
+    assert "port 8080 of public addresses is not allowed" in public.reason
+    assert (await wasm.decide_network(host="x.test", ip="8.8.8.8", port=443, **target)).allowed
+    listed = await wasm.decide_network(
+        host="127.0.0.1", ip="127.0.0.1", port=8265, **{**target, "category": "loopback"}
+    )
+    assert listed.allowed, listed.reason
+
+
 async def test_wasm_decides_api_actions(wasm: WasmPolicy) -> None:
     assert not (await wasm.decide_action("unit-t0", "keys.manage")).allowed
     assert (await wasm.decide_action("unit-t0", "keys.manage", admin=True)).allowed

@@ -24,6 +24,7 @@ from agentcluster.tools._ssrf import (
     SsrfGuard,
     classify_address,
     classify_target,
+    embedded_ipv4,
 )
 from tests.support.http_server import http_server
 from tests.support.network import Recorder, StaticResolver
@@ -310,3 +311,150 @@ async def test_policies_see_ipv4_mapped_addresses_in_ipv4_form() -> None:
         scheme="http", host="::ffff:127.0.0.1", port=80, tenant_id="t1", agent="a", tool="t"
     )
     assert target.categories == ("loopback",)
+
+
+# ---------------------------------------------------------------- IPv6 forms carrying IPv4
+
+
+@pytest.mark.parametrize(
+    ("address", "category"),
+    [
+        # IPv4-compatible ::/96: Python calls ::7f00:1 global; it carries 127.0.0.1.
+        ("::127.0.0.1", "loopback"),
+        ("::7f00:1", "loopback"),
+        ("0:0:0:0:0:0:7f00:1", "loopback"),
+        ("::0.0.0.1", "loopback"),  # parses to ::1 itself
+        ("::0.0.0.0", "unspecified"),  # parses to :: itself
+        ("::2", "unspecified"),  # 0.0.0.2, "this network"
+        ("::a9fe:a9fe", "metadata"),
+        ("::169.254.1.1", "link_local"),
+        ("::10.0.0.1", "private"),
+        ("::e000:1", "multicast"),
+        ("::c000:201", "reserved"),
+        ("::808:808", "public"),
+        # IPv4-mapped and IPv4-translated (SIIT).
+        ("::FFFF:127.0.0.1", "loopback"),
+        ("0:0:0:0:0:ffff:7f00:1", "loopback"),
+        ("::ffff:0.0.0.0", "unspecified"),
+        ("::ffff:a9fe:a9fe", "metadata"),
+        ("::ffff:0:7f00:1", "loopback"),
+        ("::ffff:0:10.1.2.3", "private"),
+        # NAT64, well-known and local-use (the IPv4 address in the last 32 bits).
+        ("64:ff9b::127.0.0.1", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("64:ff9b::808:808", "public"),
+        ("64:ff9b:1::7f00:1", "loopback"),
+        ("64:ff9b:1:ffff:ffff::a00:1", "private"),
+        ("64:ff9b:1::808:808", "public"),
+        # 6to4: bits 16-47.
+        ("2002:7f00:1::", "loopback"),
+        ("2002:a9fe:a9fe::", "metadata"),
+        ("2002:c0a8:101:1::1", "private"),
+        ("2002:808:808::1", "public"),
+        # Teredo: the stricter of the server (bits 32-63) and the inverted client (last 32).
+        ("2001:0:808:808::80ff:fffe", "loopback"),  # client 127.0.0.1
+        ("2001:0:7f00:1::f7f7:f7f7", "loopback"),  # server 127.0.0.1
+        ("2001:0:808:808::f5ff:fefe", "private"),  # client 10.0.1.1
+        ("2001:0:a9fe:a9fe::f5ff:fefe", "metadata"),  # metadata beats private
+        ("2001:0:808:808::f7f7:f7f7", "public"),  # both 8.8.8.8
+        # Zone ids are dropped: ipaddress keeps them in equality, so a set lookup missed them.
+        ("fd00:ec2::254%eth0", "metadata"),
+        ("::ffff:127.0.0.1%1", "loopback"),
+        ("fe80::1%eth0", "link_local"),
+        # Plain addresses Python calls global (3.11) that nobody routes.
+        ("::1:0:0:1", "reserved"),
+        ("5f00::1", "reserved"),
+        ("3fff::1", "reserved"),
+        ("2001:10::1", "reserved"),
+        ("fec0::1", "private"),
+        ("0.1.2.3", "unspecified"),
+        ("192.0.0.9", "reserved"),
+        ("2606:4700::1111", "public"),
+    ],
+)
+def test_ipv6_forms_are_judged_by_the_ipv4_they_carry(address: str, category: str) -> None:
+    assert classify_address(address) == category
+    assert classify_address(ipaddress.ip_address(address)) == category
+
+
+def test_embedded_ipv4() -> None:
+    def carried(address: str) -> list[str]:
+        return [str(ip) for ip in embedded_ipv4(ipaddress.ip_address(address))]
+
+    assert carried("::7f00:1") == ["127.0.0.1"]
+    assert carried("::") == [] and carried("::1") == []
+    assert carried("64:ff9b:1:2:3:4:c000:201") == ["192.0.2.1"]
+    assert carried("2002:c000:201::") == ["192.0.2.1"]
+    assert carried("2001:0:4136:e378:8000:63bf:3fff:fdd2") == ["65.54.227.120", "192.0.2.45"]
+    assert carried("2606:4700::1111") == [] and carried("127.0.0.1") == []
+
+
+@pytest.mark.parametrize(
+    "host", ["[::127.0.0.1]", "[64:ff9b:1::7f00:1]", "[2002:7f00:1::]", "[::ffff:0:7f00:1]"]
+)
+async def test_http_fetch_denies_ipv6_literals_carrying_loopback(host: str) -> None:
+    # An IPv4 CIDR does not open them: only the IPv4-mapped form is the same host.
+    recorder = Recorder()
+    tool, resolver = _tool(LOOPBACK_ONLY, recorder)
+    with pytest.raises(ToolError, match=r"\(loopback\)"):
+        await _fetch(tool, url=f"http://{host}:8265/")
+    assert recorder.requests == [] and resolver.lookups == []
+
+
+async def test_a_name_resolving_to_an_ipv6_form_of_loopback_is_denied() -> None:
+    recorder = Recorder()
+    tool, _ = _tool(DefaultNetworkPolicy(), recorder, {"sneaky.test": ["::7f00:1"]})
+    with pytest.raises(ToolError, match=r"::7f00:1 \(loopback\)"):
+        await _fetch(tool, url="http://sneaky.test/")
+    assert recorder.requests == []
+
+
+# ---------------------------------------------------------------- ports
+
+
+async def _denial(policy: NetworkPolicy, host: str, ip: str, port: int) -> str | None:
+    decision = await policy.decide_network(
+        tenant_id="t1",
+        agent="a",
+        tool="http_fetch",
+        scheme="http",
+        host=host,
+        ip=ip,
+        port=port,
+        category=classify_target(host, ipaddress.ip_address(ip)),
+    )
+    return None if decision.allowed else decision.reason
+
+
+async def test_public_addresses_only_on_ports_80_and_443_by_default() -> None:
+    policy = DefaultNetworkPolicy()
+    assert await _denial(policy, "example.test", "8.8.8.8", 80) is None
+    assert await _denial(policy, "example.test", "2606:4700::1111", 443) is None
+    reason = await _denial(policy, "example.test", "8.8.8.8", 8080)
+    assert reason == "port 8080 of public addresses is not allowed (80, 443)"
+    assert await _denial(policy, "example.test", "8.8.8.8", 6379) is not None
+
+
+async def test_allowed_ports_are_configurable_and_allowlists_open_every_port() -> None:
+    policy = DefaultNetworkPolicy(
+        allow_hosts=["api.test"], allow_cidrs=["127.0.0.1/32"], allow_ports=[8443]
+    )
+    assert await _denial(policy, "example.test", "8.8.8.8", 8443) is None
+    assert await _denial(policy, "example.test", "8.8.8.8", 443) is not None
+    assert await _denial(policy, "api.test", "8.8.8.8", 22) is None
+    assert await _denial(policy, "127.0.0.1", "127.0.0.1", 8265) is None
+    assert await _denial(policy, "127.0.0.2", "127.0.0.2", 80) is not None
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True, "80"])
+def test_a_bad_port_is_a_config_error(port: Any) -> None:
+    with pytest.raises(ConfigError, match=r"allow_ports: .* is not a port"):
+        DefaultNetworkPolicy(allow_ports=[port])
+
+
+async def test_http_fetch_to_a_public_address_on_another_port_is_denied() -> None:
+    recorder = Recorder()
+    tool, _ = _tool(DefaultNetworkPolicy(), recorder, {"public.test": ["8.8.8.8"]})
+    with pytest.raises(ToolError, match="port 8080 of public addresses is not allowed"):
+        await _fetch(tool, url="http://public.test:8080/")
+    assert recorder.requests == []
