@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from ray.actor import ActorHandle
@@ -25,7 +25,12 @@ from agentcluster.tools import builtin_registry as _builtin_registry
 from agentcluster.tools._files import SessionWorkspaces, file_tools
 from agentcluster.tools._http import HttpFetchTool
 from agentcluster.tools._mcp import McpConfig, McpToolset, load_mcp_config
-from agentcluster.tools._sandbox import Isolation, PythonExecTool, PythonSandbox, SandboxLimits
+from agentcluster.tools._sandbox import (
+    PythonExecTool,
+    PythonSandbox,
+    SandboxLimits,
+    SandboxRuntime,
+)
 from agentcluster.tools._ssrf import NetworkPolicy, Resolver, SsrfGuard
 from agentcluster.tracing import Carrier, SpanKind
 
@@ -52,7 +57,6 @@ class ToolActor:
             the actor; must pickle, e.g. ``functools.partial(DefaultNetworkPolicy, ...)``). By
             default the Rego policy engine chosen by the settings.
         mcp_config: the MCP servers; by default read from ``settings.tools.mcp_config``.
-        sandbox_isolation: python_exec's network isolation (``"auto"`` picks the strongest).
         resolver: DNS for http_fetch; the system resolver by default.
         mcp_ping_after_idle_s: see :class:`~agentcluster.tools._mcp.McpServerConnection`.
 
@@ -66,7 +70,6 @@ class ToolActor:
         *,
         network_policy_factory: NetworkPolicyFactory | None = None,
         mcp_config: McpConfig | None = None,
-        sandbox_isolation: Literal["auto"] | Isolation = "auto",
         resolver: Resolver | None = None,
         mcp_ping_after_idle_s: float = 5.0,
     ) -> None:
@@ -80,7 +83,9 @@ class ToolActor:
             else _engine_from_settings(self._settings)
         )
         workspaces = SessionWorkspaces(self._settings.workspace_root)
-        self._sandbox = PythonSandbox(SandboxLimits.from_settings(tools), sandbox_isolation)
+        self._sandbox = PythonSandbox(
+            SandboxLimits.from_settings(tools), SandboxRuntime.from_settings(tools)
+        )
         self._registry: ToolRegistry = _builtin_registry()
         hosted: list[Tool] = [
             HttpFetchTool.from_settings(tools, SsrfGuard(policy, resolver)),
@@ -106,6 +111,8 @@ class ToolActor:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        # Probe the sandbox at start, so the actor's log says which isolation this node has.
+        await self._sandbox.status()
         for tool in await self._mcp.start():
             self._registry.register(tool)
 
@@ -148,7 +155,7 @@ class ToolActor:
             "actor_pid": os.getpid(),
             "tools": len(self._registry.names()),
             "calls": self._calls,
-            "sandbox_isolation": await self._sandbox.isolation(),
+            "sandbox": (await self._sandbox.status()).to_dict(),
             "mcp": self._mcp.health(),
         }
 

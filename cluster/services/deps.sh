@@ -27,7 +27,7 @@ AC_KAFKA_CONTROLLER_PORT="${AC_KAFKA_CONTROLLER_PORT:-59093}"
 AC_OPA_PORT="${AC_OPA_PORT:-58181}"
 
 HOST=127.0.0.1
-APT_PACKAGES=(postgresql redis-server chromium openssh-server rsync curl)
+APT_PACKAGES=(postgresql redis-server chromium openssh-server rsync curl bubblewrap python3)
 OPA_VERSION=1.22.3
 OPA_MODULE="github.com/open-policy-agent/opa@v$OPA_VERSION"
 OPA_BUILD_TIMEOUT=1200   # seconds; a cold build is a few minutes on 2 cores

@@ -102,7 +102,8 @@ async def test_schemas_list_every_tool(actor: Any) -> None:
 
 async def test_health_reports_tools_isolation_and_mcp(actor: Any) -> None:
     health = await actor.health.remote()
-    assert health["sandbox_isolation"] == "netns"
+    assert health["sandbox"]["isolation"] == "bwrap", health["sandbox"]
+    assert health["sandbox"]["uid"] != 0
     assert health["mcp"]["test"]["connected"] is True
     assert health["tools"] == len(await actor.schemas.remote())
 
