@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from agentcluster.config import Settings
+from agentcluster.datadir import create_private_file, make_private_dir, write_private_text
 
 __all__ = [
     "LocalFiles",
@@ -150,7 +151,8 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def _start_serve(files: LocalFiles) -> subprocess.Popen[bytes]:
-    files.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(files.data_dir)
+    create_private_file(files.log_file)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with files.log_file.open("ab") as log:
         log.write(f"\n--- agentcluster up, {stamp} ---\n".encode())
@@ -163,9 +165,7 @@ def _start_serve(files: LocalFiles) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    temporary = files.pid_file.with_suffix(".pid.tmp")
-    temporary.write_text(f"{process.pid}\n")
-    temporary.replace(files.pid_file)
+    write_private_text(files.pid_file, f"{process.pid}\n")
     return process
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings
+from agentcluster.datadir import secure_data_dir, write_private_text
 from agentcluster.errors import AgentClusterError
 from agentcluster.testing.fake_llm import FakeLLM
 
@@ -47,9 +48,7 @@ async def _demo_api_key(settings: Settings) -> str:
         _key, secret = await store.create_api_key(tenant.tenant_id, "demo")
     finally:
         await store.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
+    write_private_text(path, secret + "\n")
     return secret
 
 
@@ -72,6 +71,7 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
 
     from deployments.gateway import build_gateway
 
+    secure_data_dir(settings)
     settings, demo_url, demo_server = prepare_demo(settings)
     api_key = asyncio.run(_demo_api_key(settings)) if demo_url else None
     ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)

@@ -29,6 +29,7 @@ from typing import Protocol
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from agentcluster.config import Settings
+from agentcluster.datadir import make_private_dir
 from agentcluster.errors import ConfigError, SecretKeyError
 
 __all__ = [
@@ -239,7 +240,7 @@ def write_key_file(path: Path, key: str, *, replace: bool) -> None:
     Without ``replace`` an existing file wins: two processes generating at once end up sharing
     whichever key was linked first.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "wb") as handle:  # mkstemp made it 0600 already

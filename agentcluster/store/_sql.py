@@ -116,7 +116,10 @@ def _make_engine(dsn: str, pool_size: int, connect_timeout_s: float, echo: bool)
     if database and database != ":memory:":
         from pathlib import Path
 
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        from agentcluster.datadir import prepare_sqlite_file
+
+        # 0600 before SQLite opens it: SQLite gives -wal and -shm the database file's mode.
+        prepare_sqlite_file(Path(database))
     engine = create_async_engine(dsn, poolclass=NullPool, echo=echo, connect_args={"timeout": 30})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentcluster.datadir import make_private_dir
 from agentcluster.errors import ToolError
 from agentcluster.llm._types import ToolSchema
 from agentcluster.tools._base import ToolInvocation
@@ -60,9 +61,9 @@ class SessionWorkspaces:
         )
 
     async def open(self, tenant_id: str, session_id: str) -> Path:
-        """The workspace directory of a session, created (mode 0700) if needed."""
+        """The workspace directory of a session, created (mode 0700, parents too) if needed."""
         path = self.path(tenant_id, session_id)
-        await asyncio.to_thread(path.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(make_private_dir, path)
         return path
 
 
