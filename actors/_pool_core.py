@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -25,6 +25,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "MemberFactory",
+    "MemberIsolation",
     "PoolConfig",
     "PoolCore",
     "PoolExhausted",
@@ -113,6 +114,17 @@ class Lease(Generic[M]):
     member: M
 
 
+class MemberIsolation(BaseModel):
+    """What a member last said (in its health answer) about how it isolates untrusted work,
+    e.g. ``{"python_exec": "bwrap; cgroup v1; uid 65534"}``, and the node it runs on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    member: str
+    node: str | None = None
+    layers: dict[str, str]
+
+
 class PoolStats(BaseModel):
     """A snapshot of a pool (also exported as Ray metrics)."""
 
@@ -136,6 +148,7 @@ class PoolStats(BaseModel):
     members_scaled_down: int
     wait_ms_p50: float
     wait_ms_p99: float
+    isolation: list[MemberIsolation] = []
 
 
 class MemberFactory(Protocol[M]):
@@ -150,8 +163,8 @@ class MemberFactory(Protocol[M]):
         """Start a member and return it once it answers ``health()``."""
         ...
 
-    async def check(self, member: M) -> None:
-        """Raise if the member is unhealthy."""
+    async def check(self, member: M) -> Mapping[str, Any] | None:
+        """Raise if the member is unhealthy; else its health answer (or None)."""
         ...
 
     async def reset(self, member: M) -> None:
@@ -186,6 +199,7 @@ class _Member(Generic[M]):
     since: float
     ref: M | None = None
     lease_id: str | None = None
+    isolation: MemberIsolation | None = None
 
 
 @dataclass
@@ -517,12 +531,13 @@ class PoolCore(Generic[M]):
         timeout = self.config.health_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                await self._factory.check(member.ref)
+                health = await self._factory.check(member.ref)
         except TimeoutError:
             return f"health check timed out after {timeout:g} s"
         except Exception as exc:
             # Why broad: any failure to answer health() means the member cannot be trusted.
             return f"health check failed: {_describe(exc)}"
+        member.isolation = _isolation(member.member_id, health)
         return None
 
     # -- background loops and shutdown ---------------------------------------------------------
@@ -595,6 +610,7 @@ class PoolCore(Generic[M]):
             members_scaled_down=counters.scaled_down,
             wait_ms_p50=_quantile(waits, 0.50),
             wait_ms_p99=_quantile(waits, 0.99),
+            isolation=[m.isolation for m in self._members.values() if m.isolation is not None],
         )
 
     def _exhausted(self, waited_s: float) -> PoolExhausted:
@@ -625,3 +641,15 @@ def _quantile(ordered: list[float], q: float) -> float:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _isolation(member_id: str, health: Mapping[str, Any] | None) -> MemberIsolation | None:
+    layers = health.get("isolation") if health else None
+    if not isinstance(layers, Mapping) or not layers:
+        return None
+    node = health.get("node") if health else None
+    return MemberIsolation(
+        member=member_id,
+        node=node if isinstance(node, str) else None,
+        layers={str(key): str(value) for key, value in layers.items()},
+    )

@@ -127,8 +127,9 @@ class RayMemberFactory:
             raise
         return handle
 
-    async def check(self, member: ActorHandle) -> None:
-        await member.health.remote()
+    async def check(self, member: ActorHandle) -> Mapping[str, Any] | None:
+        health = await member.health.remote()
+        return health if isinstance(health, Mapping) else None
 
     async def reset(self, member: ActorHandle) -> None:
         await member.reset.remote()

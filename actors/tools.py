@@ -151,11 +151,14 @@ class ToolActor:
     async def health(self) -> dict[str, Any]:
         """Liveness and what this actor offers: tools, sandbox isolation, MCP servers."""
         await self._ready()
+        status = await self._sandbox.status()
         return {
             "actor_pid": os.getpid(),
             "tools": len(self._registry.names()),
             "calls": self._calls,
-            "sandbox": (await self._sandbox.status()).to_dict(),
+            "sandbox": status.to_dict(),
+            "isolation": {"python_exec": status.summary()},
+            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "mcp": self._mcp.health(),
         }
 

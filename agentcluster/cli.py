@@ -19,6 +19,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -70,7 +71,23 @@ async def _check(settings: Settings) -> int:
     statuses = await probe_all(settings)
     for status in statuses:
         print(f"{status.name:<11} {status.state:<9} {status.latency_ms:7.1f} ms  {status.detail}")
-    return 1 if any(status.state == "down" for status in statuses) else 0
+    sandbox_ready = await _check_sandbox(settings)
+    return 1 if any(status.state == "down" for status in statuses) or not sandbox_ready else 0
+
+
+async def _check_sandbox(settings: Settings) -> bool:
+    # python_exec's isolation on this node, probed the way a tool actor here would.
+    from agentcluster.tools._sandbox import PythonSandbox, SandboxLimits, SandboxRuntime
+
+    tools = settings.tools
+    sandbox = PythonSandbox(SandboxLimits.from_settings(tools), SandboxRuntime.from_settings(tools))
+    started = time.monotonic()
+    status = await sandbox.status()
+    latency_ms = (time.monotonic() - started) * 1000
+    state = "ok" if status.isolation == "bwrap" else status.isolation
+    detail = status.detail if not status.ready else status.summary()
+    print(f"{'python_exec':<11} {state:<9} {latency_ms:7.1f} ms  {detail}")
+    return status.ready
 
 
 async def _relay(settings: Settings) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +41,9 @@ class PoolOut(_Out):
     leases_granted: int
     exhausted: int
     members_failed: int
+    isolation: list[dict[str, Any]] = []
+    """Each member's isolation layers as it last reported them (``member``, ``node``,
+    ``layers``: e.g. ``{"python_exec": "bwrap; cgroup v1; uid 65534"}``)."""
 
 
 class BreakerOut(_Out):

@@ -211,6 +211,12 @@ class SandboxStatus:
         """A JSON-serializable dict of the fields."""
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line: ``bwrap; cgroup v1; uid 65534``, or ``unavailable: <why>``."""
+        if self.isolation == "unavailable":
+            return f"unavailable: {self.detail}"
+        return f"{self.isolation}; cgroup {self.cgroup}; uid {self.uid}"
+
 
 @dataclass(frozen=True)
 class WorkspaceOutcome:
