@@ -34,16 +34,17 @@ from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import CallerDep, ServiceDep
+from agentcluster.gateway._inputs import JsonDepthLimit, parse_event_id
 from agentcluster.gateway._limits_api import include_limits_api
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
+from agentcluster.gateway._ready import include_ready, start_ready, stop_ready
 from agentcluster.gateway._service import GatewayService
 from agentcluster.gateway._settings_api import (
     include_settings_api,
     start_settings_api,
     stop_settings_api,
 )
-from agentcluster.health import probe_all
 from agentcluster.limits import open_tenant_limits
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
@@ -128,15 +129,12 @@ async def _empty() -> AsyncIterator[StreamItem]:
     yield  # an async generator that yields nothing
 
 
-def _parse_after(last_event_id: str | None, after: int | None) -> int:
-    if last_event_id is None:
-        return after or 0
-    value = last_event_id.strip()
-    if not value.isdigit():
-        raise ProblemError(
-            400, "invalid-last-event-id", "Last-Event-ID must be an event seq (an integer >= 0)"
-        )
-    return int(value)
+def _parse_after(last_event_id: str | None, after: str | None) -> int:
+    """The seq a stream resumes after: Last-Event-ID wins over ``?after=``; both are checked
+    (400 ``invalid-last-event-id`` unless ASCII digits of a signed 64-bit seq)."""
+    from_query = parse_event_id(after, "?after=")
+    from_header = parse_event_id(last_event_id)
+    return from_header if from_header is not None else from_query or 0
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -240,7 +238,7 @@ async def stream_events(
     caller: CallerDep,
     service: ServiceDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[str | None, Query(description="resume after this seq")] = None,
 ) -> EventSourceResponse:
     items = await service.events(caller, session_id, _parse_after(last_event_id, after))
     return EventSourceResponse(_sse_stream(items), ping=HEARTBEAT_S)
@@ -295,17 +293,6 @@ system = APIRouter(tags=["system"])
 @system.get("/v1/health", response_model=api.Health)
 async def health() -> api.Health:
     return api.Health()
-
-
-@system.get("/v1/ready", response_model=api.Ready, responses={503: {"model": api.Ready}})
-async def ready(service: ServiceDep) -> JSONResponse:
-    statuses = await probe_all(service.settings)
-    degraded = any(status.state == "down" for status in statuses)
-    body = api.Ready(
-        status="degraded" if degraded else "ready",
-        dependencies=[api.ReadyDependency(**s.model_dump()) for s in statuses],
-    )
-    return _json(body, 503 if degraded else 200)
 
 
 NODE_SCRAPE_TIMEOUT_S = 5.0
@@ -429,6 +416,7 @@ def create_app(
         policy = build_policy_engine(settings)
         limits = open_tenant_limits(settings, runtime.store)
         app.state.service = GatewayService(runtime, settings, profiles, policy, limits)
+        start_ready(app, settings, runtime.store)
         await start_settings_api(app, settings, state_store=runtime.store, known_agents=profiles)
         _register(app.state.service)
         settle_long_lived_objects()
@@ -439,6 +427,7 @@ def create_app(
             await stop_settings_api(app)  # before the runtime: it may share the store's engine
             await limits.aclose()
             await policy.aclose()
+            await stop_ready(app)  # before the runtime: the probe pings the runtime's store
             await runtime.close()
             await tracing.flush_tracing()
 
@@ -450,6 +439,7 @@ def create_app(
     )
     profiles = load_profiles(settings.runtime.agents_dir)
     install_problem_handlers(app)
+    app.add_middleware(JsonDepthLimit)  # inside BodyLimit: it reads bodies BodyLimit bounded
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
@@ -458,6 +448,7 @@ def create_app(
         app.include_router(router)
     include_settings_api(app)
     include_limits_api(app)
+    include_ready(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))

@@ -317,10 +317,13 @@ class GatewayService:
     async def events(
         self, caller: Caller, session_id: str, after: int = 0
     ) -> AsyncIterator[StreamItem]:
-        """Checks the session (404 before any streaming), then returns its event stream."""
+        """Checks the session (404 before any streaming), then returns its event stream. A seq
+        past the session's last event resumes at that event: an empty stream that follows new
+        events (a seq no event can have never reaches the store's queries)."""
         tenant_id = await self.authorize(caller, "session.read")
-        await self.runtime.store.get_session(tenant_id, session_id)
-        return self.runtime.stream(tenant_id, session_id, after_seq=after)
+        session = await self.runtime.store.get_session(tenant_id, session_id)
+        after_seq = min(max(after, 0), session.last_seq)
+        return self.runtime.stream(tenant_id, session_id, after_seq=after_seq)
 
     async def cancel(
         self, caller: Caller, session_id: str, turn_id: str | None = None
