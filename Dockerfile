@@ -10,7 +10,9 @@ FROM rayproject/ray:2.60.0-py311
 
 # Chrome from Google's apt repository: Ubuntu 22.04's `chromium` package is only a shim for the snap,
 # which cannot run in a container. Chrome is Chromium-based and speaks the same DevTools protocol
-# that browser-use drives. Fonts so that pages render text (and screenshots show it).
+# that browser-use drives. Fonts so that pages render text (and screenshots show it). bubblewrap and
+# the system Python 3 (/usr/bin/python3) are python_exec's sandbox and the interpreter user code
+# runs on; user namespaces must be allowed in the container (see docs/security.md).
 USER root
 RUN apt-get update -y \
  && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
@@ -20,6 +22,7 @@ RUN apt-get update -y \
     > /etc/apt/sources.list.d/google-chrome.list \
  && apt-get update -y \
  && apt-get install -y --no-install-recommends google-chrome-stable fonts-liberation fonts-noto-color-emoji \
+    bubblewrap python3-minimal \
  && rm -rf /var/lib/apt/lists/*
 
 USER ray
@@ -50,4 +53,5 @@ ENV LITELLM_LOCAL_MODEL_COST_MAP=True \
 # Fail the build, not the first turn, when a path above is wrong or an import is broken.
 RUN test -d "$TIKTOKEN_CACHE_DIR" \
  && test -x "$SA01_BROWSER_CHROMIUM_PATH" \
+ && test -x /usr/bin/bwrap && test -x /usr/bin/python3 \
  && python -c "import agentcluster, actors, deployments.app, ray; assert ray.__version__ == '2.60.0'"

@@ -54,6 +54,7 @@ ensure_packages() {
   command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
   command -v rsync >/dev/null || missing+=(rsync)
   command -v make >/dev/null || missing+=(make)
+  command -v bwrap >/dev/null || missing+=(bubblewrap)  # python_exec's sandbox
   /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
