@@ -54,6 +54,7 @@ __all__ = [
     "ServerError",
     "Unauthorized",
     "Unavailable",
+    "error_from_problem",
     "error_from_response",
     "invalid_request",
     "protocol_error",
@@ -228,6 +229,20 @@ def error_from_response(response: httpx.Response) -> ApiError:
         instance=problem.instance,
         retryable=True if status in _RETRYABLE_SERVER else None,
     )
+
+
+def error_from_problem(
+    status: int, title: str, problem_type: str, detail: str, retry_after: float | None = None
+) -> ApiError:
+    """The typed exception of a problem the gateway raised in-process (the in-cluster handle
+    gets the same classes as the HTTP clients). ``problem_type`` is the suffix under
+    ``PROBLEM_BASE``."""
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+    uri = PROBLEM_BASE + problem_type
+    if cls is RateLimited:
+        return RateLimited(status, title, type=uri, detail=detail, retry_after=retry_after)
+    retryable = True if status in _RETRYABLE_SERVER else None
+    return cls(status, title, type=uri, detail=detail, retryable=retryable)
 
 
 def invalid_request(error: PydanticValidationError) -> InvalidRequest:

@@ -16,6 +16,20 @@ APP_NAME = "agentcluster"
 DEPLOYMENT = "Gateway"
 
 
+async def _until_closed(stream: Any) -> AsyncIterator[StreamItem]:
+    """The items of a streaming handle call; when the caller stops early (a break, a cancelled
+    task, the iterator closed) the call is cancelled in the replica, which then closes the
+    stream and frees the tenant's stream slot (a stream nobody reads would hold it open)."""
+    finished = False
+    try:
+        async for item in stream:
+            yield item
+        finished = True
+    finally:
+        if not finished:
+            stream.cancel()
+
+
 class HandleClient:
     """Talks to the gateway deployment through a DeploymentHandle, authenticated by an API key."""
 
@@ -70,7 +84,7 @@ class HandleClient:
         stream = self._handle.options(stream=True).stream_turn.remote(
             self._api_key, session_id, body, key
         )
-        async for item in stream:
+        async for item in _until_closed(stream):
             yield item
 
     async def messages(self, session_id: str) -> api.MessageList:
@@ -79,7 +93,7 @@ class HandleClient:
 
     async def events(self, session_id: str, *, after: int = 0) -> AsyncIterator[StreamItem]:
         stream = self._handle.options(stream=True).events.remote(self._api_key, session_id, after)
-        async for item in stream:
+        async for item in _until_closed(stream):
             yield item
 
     async def cancel(self, session_id: str, turn_id: str | None = None) -> api.CancelOut:

@@ -45,6 +45,7 @@ from agentcluster.gateway._settings_api import (
     start_settings_api,
     stop_settings_api,
 )
+from agentcluster.gateway._streams import LeasedEventSource, release_on_error
 from agentcluster.limits import open_tenant_limits
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
@@ -198,9 +199,11 @@ async def send_message(
 ) -> Response:
     key = _idempotency_key(idempotency_key)
     if accept and "text/event-stream" in accept:
-        submission = await service.submit(caller, session_id, body, key, notify=False)
-        items = await _started(service.turn_items(caller, session_id, submission))
-        return EventSourceResponse(_sse_stream(items), ping=HEARTBEAT_S)
+        lease = await service.open_stream(caller)  # before the commit: a 429 leaves nothing
+        async with release_on_error(lease):
+            submission = await service.submit(caller, session_id, body, key, notify=False)
+            items = await _started(service.turn_items(caller, session_id, submission))
+        return LeasedEventSource(_sse_stream(items), lease, ping=HEARTBEAT_S)
     if wait:
         return _json(await service.ask(caller, session_id, body, key))
     submission = await service.submit(caller, session_id, body, key)
@@ -241,7 +244,8 @@ async def stream_events(
     after: Annotated[str | None, Query(description="resume after this seq")] = None,
 ) -> EventSourceResponse:
     items = await service.events(caller, session_id, _parse_after(last_event_id, after))
-    return EventSourceResponse(_sse_stream(items), ping=HEARTBEAT_S)
+    lease = await service.open_stream(caller)  # held until the response ends (429 past it)
+    return LeasedEventSource(_sse_stream(items), lease, ping=HEARTBEAT_S)
 
 
 @sessions.post("/{session_id}/cancel", response_model=api.CancelOut)

@@ -17,7 +17,8 @@ from agentcluster.config import Settings
 from agentcluster.domain import Submission
 from agentcluster.errors import DependencyUnavailable, NotFoundError, ValidationFailed
 from agentcluster.gateway._problems import ProblemError
-from agentcluster.limits import RateDecision, TenantLimitsService
+from agentcluster.gateway._streams import release_shielded
+from agentcluster.limits import RateDecision, StreamLease, TenantLimitsService
 from agentcluster.logs import bind_for_task
 from agentcluster.policy import ApiAction, RegoPolicyEngine
 from agentcluster.runtime import Runtime, StreamItem
@@ -167,6 +168,19 @@ class GatewayService:
             return None
         return await self.limits.admit(caller.tenant_id)
 
+    async def open_stream(self, caller: Caller) -> StreamLease:
+        """One of the tenant's open-stream slots, for a stream or a wait (SSE, streamed turns,
+        ``?wait=true``, MCP ``send_message``, the handle's streams); release it when it closes.
+
+        Raises:
+            TooManyStreams: the tenant holds its ``max_open_streams`` (429 with Retry-After).
+            InfrastructureError: the slots cannot be counted (503).
+        """
+        tenant_id = caller.tenant()
+        if self.limits is None:
+            return StreamLease.unlimited(tenant_id)
+        return await self.limits.open_stream(tenant_id)
+
     async def authorize(self, caller: Caller, action: ApiAction, agent: str | None = None) -> str:
         """Ask the policy whether the caller may do ``action``; returns the caller's tenant.
 
@@ -253,9 +267,15 @@ class GatewayService:
     async def ask(
         self, caller: Caller, session_id: str, body: api.MessageIn, idempotency_key: str | None
     ) -> api.TurnOut:
-        """Send and wait (up to WAIT_TIMEOUT_S) for the turn's outcome."""
-        submission = await self.submit(caller, session_id, body, idempotency_key, notify=False)
-        return await self.wait(caller, session_id, submission)
+        """Send and wait (up to WAIT_TIMEOUT_S) for the turn's outcome, holding one of the
+        tenant's open-stream slots meanwhile (taken before the message is committed: a refused
+        wait leaves nothing behind)."""
+        lease = await self.open_stream(caller)
+        try:
+            submission = await self.submit(caller, session_id, body, idempotency_key, notify=False)
+            return await self.wait(caller, session_id, submission)
+        finally:
+            await release_shielded(lease)
 
     def turn_items(
         self, caller: Caller, session_id: str, submission: Submission

@@ -1,13 +1,13 @@
 """Builds the limits from the settings tree: the one place that picks the adapters (Redis when
-``SA01_REDIS_URL`` is set; else this process's memory for request rates and the state store for
-daily usage). Overrides are kept in the state store in every mode."""
+``SA01_REDIS_URL`` is set; else this process's memory for request rates and open streams and the
+state store for daily usage). Overrides are kept in the state store in every mode."""
 
 from __future__ import annotations
 
 from agentcluster.config import Settings
-from agentcluster.limits._memory import MemoryRateLimiter
+from agentcluster.limits._memory import MemoryRateLimiter, MemoryStreamSlots
 from agentcluster.limits._models import TenantLimits
-from agentcluster.limits._ports import RateLimiter, UsageCounter
+from agentcluster.limits._ports import RateLimiter, StreamSlots, UsageCounter
 from agentcluster.limits._redis import RedisLimiter
 from agentcluster.limits._service import BudgetGuard, LimitsResolver, TenantLimitsService
 from agentcluster.limits._sql import SqlOverridesStore, SqlUsageCounter
@@ -39,8 +39,14 @@ def open_tenant_limits(settings: Settings, state_store: SqlStateStore) -> Tenant
     redis = _redis(settings)
     rate: RateLimiter = redis if redis is not None else MemoryRateLimiter()
     usage: UsageCounter = redis if redis is not None else SqlUsageCounter(state_store)
+    streams: StreamSlots = redis if redis is not None else MemoryStreamSlots()
     return TenantLimitsService(
-        _resolver(settings, state_store), SqlOverridesStore(state_store), rate, usage
+        _resolver(settings, state_store),
+        SqlOverridesStore(state_store),
+        rate,
+        usage,
+        streams=streams,
+        stream_lease_s=settings.limits.stream_lease_s,
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "DailyUsage",
     "LimitOverrides",
     "RateDecision",
+    "StreamDecision",
     "TenantLimits",
     "TenantLimitsOut",
     "UsageToday",
@@ -43,6 +44,7 @@ class TenantLimits(BaseModel):
     requests_per_minute: int = Field(default=0, ge=0)
     tokens_per_day: int = Field(default=0, ge=0)
     cost_per_day_usd: float = Field(default=0.0, ge=0)
+    max_open_streams: int = Field(default=0, ge=0)
 
     @classmethod
     def defaults(cls, settings: LimitSettings) -> TenantLimits:
@@ -51,6 +53,7 @@ class TenantLimits(BaseModel):
             requests_per_minute=settings.requests_per_minute,
             tokens_per_day=settings.tokens_per_day,
             cost_per_day_usd=settings.cost_per_day_usd,
+            max_open_streams=settings.max_open_streams,
         )
 
     @property
@@ -72,6 +75,7 @@ class LimitOverrides(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=0, le=1_000_000)
     tokens_per_day: int | None = Field(default=None, ge=0, le=10**12)
     cost_per_day_usd: float | None = Field(default=None, ge=0, le=10**7)
+    max_open_streams: int | None = Field(default=None, ge=0, le=100_000)
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,16 @@ def next_reset(now: datetime) -> datetime:
 def to_nano_usd(cost_usd: float) -> int:
     """US dollars as integer nano-dollars (rounded)."""
     return round(cost_usd * NANO_USD)
+
+
+@dataclass(frozen=True)
+class StreamDecision:
+    """The answer of :meth:`~agentcluster.limits.StreamSlots.acquire`.
+
+    Attributes:
+        acquired: whether a slot was taken (it is held until released or its lease expires).
+        open_streams: the tenant's open streams, counting this one when acquired.
+    """
+
+    acquired: bool
+    open_streams: int

@@ -8,6 +8,7 @@ port                    embedded default (no ``SA01_REDIS_URL``)    production
 :class:`RateLimiter`    :class:`MemoryRateLimiter` (per process)    :class:`RedisLimiter`
 :class:`UsageCounter`   :class:`SqlUsageCounter` (state store)      :class:`RedisLimiter`
 :class:`OverridesStore` :class:`SqlOverridesStore` (state store)    the same
+:class:`StreamSlots`    :class:`MemoryStreamSlots` (per process)    :class:`RedisLimiter`
 ======================  ==========================================  ==============================
 """
 
@@ -21,10 +22,11 @@ from agentcluster.limits._models import (
     DailyUsage,
     LimitOverrides,
     RateDecision,
+    StreamDecision,
     TenantLimits,
 )
 
-__all__ = ["Admission", "OverridesStore", "RateLimiter", "UsageCounter"]
+__all__ = ["Admission", "OverridesStore", "RateLimiter", "StreamSlots", "UsageCounter"]
 
 
 class RateLimiter(Protocol):
@@ -94,3 +96,34 @@ class OverridesStore(Protocol):
             NotFoundError: no such tenant.
         """
         ...
+
+
+class StreamSlots(Protocol):
+    """Port: the streams and waits each tenant holds open, one slot per stream.
+
+    A slot is leased: it frees itself ``lease_s`` after it was last taken or renewed, so the
+    slots of a process that died come back without anyone releasing them.
+    """
+
+    description: str
+
+    async def acquire(
+        self, tenant_id: str, slot_id: str, limit: int, lease_s: float
+    ) -> StreamDecision:
+        """Atomically: take slot ``slot_id`` if the tenant holds fewer than ``limit`` live ones.
+
+        Raises:
+            InfrastructureError: the backend failed (``DependencyUnavailable`` when unreachable).
+        """
+        ...
+
+    async def renew(self, tenant_id: str, slot_id: str, lease_s: float) -> None:
+        """Extend the slot's lease by ``lease_s`` from now (taken again if it had expired: the
+        stream is still open, so it counts)."""
+        ...
+
+    async def release(self, tenant_id: str, slot_id: str) -> None:
+        """Free the slot (nothing when it is not held)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -9,6 +9,9 @@ Keys (``<prefix>`` is the runtime namespace, so clusters sharing a Redis stay ap
   after the last request.
 * ``<prefix>:limits:usage:<tenant>:<YYYY-MM-DD>``: a hash of the day's ``tokens`` and
   ``cost_nano_usd``; it expires at the end of the next UTC day (yesterday stays readable).
+* ``<prefix>:limits:streams:<tenant>``: a sorted set of the tenant's open streams, one member per
+  stream scored by its lease's expiry on Redis's clock; expired members are dropped before every
+  count, and the key expires with its last lease.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from agentcluster.limits._models import (
     BudgetName,
     DailyUsage,
     RateDecision,
+    StreamDecision,
     TenantLimits,
     to_nano_usd,
 )
@@ -74,6 +78,33 @@ end
 return {0, tokens, cost}
 """
 
+# KEYS[1] the tenant's open streams; ARGV limit, lease (microseconds), the slot's id.
+# Returns {acquired 1/0, open streams (with this one when acquired)}.
+_ACQUIRE_STREAM = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[1]) then return {0, count} end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+local ttl = math.ceil(lease / 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {1, count + 1}
+"""
+
+# KEYS[1] the tenant's open streams; ARGV lease (microseconds), the slot's id. Re-adds a slot
+# that expired meanwhile: its stream is still open.
+_RENEW_STREAM = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local lease = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
+local ttl = math.ceil(lease / 1000)
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
 _REFUSALS: dict[int, BudgetName] = {1: "tokens_per_day", 2: "cost_per_day_usd"}
 
 
@@ -84,8 +115,8 @@ def _expire_at(day: str) -> int:
 
 
 class RedisLimiter:
-    """:class:`~agentcluster.limits.RateLimiter` and :class:`~agentcluster.limits.UsageCounter`
-    on Redis (see the module docstring).
+    """:class:`~agentcluster.limits.RateLimiter`, :class:`~agentcluster.limits.UsageCounter` and
+    :class:`~agentcluster.limits.StreamSlots` on Redis (see the module docstring).
 
     Args:
         url: ``redis://host:port/db``.
@@ -100,6 +131,8 @@ class RedisLimiter:
         self._prefix = f"{prefix}:limits"
         self._window = self._client.register_script(_SLIDING_WINDOW)
         self._reserve = self._client.register_script(_RESERVE)
+        self._acquire_stream = self._client.register_script(_ACQUIRE_STREAM)
+        self._renew_stream = self._client.register_script(_RENEW_STREAM)
         self.description = f"redis keys {self._prefix}:*"
 
     def rate_key(self, tenant_id: str) -> str:
@@ -107,6 +140,9 @@ class RedisLimiter:
 
     def usage_key(self, tenant_id: str, day: str) -> str:
         return f"{self._prefix}:usage:{tenant_id}:{day}"
+
+    def streams_key(self, tenant_id: str) -> str:
+        return f"{self._prefix}:streams:{tenant_id}"
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -160,6 +196,25 @@ class RedisLimiter:
                 self.usage_key(tenant_id, day), ["tokens", "cost_nano_usd"]
             )
         return DailyUsage(tokens=int(tokens or 0), cost_nano_usd=int(cost or 0))
+
+    async def acquire(
+        self, tenant_id: str, slot_id: str, limit: int, lease_s: float
+    ) -> StreamDecision:
+        lease_us = round(lease_s * _MICROS)
+        async with self._errors():
+            acquired, count = await self._acquire_stream(
+                keys=[self.streams_key(tenant_id)], args=[limit, lease_us, slot_id]
+            )
+        return StreamDecision(acquired=bool(acquired), open_streams=int(count))
+
+    async def renew(self, tenant_id: str, slot_id: str, lease_s: float) -> None:
+        lease_us = round(lease_s * _MICROS)
+        async with self._errors():
+            await self._renew_stream(keys=[self.streams_key(tenant_id)], args=[lease_us, slot_id])
+
+    async def release(self, tenant_id: str, slot_id: str) -> None:
+        async with self._errors():
+            await self._client.zrem(self.streams_key(tenant_id), slot_id)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -3,7 +3,9 @@
 * :class:`LimitsResolver`: a tenant's limits (the ``SA01_LIMITS_*`` defaults with its overrides),
   reused for ``SA01_LIMITS_REFRESH_S`` in each process;
 * :class:`TenantLimitsService`: the gateway's side: admits each tenant request against its rate
-  (:class:`~agentcluster.errors.RateLimited` past it), reads and writes a tenant's limits;
+  (:class:`~agentcluster.errors.RateLimited` past it), leases a slot to each open stream or wait
+  (:class:`~agentcluster.errors.TooManyStreams` past ``max_open_streams``), reads and writes a
+  tenant's limits;
 * :class:`BudgetGuard`: the session host's side, the agent loop's
   :class:`~agentcluster.agent.Budget`: before each LLM call it reserves the call's estimated prompt
   tokens against the tenant's daily budgets (:class:`~agentcluster.errors.BudgetExceeded` when they
@@ -23,6 +25,7 @@ from agentcluster.agent import BudgetHold
 from agentcluster.errors import AgentClusterError, BudgetExceeded, RateLimited
 from agentcluster.events import Usage
 from agentcluster.limits._math import retry_after_header
+from agentcluster.limits._memory import MemoryStreamSlots
 from agentcluster.limits._models import (
     WINDOW_S,
     BudgetName,
@@ -36,7 +39,8 @@ from agentcluster.limits._models import (
     next_reset,
     to_nano_usd,
 )
-from agentcluster.limits._ports import OverridesStore, RateLimiter, UsageCounter
+from agentcluster.limits._ports import OverridesStore, RateLimiter, StreamSlots, UsageCounter
+from agentcluster.limits._streams import StreamLease, open_stream_lease
 from agentcluster.llm import LlmRequest, count_messages
 
 __all__ = [
@@ -123,13 +127,15 @@ class LimitsResolver:
 
 
 class TenantLimitsService:
-    """The gateway's limits: request rates, and the admin API's reads and writes.
+    """The gateway's limits: request rates, open streams, and the admin API's reads and writes.
 
     Args:
         resolver: tenants' limits.
         overrides: where the admin API writes overrides.
         rate: the request-rate counters.
         usage: the daily usage counters (read for the admin API).
+        streams: the open-stream slots (default: this process's).
+        stream_lease_s: the lease of a stream's slot (renewed while the stream is open).
         now: the current time (tests pass their own).
     """
 
@@ -140,12 +146,16 @@ class TenantLimitsService:
         rate: RateLimiter,
         usage: UsageCounter,
         *,
+        streams: StreamSlots | None = None,
+        stream_lease_s: float = 30.0,
         now: Now = _utcnow,
     ) -> None:
         self.resolver = resolver
         self._overrides = overrides
         self._rate = rate
         self._usage = usage
+        self._streams: StreamSlots = streams if streams is not None else MemoryStreamSlots()
+        self._stream_lease_s = stream_lease_s
         self._now = now
 
     async def admit(self, tenant_id: str) -> RateDecision | None:
@@ -168,6 +178,17 @@ class TenantLimitsService:
             limit=limit,
             window_s=WINDOW_S,
         )
+
+    async def open_stream(self, tenant_id: str) -> StreamLease:
+        """Lease one of the tenant's open-stream slots for a stream or a wait; release it (or
+        leave ``async with``) when the stream closes.
+
+        Raises:
+            TooManyStreams: the tenant holds ``max_open_streams`` already (429, Retry-After).
+            InfrastructureError: the slots cannot be counted (503; never silently unlimited).
+        """
+        limit = (await self.resolver.limits(tenant_id)).max_open_streams
+        return await open_stream_lease(self._streams, tenant_id, limit, self._stream_lease_s)
 
     async def read(self, tenant_id: str) -> TenantLimitsOut:
         """The tenant's limits, where they come from, and today's usage (the overrides are read
@@ -201,7 +222,7 @@ class TenantLimitsService:
 
     async def aclose(self) -> None:
         # One Redis client may serve as both ports: close each object once.
-        closers = {id(port): port for port in (self._rate, self._usage)}
+        closers = {id(port): port for port in (self._rate, self._usage, self._streams)}
         await asyncio.gather(*(port.aclose() for port in closers.values()))
 
 

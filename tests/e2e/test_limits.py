@@ -75,6 +75,7 @@ async def test_over_the_rate_is_429_with_retry_after_and_other_tenants_go_on(
         "requests_per_minute": 5,
         "tokens_per_day": None,
         "cost_per_day_usd": None,
+        "max_open_streams": None,
     }
 
     answers = [await http.get("/v1/sessions", headers=_auth(key)) for _ in range(6)]
