@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from agentcluster import api
 from agentcluster.config import load_settings
 from agentcluster.gateway._inputs import MAX_EVENT_ID, json_nesting, parse_event_id
 from agentcluster.gateway._problems import ProblemError
-from agentcluster.health import ReadinessProbe
+from agentcluster.gateway._ready import ready_body
+from agentcluster.health import DependencyStatus, Readiness, ReadinessProbe
 
 
 @pytest.mark.parametrize(
@@ -158,3 +160,22 @@ async def test_a_caller_that_leaves_does_not_cancel_the_shared_probe(tmp_path: P
         first.cancel()
         answer = await second
         assert answer.probe == 1 and probe.probes == 1
+
+
+def test_ready_body_tells_strangers_names_and_states_only() -> None:
+    down = DependencyStatus(
+        name="redis",
+        state="down",
+        detail="redis: cannot reach redis://:***@127.0.0.1:1/0: ConnectionError(...)",
+        latency_ms=2.5,
+    )
+    up = DependencyStatus(name="postgresql", state="up", detail="postgresql at h:5432/db")
+    readiness = Readiness(statuses=[up, down], checked_at=datetime.now(UTC), probe=1, monotonic=0.0)
+    public = ready_body(readiness, details=False).model_dump(mode="json", exclude_none=True)
+    assert public["status"] == "degraded"
+    assert public["dependencies"] == [
+        {"name": "postgresql", "state": "up"},
+        {"name": "redis", "state": "down"},
+    ]
+    admin = ready_body(readiness, details=True)
+    assert admin.dependencies[1].detail == down.detail and admin.dependencies[1].latency_ms == 2.5
