@@ -10,6 +10,7 @@ failures are ``ok=False`` outcomes, never exceptions). No tool runs inside a Ses
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +36,8 @@ from agentcluster.tools._ssrf import NetworkPolicy, Resolver, SsrfGuard
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["NetworkPolicyFactory", "ToolActor", "start_tool_actor"]
+
+log = logging.getLogger(__name__)
 
 NetworkPolicyFactory = Callable[[], NetworkPolicy]
 
@@ -82,10 +85,15 @@ class ToolActor:
             if network_policy_factory
             else _engine_from_settings(self._settings)
         )
-        workspaces = SessionWorkspaces(self._settings.workspace_root)
-        self._sandbox = PythonSandbox(
-            SandboxLimits.from_settings(tools), SandboxRuntime.from_settings(tools)
+        # Whatever the tools create (workspace files, sandbox scratch) is the actor user's alone.
+        os.umask(0o077)
+        limits = SandboxLimits.from_settings(tools)
+        workspaces = SessionWorkspaces(
+            self._settings.workspace_root, limits.quota, tools.workspace_retention_s
         )
+        self._workspaces = workspaces
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sandbox = PythonSandbox(limits, SandboxRuntime.from_settings(tools))
         self._registry: ToolRegistry = _builtin_registry()
         hosted: list[Tool] = [
             HttpFetchTool.from_settings(tools, SsrfGuard(policy, resolver)),
@@ -113,6 +121,7 @@ class ToolActor:
     async def _start(self) -> None:
         # Probe the sandbox at start, so the actor's log says which isolation this node has.
         await self._sandbox.status()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_workspaces())
         for tool in await self._mcp.start():
             self._registry.register(tool)
 
@@ -162,9 +171,25 @@ class ToolActor:
             "mcp": self._mcp.health(),
         }
 
+    async def _sweep_workspaces(self) -> None:
+        # Unused workspaces go after the retention period; every tool actor of a node sweeps
+        # the same root, which is harmless (removal ignores what another one removed first).
+        interval = min(self._settings.tools.workspace_retention_s / 10, 3600.0)
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._workspaces.sweep)
+            except OSError as exc:
+                log.warning("workspace sweep failed: %s", exc)
+            else:
+                if removed:
+                    log.info("removed %d workspaces unused for the retention period", removed)
+            await asyncio.sleep(interval)
+
     async def stop(self) -> None:
         """Close the MCP sessions (stdio servers stop) and send the spans still batched; called
         before the actor is killed."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self._mcp.close()
         await tracing.flush_tracing()
 
