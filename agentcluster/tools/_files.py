@@ -262,8 +262,8 @@ class FileTool:
             await self._workspaces.check_quota(root, grows, 0 if existing is not None else 1)
         elif name == "file_copy":
             source = _inside(root, arguments.get("source"))
-            size = await asyncio.to_thread(_file_size, source)
-            await self._workspaces.check_quota(root, size or 0, 1)
+            copied = await asyncio.to_thread(_file_size, source)
+            await self._workspaces.check_quota(root, copied or 0, 1)
 
     def _result(self, arguments: dict[str, Any], text: str) -> dict[str, Any]:
         name = self._schema.name
