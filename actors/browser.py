@@ -4,11 +4,21 @@
 browser tools of :mod:`agentcluster.tools._browser` on its own Chromium: ``execute`` takes a
 ``ToolInvocation`` dict and returns a ``ToolOutcome`` dict, and never raises for a tool failure.
 
-Its Chromium runs headless without the sandbox, with telemetry, cloud sync and version checks off,
-its profile and downloads in the actor's own temp dir (removed on ``stop`` and at exit). Chromium
-is started through ``setpriv --pdeathsig KILL`` so it dies with the actor even when the actor is
-killed outright. If Chromium dies, the next look at it (every call, and ``health``) notices,
-starts a fresh one, and the call answers "the browser crashed and was restarted; retry".
+Egress: every request its Chromium makes goes through this actor's own
+:class:`~agentcluster.tools._egress_proxy.EgressProxy`, which resolves each host once, asks the
+network policy of the tenant whose session holds the browser about the address and port, and
+connects to exactly that address; requests it refuses are reported in the tool's result
+(``blocked_requests``). browser_navigate also checks its URL first (parsed as the browser parses
+it) for an early, clear answer.
+
+Isolation (``actors/_chromium.py``): Chromium runs headless with its own sandbox on, as an
+unprivileged user when the actor is root (``SA01_BROWSER_RUN_AS_UID``), with an empty environment,
+telemetry, cloud sync and version checks off, through ``setpriv --pdeathsig KILL`` so it dies with
+the actor even when the actor is killed outright. Each lease gets a new Chromium on a new, empty
+profile (``reset``): cookies, storage of every origin, cache, service workers and permissions of
+one session are gone before the next. If Chromium dies, the next look at it (every call, and
+``health``) notices, starts a fresh one, and the call answers "the browser crashed and was
+restarted; retry".
 
 :class:`PooledBrowserTools` runs calls on a pool of these actors with one sticky lease per
 session, so a session keeps its browser (and page) across the steps of a turn until
@@ -21,6 +31,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -30,12 +41,23 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import psutil
 from ray.exceptions import RayActorError
 
+from actors._chromium import (
+    WORKDIR_PREFIX,
+    ChromiumLaunch,
+    is_reserved,
+    launch_plan,
+    prepare_profile,
+    register_ports,
+    sandbox_problem,
+    sandbox_state,
+    write_launcher,
+)
 from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from agentcluster import tracing as _tracing
 from agentcluster.config import (
@@ -46,7 +68,7 @@ from agentcluster.config import (
 )
 from agentcluster.errors import ConfigError, ToolError
 from agentcluster.llm._types import ToolSchema
-from agentcluster.tools._base import ToolInvocation, ToolOutcome
+from agentcluster.tools._base import PolicyDecision, ToolInvocation, ToolOutcome
 from agentcluster.tools._browser import (
     BROWSER_TOOL_NAMES,
     BrowserLlm,
@@ -60,14 +82,17 @@ from agentcluster.tools._browser import (
     TaskArgs,
     TypeArgs,
     browser_schemas,
-    navigation_problem,
+    navigation_target,
     parse_browser_arguments,
 )
+from agentcluster.tools._egress_proxy import EgressLease, EgressProxy
+from agentcluster.tools._ssrf import DefaultNetworkPolicy, NetworkPolicy, Resolver, SsrfGuard
 from agentcluster.tracing import Carrier
 
 __all__ = [
     "CRASHED",
     "BrowserActor",
+    "BrowserPolicy",
     "PooledBrowserTools",
     "UrlCheck",
     "browser_pool_spec",
@@ -82,15 +107,42 @@ asks, or None to allow it."""
 
 CRASHED = "the browser crashed and was restarted (the page state is lost); retry"
 
+EVALUATE_TOOL = "browser_evaluate"
+"""The tool name the policy is asked about before browser_task may offer ``evaluate``."""
+
 _CHROMIUM_ARGS = [
-    "--no-sandbox",
     "--disable-background-networking",
     "--disable-dev-shm-usage",
     "--disable-gpu",
 ]
 _KILL_TIMEOUT_S = 5.0
-_WORKDIR_PREFIX = "ac-browser-"
 _OWNER_FILE = "owner.pid"
+_MAX_REPORTED_BLOCKS = 20
+# Chromium's own service traffic (sign-in, component updates, the default search engine): denied
+# like any request unless the tenant's policy allows it, but not reported to the model, whose
+# pages did not ask for it.
+_CHROMIUM_SERVICE_HOSTS = frozenset(
+    {
+        "accounts.google.com",
+        "clients2.google.com",
+        "update.googleapis.com",
+        "start.duckduckgo.com",
+        "safebrowsingohttpgateway.googleapis.com",
+        "optimizationguide-pa.googleapis.com",
+    }
+)
+
+
+class BrowserPolicy(NetworkPolicy, Protocol):
+    """The policy a browser actor asks: network targets (every request) and tool decisions
+    (``browser_evaluate``). The Rego engines are both; a plain NetworkPolicy also works (then
+    ``evaluate`` is never offered)."""
+
+    async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision: ...
+
+
+BrowserPolicyFactory = Callable[[], NetworkPolicy]
+"""Builds the actor's policy in the actor (must pickle, e.g. a ``functools.partial``)."""
 
 
 class _BrowserDied(Exception):
@@ -103,23 +155,29 @@ class _BrowserDied(Exception):
 class _Browser:
     """One Chromium process driven by one browser-use BrowserSession, in its own profile dir."""
 
-    def __init__(self, settings: BrowserSettings, workdir: Path, generation: int) -> None:
+    def __init__(
+        self, settings: BrowserSettings, launch: ChromiumLaunch, workdir: Path, generation: int
+    ) -> None:
         self._settings = settings
+        self._launch = launch
         self.profile_dir = workdir / f"profile-{generation}"
-        self._downloads = workdir / "downloads"
-        self._executable = _launcher(settings.chromium_path, workdir)
+        self._launcher = workdir / f"launch-{generation}.py"
         self.session: Any = None
         self.pid: int | None = None
+        self.sandbox = "none"
 
     async def start(self) -> None:
+        """Start Chromium on a new, empty profile owned by its user, and check its sandbox."""
+        prepare_profile(self.profile_dir, self._launch.run_as)
+        executable = write_launcher(self._launch, self._launcher, self.profile_dir)
         BrowserProfile, BrowserSession = _browser_use_classes()
         profile = BrowserProfile(
-            executable_path=str(self._executable),
+            executable_path=str(executable),
             headless=self._settings.headless,
-            chromium_sandbox=False,
+            chromium_sandbox=self._launch.sandbox,
             # A name browser-use recognises as its own temp profile, so it is not copied.
             user_data_dir=str(self.profile_dir / "browser-use-user-data-dir"),
-            downloads_path=str(self._downloads),
+            downloads_path=str(self.profile_dir / "downloads"),
             enable_default_extensions=False,
             keep_alive=True,
             args=_CHROMIUM_ARGS,
@@ -130,6 +188,19 @@ class _Browser:
         self.pid = watchdog.browser_pid if watchdog is not None else None
         self.route_lifecycle_events()
         await self.blank()
+        self.sandbox = sandbox_state(self.pid) if self.pid is not None else "none"
+        if self._launch.sandbox and "namespace" not in self.sandbox:
+            raise ConfigError(
+                f"Chromium started without its sandbox (found: {self.sandbox}); refusing to use "
+                "it (SA01_BROWSER_UNSAFE_NO_SANDBOX allows that, unsafe for multiple tenants)"
+            )
+
+    def devtools_port(self) -> int | None:
+        """The port of Chromium's DevTools endpoint (browser-use's CDP connection)."""
+        url = getattr(self.session, "cdp_url", None)
+        with contextlib.suppress(ValueError):
+            return urlsplit(str(url)).port if url else None
+        return None
 
     async def blank(self) -> None:
         """Show about:blank, straight through CDP (browser-use's navigation would wait out its
@@ -180,6 +251,7 @@ class _Browser:
                     await self.session.kill()
         _kill_pid(self.pid)
         shutil.rmtree(self.profile_dir, ignore_errors=True)
+        self._launcher.unlink(missing_ok=True)
 
 
 def _browser_use_classes() -> tuple[Any, Any]:
@@ -201,26 +273,13 @@ def _browser_use_classes() -> tuple[Any, Any]:
 
 def _sweep_orphans(parent: Path) -> None:
     """Remove the temp dirs of browser actors whose process is gone (killed outright)."""
-    for folder in parent.glob(f"{_WORKDIR_PREFIX}*"):
+    for folder in parent.glob(f"{WORKDIR_PREFIX}*"):
         try:
             owner = int((folder / _OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
         if not psutil.pid_exists(owner):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _launcher(chromium: Path, workdir: Path) -> Path:
-    """A script that starts Chromium so that it gets SIGKILL when its parent dies."""
-    if not os.access(chromium, os.X_OK):
-        raise ConfigError(f"SA01_BROWSER_CHROMIUM_PATH: {chromium} is not an executable file")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return chromium
-    script = workdir / "chromium.sh"
-    script.write_text(f'#!/bin/sh\nexec {setpriv} --pdeathsig KILL -- {chromium} "$@"\n')
-    script.chmod(0o700)
-    return script
 
 
 def _kill_pid(pid: int | None) -> None:
@@ -246,12 +305,18 @@ class BrowserActor:
         settings: the browser settings (``SA01_BROWSER_*``); loaded from the environment if
             omitted.
         llm: the default model for browser_task; a call can pass its own.
-        check_url: the policy hook for navigation targets (the reason to deny, or None).
+        check_url: an extra navigation check (the reason to deny, or None), asked after the
+            URL syntax and the network policy.
         tracing: where this actor's spans go (``SA01_TRACING_*``); from the environment if
             omitted.
+        policy_factory: builds the policy every request of the browser is decided by (network
+            targets) and that may allow ``browser_evaluate``; by default public addresses only
+            and no ``evaluate``.
+        resolver: DNS for the egress proxy; the system resolver by default.
 
     Raises:
-        ConfigError: Chromium is not where the settings say.
+        ConfigError: Chromium is not where the settings say, or the actor is root and cannot
+            start it as another user.
     """
 
     def __init__(
@@ -260,23 +325,29 @@ class BrowserActor:
         llm: BrowserLlm | dict[str, Any] | None = None,
         check_url: UrlCheck | None = None,
         tracing: TracingSettings | None = None,
+        policy_factory: BrowserPolicyFactory | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         prepare_offline_environment()
         _tracing.configure_tracing(tracing or TracingSettings(), "browser-actor")
         self._settings = settings or BrowserSettings()
         self._llm = BrowserLlm.model_validate(llm) if isinstance(llm, dict) else llm
         self._check_url = check_url
+        self._policy = policy_factory() if policy_factory is not None else DefaultNetworkPolicy()
+        self._guard = SsrfGuard(self._policy, resolver)
         self._invocation: ToolInvocation | None = None
         _sweep_orphans(Path(tempfile.gettempdir()))
-        self._workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (self._workdir / _OWNER_FILE).write_text(str(os.getpid()))
-        _launcher(self._settings.chromium_path, self._workdir)  # fail fast on a bad path
+        launch_plan(self._settings, None)  # fail fast on a bad path or a missing setpriv
+        self._proxy: EgressProxy | None = None
+        self._launch: ChromiumLaunch | None = None
         self._browser: _Browser | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
-        self._origins: set[str] = set()
         self._calls = 0
         self._restarts = 0
+        self._fresh_start_ms: float | None = None
         self._tools: Any = None
         atexit.register(_cleanup_at_exit, self._workdir, self._pids)
 
@@ -287,18 +358,27 @@ class BrowserActor:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        """Starts the browser on first use (so pool members come up warm) and reports on it."""
+        """Starts the browser on first use (so pool members come up warm) and reports on it:
+        its sandbox, its user, its egress proxy and what that proxy decided."""
         if self._browser is None and not self._lock.locked():
             async with self._lock:
                 if self._browser is None:
                     await self._start_browser()
         browser = self._browser
+        launch = self._launch
+        proxy = self._proxy
         return {
             "actor_pid": os.getpid(),
             "browser_pid": browser.pid if browser else None,
             "browser_alive": bool(browser and browser.alive()),
+            "browser_uid": _uid(browser.pid if browser else None),
+            "sandbox": browser.sandbox if browser else None,
+            "egress_proxy": proxy.url if proxy else None,
+            "egress": vars(proxy.stats) if proxy else None,
+            "run_as": list(launch.run_as) if launch and launch.run_as else None,
             "calls": self._calls,
             "restarts": self._restarts,
+            "fresh_start_ms": self._fresh_start_ms,
         }
 
     async def browser_pid(self) -> int | None:
@@ -310,50 +390,59 @@ class BrowserActor:
         return [schema.model_dump() for schema in browser_schemas()]
 
     async def reset(self) -> None:
-        """Fresh page state for the next lease: one blank tab, no cookies or site storage.
+        """A new Chromium on a new, empty profile for the next lease.
 
-        Anything that fails here is solved by a fresh browser instead.
+        Nothing the last session's pages stored (cookies, storage of every origin including
+        iframes, cache, service workers, permissions, downloads) survives: the profile dir is
+        deleted with its browser. The egress proxy denies everything until the next call names
+        its session, and cuts the connections still open.
         """
         async with self._lock:
-            browser = self._browser
-            if browser is None:
+            if self._proxy is not None:
+                self._proxy.end_lease()
+            if self._browser is None:
                 return
-            try:
-                async with asyncio.timeout(self._settings.action_timeout_s):
-                    await self._clear(browser)
-            except Exception as exc:
-                # Why broad: whatever failed, a new Chromium is the clean state we promised.
-                log.warning("browser reset failed (%s); starting a fresh browser", exc)
-                await self._replace_browser()
-            self._origins.clear()
-
-    async def _clear(self, browser: _Browser) -> None:
-        session = browser.session
-        focused = session.agent_focus_target_id
-        for tab in await session.get_tabs():
-            if tab.target_id != focused:
-                await session.close_page(tab.target_id)
-        await browser.blank()
-        cdp = await session.get_or_create_cdp_session()
-        # Cookies are browser-wide (root connection); site storage is cleared through the page.
-        await session.cdp_client.send.Storage.clearCookies()
-        for origin in self._origins:
-            await cdp.cdp_client.send.Storage.clearDataForOrigin(
-                params={"origin": origin, "storageTypes": "all"}, session_id=cdp.session_id
-            )
+            started = time.perf_counter()
+            await self._replace_browser(crashed=False)
+            self._fresh_start_ms = round((time.perf_counter() - started) * 1000.0, 1)
 
     async def stop(self) -> None:
-        """Close Chromium and remove the actor's temp dir (profile, downloads)."""
+        """Close Chromium and the proxy, and remove the actor's temp dir (profile, downloads)."""
         async with self._lock:
             if self._browser is not None:
                 await self._browser.close()
                 self._browser = None
+            if self._proxy is not None:
+                await self._proxy.close()
+                self._proxy = None
             shutil.rmtree(self._workdir, ignore_errors=True)
         await _tracing.flush_tracing()
 
+    async def _ready_launch(self) -> ChromiumLaunch:
+        """The proxy (started once per actor) and how Chromium starts; the sandbox probed."""
+        if self._launch is not None:
+            return self._launch
+        proxy_url = None
+        if not self._settings.unsafe_no_egress_proxy:
+            self._proxy = EgressProxy(self._guard, reserved=is_reserved)
+            await self._proxy.start()
+            proxy_url = self._proxy.url
+        else:
+            log.warning("SA01_BROWSER_UNSAFE_NO_EGRESS_PROXY: browser requests are not checked")
+        launch = launch_plan(self._settings, proxy_url)
+        problem = await asyncio.to_thread(sandbox_problem, launch) if launch.sandbox else None
+        if problem is not None:
+            raise ConfigError(
+                f"Chromium's sandbox cannot start on this node: {problem}; no browser runs here "
+                "(SA01_BROWSER_UNSAFE_NO_SANDBOX=true runs it without, unsafe for multiple tenants)"
+            )
+        self._launch = launch
+        return launch
+
     async def _start_browser(self) -> _Browser:
+        launch = await self._ready_launch()
         self._generation += 1
-        browser = _Browser(self._settings, self._workdir, self._generation)
+        browser = _Browser(self._settings, launch, self._workdir, self._generation)
         self._browser = browser
         try:
             async with asyncio.timeout(max(self._settings.action_timeout_s, 30.0)):
@@ -362,13 +451,18 @@ class BrowserActor:
             await browser.close()
             self._browser = None
             raise
+        ports = [self._proxy.port] if self._proxy else []
+        devtools = browser.devtools_port()
+        register_ports(self._workdir, [*ports, *([devtools] if devtools else [])])
+        _log_start(browser, launch)
         return browser
 
-    async def _replace_browser(self) -> _Browser:
+    async def _replace_browser(self, *, crashed: bool = True) -> _Browser:
         if self._browser is not None:
             await self._browser.close()
             self._browser = None
-        self._restarts += 1
+        if crashed:
+            self._restarts += 1
         return await self._start_browser()
 
     async def _ready_browser(self) -> _Browser:
@@ -421,9 +515,24 @@ class BrowserActor:
             self._calls += 1
             self._invocation = call  # whose navigations the URL check decides
             try:
-                return await self._run(call, arguments, model)
+                outcome = await self._run(call, arguments, model)
             finally:
                 self._invocation = None
+            return self._with_blocked(outcome)
+
+    def _with_blocked(self, outcome: ToolOutcome) -> ToolOutcome:
+        """The outcome, plus the requests the egress proxy refused since the last call."""
+        taken = self._proxy.take_blocked() if self._proxy is not None else []
+        blocked = [item for item in taken if item.host not in _CHROMIUM_SERVICE_HOSTS]
+        if not blocked:
+            return outcome
+        lines = [item.describe() for item in blocked[:_MAX_REPORTED_BLOCKS]]
+        if not outcome.ok:
+            error = f"{outcome.error}; requests blocked by the egress policy: {'; '.join(lines)}"
+            return outcome.model_copy(update={"error": error})
+        if isinstance(outcome.result, dict):
+            return outcome.model_copy(update={"result": {**outcome.result, "blocked": lines}})
+        return outcome
 
     async def _run(
         self, call: ToolInvocation, arguments: Any, llm: BrowserLlm | None
@@ -435,6 +544,8 @@ class BrowserActor:
         except Exception as exc:
             log.error("browser start failed", exc_info=exc)
             return ToolOutcome(ok=False, error=f"the browser could not start: {_one_line(exc)}")
+        if self._proxy is not None:
+            self._proxy.begin_lease(EgressLease(call.tenant_id, call.agent, call.session_id))
         limit = self._limit(arguments)
         try:
             async with asyncio.timeout(limit):
@@ -448,7 +559,6 @@ class BrowserActor:
             log.error("browser tool %s failed", call.tool, exc_info=exc)
             error = f"internal error in tool {call.tool}: {type(exc).__name__}"
             return await self._failure(browser, error)
-        await self._remember_origin(browser)
         return ToolOutcome(ok=True, result=result)
 
     async def _failure(self, browser: _Browser, error: str) -> ToolOutcome:
@@ -466,18 +576,39 @@ class BrowserActor:
         cap = self._settings.task_max_steps
         return min(arguments.max_steps or cap, cap)
 
-    async def _remember_origin(self, browser: _Browser) -> None:
-        url = await browser.session.get_current_page_url()
-        parts = urlsplit(url)
-        if parts.scheme in {"http", "https"} and parts.netloc:
-            self._origins.add(f"{parts.scheme}://{parts.netloc}")
-
     async def denial(self, url: str) -> str | None:
-        """Why ``url`` must not be opened (syntax, then the policy hook), or None."""
-        problem = navigation_problem(url)
-        if problem is None and self._check_url is not None:
-            problem = await self._check_url(url, self._invocation)
-        return problem
+        """Why ``url`` must not be opened, or None: its syntax (parsed as the browser parses
+        it), then the network policy for the resolved host and port, then ``check_url``.
+
+        An early answer for the model; the egress proxy decides every request regardless.
+        """
+        call = self._invocation
+        try:
+            target = navigation_target(url)
+            await self._guard.check(
+                scheme=target.scheme,
+                host=target.host,
+                port=target.port,
+                tenant_id=call.tenant_id if call else "(none)",
+                agent=call.agent if call else "(none)",
+                tool=call.tool if call else "browser_navigate",
+            )
+        except ToolError as exc:
+            return exc.message
+        if self._check_url is not None:
+            return await self._check_url(url, call)
+        return None
+
+    async def evaluate_allowed(self) -> bool:
+        """Whether browser_task may offer ``evaluate`` (arbitrary JavaScript) in this call:
+        only under ``SA01_BROWSER_EVALUATE=policy`` and a policy allowing ``browser_evaluate``."""
+        call = self._invocation
+        decide = getattr(self._policy, "decide_tool", None)
+        if self._settings.evaluate != "policy" or call is None or decide is None:
+            return False
+        asked = call.model_copy(update={"tool": EVALUATE_TOOL, "arguments": {}})
+        decision: PolicyDecision = await decide(asked)
+        return decision.allowed
 
     def tools(self) -> Any:
         """browser-use's action registry (built once, on first use)."""
@@ -489,6 +620,32 @@ class BrowserActor:
 
     def task_workdir(self) -> Path:
         return self._workdir / f"agent-{self._calls}"
+
+
+def _uid(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(pid).uids().real)
+    return None
+
+
+def _log_start(browser: _Browser, launch: ChromiumLaunch) -> None:
+    user = f"uid {launch.run_as[0]}" if launch.run_as else f"uid {os.geteuid()} (the actor's)"
+    proxy = launch.proxy_url or "NONE (SA01_BROWSER_UNSAFE_NO_EGRESS_PROXY)"
+    if not launch.sandbox:
+        log.warning(
+            "Chromium pid %s runs WITHOUT its sandbox (SA01_BROWSER_UNSAFE_NO_SANDBOX): unsafe "
+            "for multiple tenants",
+            browser.pid,
+        )
+    log.info(
+        "Chromium pid %s started as %s, sandbox %s, egress proxy %s",
+        browser.pid,
+        user,
+        browser.sandbox,
+        proxy,
+    )
 
 
 # --- the tool handlers ------------------------------------------------------------------------
@@ -614,7 +771,7 @@ class _Handlers:
             task=args.task,
             llm=_chat_model(self._llm, self._actor),
             browser_session=self._session,
-            tools=_agent_tools(self._actor),
+            tools=_agent_tools(self._actor, await self._actor.evaluate_allowed()),
             use_vision=False,
             use_judge=False,
             directly_open_url=False,
@@ -646,13 +803,14 @@ def _chat_model(llm: BrowserLlm, actor: BrowserActor) -> Any:
     )
 
 
-def _agent_tools(actor: BrowserActor) -> Any:
-    """browser-use's actions for its Agent, minus web search, with navigation checked."""
+def _agent_tools(actor: BrowserActor, evaluate: bool = False) -> Any:
+    """browser-use's actions for its Agent, minus web search and (unless the policy allowed
+    it) ``evaluate``, with navigation checked."""
     from browser_use import BrowserSession, Tools
     from browser_use.agent.views import ActionResult
     from browser_use.tools.views import NavigateAction
 
-    tools: Any = Tools(exclude_actions=["search"])
+    tools: Any = Tools(exclude_actions=["search"] if evaluate else ["search", "evaluate"])
 
     async def navigate(params: NavigateAction, browser_session: BrowserSession) -> ActionResult:
         denial = await actor.denial(params.url)
@@ -694,8 +852,14 @@ def browser_pool_spec(
     llm: BrowserLlm | None = None,
     check_url: UrlCheck | None = None,
     name: str = "browser",
+    policy_factory: BrowserPolicyFactory | None = None,
 ) -> PoolSpec:
-    """The pool of browser actors the settings describe (``SA01_BROWSER_*``)."""
+    """The pool of browser actors the settings describe (``SA01_BROWSER_*``).
+
+    Their policy (every request of their browsers, ``browser_evaluate``) is the Rego engine the
+    settings choose (the OPA server at ``SA01_POLICY_URL``, else in-process) unless
+    ``policy_factory`` says otherwise.
+    """
     browser = settings.browser
     config = PoolConfig(
         name=name,
@@ -714,11 +878,19 @@ def browser_pool_spec(
             "llm": llm,
             "check_url": check_url,
             "tracing": settings.tracing,
+            "policy_factory": policy_factory or functools.partial(_policy_engine, settings),
         },
         namespace=settings.runtime.namespace,
         num_cpus=browser.num_cpus,
         resources={browser.resource: 1.0} if browser.resource else {},
     )
+
+
+def _policy_engine(settings: Settings) -> NetworkPolicy:
+    # Imported in the actor: the in-process engine loads a Wasm runtime.
+    from agentcluster.policy import build_policy_engine
+
+    return build_policy_engine(settings)
 
 
 def _browser_call_attributes(call: ToolInvocation) -> dict[str, Any]:

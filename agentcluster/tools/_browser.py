@@ -7,12 +7,12 @@ executors, policies and tests can use the schemas and argument models without Ch
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentcluster.errors import ToolError
 from agentcluster.llm._types import ToolSchema
+from agentcluster.tools._urls import WebUrl, parse_web_url, web_url_problem
 
 __all__ = [
     "BROWSER_TOOL_NAMES",
@@ -28,6 +28,7 @@ __all__ = [
     "TypeArgs",
     "browser_schemas",
     "navigation_problem",
+    "navigation_target",
     "parse_browser_arguments",
 ]
 
@@ -195,12 +196,19 @@ def parse_browser_arguments(tool: str, arguments: dict[str, Any]) -> _Args:
 def navigation_problem(url: str) -> str | None:
     """Why the browser must not open ``url`` on syntax alone (None when it may be tried).
 
-    Only absolute http(s) URLs with a host are opened; which hosts are allowed is the policy's
-    decision, passed to the browser actor as its ``check_url`` hook.
+    See :func:`navigation_target`; which hosts are allowed is the policy's decision (the browser
+    actor's egress proxy asks it for every request; this check only answers early).
     """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in {"http", "https"}:
-        return f"only http and https URLs can be opened, not {parts.scheme or 'a relative URL'!r}"
-    if not parts.hostname:
-        return "the URL has no host"
-    return None
+    return web_url_problem(url)
+
+
+def navigation_target(url: str) -> WebUrl:
+    """``url`` parsed the way Chromium parses it (WHATWG), refusing every ambiguous form:
+    control characters, backslashes, userinfo in the authority, anything but ``http(s)://``
+    (see :func:`agentcluster.tools._urls.parse_web_url`). The host is what the browser will
+    connect to (``http://2130706433/`` is 127.0.0.1).
+
+    Raises:
+        ToolError: the URL is refused (the message says why, for the model).
+    """
+    return parse_web_url(url)

@@ -31,12 +31,17 @@ from agentcluster.config import BrowserSettings
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Script
 from agentcluster.tools import ToolInvocation, ToolOutcome
 from agentcluster.tools._browser import BrowserLlm
+from agentcluster.tools._ssrf import DefaultNetworkPolicy
 from tests.conftest import eventually
+from tests.support.network import StaticResolver
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
 PAGES = Path(__file__).resolve().parent.parent / "support" / "pages"
 SETTINGS = BrowserSettings(action_timeout_s=20.0, task_max_steps=6)
+# The test site is on 127.0.0.1, which browsers reach only when the policy allows it.
+LOOPBACK_POLICY = functools.partial(DefaultNetworkPolicy, allow_cidrs=["127.0.0.1/32"])
+NO_DNS = StaticResolver({})  # names (Chromium's own service hosts) never reach a DNS server
 
 
 # --- the site ---------------------------------------------------------------------------------
@@ -109,7 +114,7 @@ async def browser() -> AsyncIterator[Any]:
     actor = (
         ray.remote(BrowserActor)
         .options(num_cpus=0, max_concurrency=8)
-        .remote(SETTINGS, None, deny_marked)
+        .remote(SETTINGS, None, deny_marked, None, LOOPBACK_POLICY, NO_DNS)
     )
     await actor.health.remote()
     yield actor
@@ -189,7 +194,7 @@ async def test_scroll_search_and_screenshot(browser: Any, site: Server) -> None:
 
 async def test_bad_calls_come_back_as_tool_errors(browser: Any, site: Server) -> None:
     not_http = await call(browser, "browser_navigate", url="file:///etc/passwd")
-    assert not not_http.ok and "only http and https" in (not_http.error or "")
+    assert not not_http.ok and "scheme 'file' is not allowed" in (not_http.error or "")
     denied = await call(browser, "browser_navigate", url=f"{site.url}/denied/page")
     assert not denied.ok and "refused by the test policy" in (denied.error or "")
     assert not any(path.startswith("/denied") for path in site.paths)
@@ -309,7 +314,7 @@ async def test_a_pooled_browser_is_sticky_per_session_and_reset_between_leases(
     spec = PoolSpec(
         config=config,
         actor_class=BrowserActor,
-        kwargs={"settings": SETTINGS},
+        kwargs={"settings": SETTINGS, "policy_factory": LOOPBACK_POLICY, "resolver": NO_DNS},
         namespace="agentcluster-test",
     )
     pool = ActorPool.start(spec, lease_timeout_s=30.0)
