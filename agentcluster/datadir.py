@@ -125,8 +125,12 @@ def prepare_sqlite_file(database: Path) -> None:
             logger.warning("%s", problem)
 
 
-def tighten(path: Path) -> str | None:
+def tighten(path: Path, *, keep: int = 0) -> str | None:
     """Remove group and other permissions from ``path`` if it is ours and has any.
+
+    Args:
+        keep: permission bits left as they are (the data dir's search bits, see
+            :func:`secure_data_dir`).
 
     Returns:
         None when ``path`` is private now (or does not exist); else why it is not (not ours).
@@ -135,7 +139,8 @@ def tighten(path: Path) -> str | None:
         info = path.lstat()
     except FileNotFoundError:
         return None
-    if stat.S_ISLNK(info.st_mode) or not info.st_mode & _OPEN_TO_OTHERS:
+    remove = _OPEN_TO_OTHERS & ~keep
+    if stat.S_ISLNK(info.st_mode) or not info.st_mode & remove:
         return None
     mode = PRIVATE_DIR_MODE if stat.S_ISDIR(info.st_mode) else PRIVATE_FILE_MODE
     if info.st_uid != os.geteuid():
@@ -144,7 +149,7 @@ def tighten(path: Path) -> str | None:
             f"owned by uid {info.st_uid}, not this process (uid {os.geteuid()}); "
             f"run chmod {mode:o} on it"
         )
-    os.chmod(path, stat.S_IMODE(info.st_mode) & ~_OPEN_TO_OTHERS)
+    os.chmod(path, stat.S_IMODE(info.st_mode) & ~remove)
     return None
 
 
@@ -154,17 +159,23 @@ def secure_data_dir(settings: Settings) -> DataDirReport:
     Tightened: the data dir itself, the SQLite store with its side files, the Fernet key file,
     the demo API key, the ``up`` log and PID files and the workspace root. Another owner's
     entry is not changed: it is reported in ``warnings`` (and logged) for an operator.
+
+    One exception: when the data dir holds another user's entry (``make deps-up`` keeps
+    PostgreSQL's data, owned by ``postgres``, there), the search (x) bits it has for group and
+    others are kept, so that user can still reach its own directory; they allow no listing, and
+    every entry of ours is 0700/0600.
     """
     data_dir = make_private_dir(settings.data_dir)
     tightened: list[Path] = []
     warnings: list[str] = []
     for path in _our_entries(settings, data_dir):
         before = _mode(path)
-        problem = tighten(path)
+        keep = _search_bits_needed(data_dir) if path == data_dir else 0
+        problem = tighten(path, keep=keep)
         if problem is not None:
             warnings.append(problem)
             logger.warning("%s", problem)
-        elif before is not None and before & _OPEN_TO_OTHERS:
+        elif before is not None and before != _mode(path):
             tightened.append(path)
             logger.info("data dir: %s was mode %o, now private", path, before)
     return DataDirReport(tuple(tightened), tuple(warnings))
@@ -180,6 +191,16 @@ def _our_entries(settings: Settings, data_dir: Path) -> list[Path]:
         if configured is not None and configured.parent.resolve() == data_dir.resolve():
             entries.append(configured)
     return entries
+
+
+def _search_bits_needed(data_dir: Path) -> int:
+    euid = os.geteuid()
+    for entry in data_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if entry.lstat().st_uid != euid:
+                logger.info("data dir: keeps its search bits for %s (another owner)", entry)
+                return stat.S_IXGRP | stat.S_IXOTH
+    return 0
 
 
 def _mode(path: Path) -> int | None:

@@ -14,6 +14,9 @@
 # 127.0.0.1. Ports: AC_PG_PORT (55432), AC_REDIS_PORT (56379), AC_KAFKA_PORT (59092),
 # AC_KAFKA_CONTROLLER_PORT (59093), AC_OPA_PORT (58181). Runs as root, non-interactively.
 set -euo pipefail
+# Everything this script creates under .data is private to root (dirs 0700, files 0600): the
+# services' data holds every tenant's messages and events. Only apt runs with 022 (see ensure_apt).
+umask 077
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
@@ -136,8 +139,9 @@ ensure_apt() {
   ((${#missing[@]} == 0)) && return 0
   log "apt: installing ${missing[*]}"
   local apt=(apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-  "${apt[@]}" update >"$DATA/apt.log" 2>&1 || die "apt: apt-get update failed; see $DATA/apt.log"
-  "${apt[@]}" install "${missing[@]}" >>"$DATA/apt.log" 2>&1 \
+  # Packages' maintainer scripts create system files other users must read: the usual umask.
+  (umask 022 && "${apt[@]}" update) >"$DATA/apt.log" 2>&1 || die "apt: apt-get update failed; see $DATA/apt.log"
+  (umask 022 && "${apt[@]}" install "${missing[@]}") >>"$DATA/apt.log" 2>&1 \
     || die "apt: installing ${missing[*]} failed; see $DATA/apt.log"
 }
 
@@ -205,17 +209,27 @@ pg_sockdir() {
   printf '%s' "$d"
 }
 
-# postgres must be able to reach .data/postgres: give "others" search permission on the ancestors
-# that lack it (only the x bit, never read/write).
+# postgres must be able to reach .data/postgres and its socket directory: give "others" search
+# permission on the ancestors that lack it (only the x bit, never read/write: nothing is listed,
+# and every other entry of .data is 0700/0600).
 pg_make_traversable() {
-  local d="$DATA"
-  while [[ $d != / ]]; do
-    if ! as_postgres test -x "$d" 2>/dev/null; then
-      log "postgres: adding o+x to $d so the postgres user can reach $PG_DIR"
-      chmod o+x "$d"
-    fi
-    d=$(dirname "$d")
+  local d
+  for d in "$DATA" "$(dirname "$(pg_sockdir)")"; do
+    while [[ $d != / ]]; do
+      if ! as_postgres test -x "$d" 2>/dev/null; then
+        log "postgres: adding o+x to $d so the postgres user can reach $PG_DIR"
+        chmod o+x "$d"
+      fi
+      d=$(dirname "$d")
+    done
   done
+}
+
+# Data left by a run under a looser umask: take group and others' permissions away from what root
+# owns under .data (postgres's files are its own, 0700/0600; pg_make_traversable puts back the
+# search bit postgres needs).
+private_data() {
+  find "$DATA" -xdev -user 0 -perm /077 ! -type l -exec chmod go-rwx {} +
 }
 
 pg_running() { [[ -d $PG_DIR ]] && as_postgres "$(pg_bindir)/pg_ctl" -D "$PG_DIR" status >/dev/null 2>&1; }
@@ -245,7 +259,7 @@ ensure_postgres() {
       --auth-local=peer --auth-host=scram-sha-256 >"$DATA/postgres-initdb.log" 2>&1 \
       || die "postgres: initdb failed; see $DATA/postgres-initdb.log"
   fi
-  touch "$PG_LOG" && chown postgres:postgres "$PG_LOG"
+  touch "$PG_LOG" && chown postgres:postgres "$PG_LOG" && chmod 0600 "$PG_LOG"
   if ! pg_running; then
     require_free_port postgres "$AC_PG_PORT"
     log "postgres: starting on $HOST:$AC_PG_PORT"
@@ -511,6 +525,8 @@ cmd_up() {
   [[ $EUID -eq 0 ]] || die "run as root (installs packages and runs postgres as the postgres user)"
   local t0=$SECONDS
   ensure_apt
+  private_data
+  pg_make_traversable
   opa_build_start
   ensure_postgres
   ensure_redis

@@ -157,6 +157,24 @@ def test_another_owners_file_is_reported_not_changed(settings: Settings) -> None
     assert "owned by uid 65534" in report.warnings[0] and "chmod 600" in report.warnings[0]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file another owner")
+def test_the_data_dir_keeps_only_the_search_bit_another_owners_service_needs(
+    settings: Settings,
+) -> None:
+    # As `make deps-up` leaves it: PostgreSQL's data (owned by postgres) under a 0701 data dir.
+    data = make_private_dir(settings.data_dir)
+    service = data / "postgres"
+    service.mkdir(mode=0o700)
+    os.chown(service, 65534, 65534)
+    os.chmod(data, 0o755)
+    secure_data_dir(settings)
+    assert _mode(data) == 0o711  # search only: nothing can be listed
+    assert _mode(service) == 0o700
+    os.rmdir(service)
+    secure_data_dir(settings)
+    assert _mode(data) == 0o700
+
+
 def test_make_private_dir_creates_each_missing_level_private(
     tmp_path: Path, loose_umask: None
 ) -> None:
