@@ -7,6 +7,10 @@ returned, i.e. after the store committed its message. Per batch, in partition or
 * a bad record (not JSON, wrong schema, unknown tenant or session, closed session: any
   :class:`~agentcluster.errors.UserError`) cannot succeed later, so it is copied to the dead-letter
   topic ``<topic>.dlq`` with the error in its headers, counted as *rejected* and committed past;
+  so is a record the HTTP API would refuse (:class:`CheckedSubmit`: the policy denies
+  ``session.message`` for its tenant, ``forbidden``; the tenant is over its requests per minute,
+  ``rate-limited`` with a ``dlq.error.retry_after`` header): nothing denied runs, and the record
+  stays on the DLQ for its producer to send again;
 * any other failure (database or broker down, a session host restarting, a bug) commits only the
   records handled before it, rewinds each partition to its first unhandled record and retries
   after a capped exponential backoff. Nothing acknowledged is lost; a record may be submitted twice.
@@ -33,15 +37,20 @@ from agentcluster.domain import Submission
 from agentcluster.errors import (
     AgentClusterError,
     DependencyUnavailable,
+    Forbidden,
     InfrastructureError,
+    RateLimited,
     UserError,
     ValidationFailed,
 )
 from agentcluster.eventlog import TopicSpec, ensure_topics
+from agentcluster.limits import TenantLimitsService
+from agentcluster.policy import RegoPolicyEngine
 
 __all__ = [
     "DEFAULT_GROUP_ID",
     "MAX_CONTENT_CHARS",
+    "CheckedSubmit",
     "InboundConsumer",
     "InboundMessage",
     "InboundStats",
@@ -99,6 +108,54 @@ class Submit(Protocol):
     ) -> Submission: ...
 
 
+class CheckedSubmit:
+    """``submit`` behind the checks of the HTTP API, in its order: the tenant's request rate,
+    then the policy's decision on ``session.message`` (asked for every record).
+
+    Args:
+        submit: what commits the message (``Runtime.send_message``).
+        policy: the policy engine (None: no policy configured, as in the gateway).
+        limits: the tenants' limits (None: unlimited, as in the gateway).
+    """
+
+    def __init__(
+        self,
+        submit: Submit,
+        *,
+        policy: RegoPolicyEngine | None,
+        limits: TenantLimitsService | None,
+    ) -> None:
+        self._submit = submit
+        self._policy = policy
+        self._limits = limits
+
+    async def __call__(
+        self,
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Check, then submit.
+
+        Raises:
+            RateLimited: the tenant is over its requests per minute (dead-lettered).
+            Forbidden: the policy denies the tenant ``session.message`` (dead-lettered).
+            DependencyUnavailable: the policy engine or the rate counters cannot answer
+                (retried: never submitted unchecked).
+        """
+        if self._limits is not None:
+            await self._limits.admit(tenant_id)
+        if self._policy is not None:
+            decision = await self._policy.decide_action(tenant_id, "session.message")
+            if decision.failed:
+                raise DependencyUnavailable("policy", decision.reason)
+            if not decision.allowed:
+                raise Forbidden(f"denied by policy: {decision.reason}")
+        return await self._submit(tenant_id, session_id, content, idempotency_key=idempotency_key)
+
+
 def derived_idempotency_key(topic: str, partition: int, offset: int) -> str:
     """The idempotency key of a record that carries none: its position, which redelivery keeps."""
     key = f"kafka:{topic}:{partition}:{offset}"
@@ -153,6 +210,8 @@ class _DeadLetters:
             ("dlq.source.partition", str(record.partition).encode()),
             ("dlq.source.offset", str(record.offset).encode()),
         ]
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            headers.append(("dlq.error.retry_after", str(error.retry_after).encode()))
         send = self._producer.send_and_wait(
             self.topic, value=record.value, key=record.key, headers=headers
         )

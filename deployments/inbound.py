@@ -1,4 +1,5 @@
-"""The Kafka inbound worker as a Ray actor: consumes ``agent.inbound`` into the runtime.
+"""The Kafka inbound worker as a Ray actor: consumes ``agent.inbound`` into the runtime, each
+record through the HTTP API's checks (the tenant's request rate, the ``session.message`` policy).
 
 ``ray.remote`` is applied here once; :func:`start_inbound` is the only code that names the actor.
 The actor is detached and restartable: a restarted actor starts consuming again by itself (its
@@ -18,8 +19,10 @@ from ray.actor import ActorHandle
 from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
 from agentcluster.eventlog import ensure_topics, load_topics
-from agentcluster.inbound import DEFAULT_GROUP_ID, InboundConsumer, InboundStats
+from agentcluster.inbound import DEFAULT_GROUP_ID, CheckedSubmit, InboundConsumer, InboundStats
+from agentcluster.limits import TenantLimitsService, open_tenant_limits
 from agentcluster.logs import configure_logging
+from agentcluster.policy import RegoPolicyEngine, build_policy_engine
 from agentcluster.runtime import Runtime
 
 __all__ = ["InboundWorker", "InboundWorkerActor", "start_inbound"]
@@ -44,6 +47,8 @@ class InboundWorker:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._runtime: Runtime | None = None
+        self._policy: RegoPolicyEngine | None = None
+        self._limits: TenantLimitsService | None = None
         self._consumer: InboundConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._resume: asyncio.Task[None] | None = None
@@ -81,22 +86,29 @@ class InboundWorker:
     async def _open(self) -> None:
         kafka = self._settings.kafka
         runtime = await Runtime.connect(self._settings)
+        # The checks of the HTTP API: the same policy and the same per-tenant rate counters.
+        policy = build_policy_engine(self._settings)
+        limits = open_tenant_limits(self._settings, runtime.store)
+        submit = CheckedSubmit(runtime.send_message, policy=policy, limits=limits)
         try:
             inbound = load_topics(kafka.topics_file).inbound
             await ensure_topics(self._servers, [inbound], timeout_s=kafka.request_timeout_ms / 1000)
             consumer = InboundConsumer(
                 self._servers,
                 inbound.name,
-                runtime.send_message,
+                submit,
                 group_id=self._group_id,
                 client_id=f"{kafka.client_id}-inbound",
                 request_timeout_ms=kafka.request_timeout_ms,
             )
             await consumer.start()
         except BaseException:
+            await limits.aclose()
+            await policy.aclose()
             await runtime.close()
             raise
         self._runtime, self._consumer = runtime, consumer
+        self._policy, self._limits = policy, limits
         self._task = asyncio.create_task(consumer.run(self._stop))
 
     async def stats(self) -> InboundStats:
@@ -114,9 +126,14 @@ class InboundWorker:
             stats = await self.stats()
             if self._consumer is not None:
                 await self._consumer.stop()
+            if self._limits is not None:
+                await self._limits.aclose()
+            if self._policy is not None:
+                await self._policy.aclose()
             if self._runtime is not None:
                 await self._runtime.close()
             self._task = self._consumer = self._runtime = None
+            self._policy = self._limits = None
         return stats
 
 

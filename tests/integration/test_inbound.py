@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,12 +26,21 @@ from agentcluster.config import RelaySettings, Settings, load_settings
 from agentcluster.domain import Submission
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.eventlog import KafkaPublisher, OutboxRelay, TopicSpec, ensure_topics
-from agentcluster.inbound import InboundConsumer, InboundMessage, InboundStats, Submit
+from agentcluster.inbound import (
+    CheckedSubmit,
+    InboundConsumer,
+    InboundMessage,
+    InboundStats,
+    Submit,
+)
+from agentcluster.limits import LimitOverrides, open_tenant_limits
+from agentcluster.policy import OpaServerPolicy, build_policy_engine
 from agentcluster.runtime import Runtime
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from deployments.inbound import start_inbound
 from tests.conftest import eventually, service
+from tests.e2e.conftest import tenant_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -443,6 +453,79 @@ async def test_the_inbound_worker_actor_consumes_the_configured_topic(
         assert (await handle.stop.remote()).submitted == 1
     finally:
         ray.kill(handle)
+
+
+async def test_records_go_through_the_policy_and_the_rate_limit_like_http_requests(
+    runtime: Runtime,
+    store: SqlStateStore,
+    settings: Settings,
+    fake_llm: FakeLLM,
+    inbound_topic: str,
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(content="checked")))
+    checked = settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(update={"url": service("SA01_REDIS_URL")}),
+            "policy": settings.policy.model_copy(update={"url": service("SA01_POLICY_URL")}),
+            "runtime": settings.runtime.model_copy(update={"namespace": _unique("inbound")}),
+        }
+    )
+    limits = open_tenant_limits(checked, store)
+    policy = build_policy_engine(checked)
+    submit = CheckedSubmit(runtime.send_message, policy=policy, limits=limits)
+    limited_tenant, limited_session = await _session(runtime)
+    denied_tenant, denied_session = await _session(runtime)
+    await limits.write(limited_tenant, LimitOverrides(requests_per_minute=2))
+    limited = [_message(limited_tenant, limited_session, f"{token} {n}") for n in range(3)]
+    denied = _message(denied_tenant, denied_session, f"{token} denied")
+    group_id = _unique("test-group")
+    try:
+        async with (
+            tenant_policy(denied_tenant, {"deny_actions": ["session.message"]}),
+            running_consumer(inbound_topic, submit, group_id) as consumer,
+        ):
+            await produce(inbound_topic, limited_session, limited)
+            await produce(inbound_topic, denied_session, [denied])
+            await wait_turns_completed(runtime, limited_tenant, limited_session, 2)
+            await wait_all_committed(group_id, inbound_topic)
+            assert consumer.stats() == InboundStats(received=4, submitted=2, rejected=2)
+    finally:
+        await policy.aclose()
+        await limits.aclose()
+    # Nothing refused ran; what was refused is on the dead-letter topic with the reason.
+    limited_events = await _events(runtime, limited_tenant, limited_session)
+    assert _user_messages(limited_events) == [f"{token} 0", f"{token} 1"]
+    assert _user_messages(await _events(runtime, denied_tenant, denied_session)) == []
+    dead = await read_topic(f"{inbound_topic}.dlq", lambda records: len(records) >= 2)
+    by_value = {r.value: dict(r.headers) for r in dead}
+    assert set(by_value) == {limited[2], denied}
+    assert by_value[limited[2]]["dlq.error.type"] == b"rate-limited"
+    assert float(by_value[limited[2]]["dlq.error.retry_after"]) >= 1
+    assert by_value[denied]["dlq.error.type"] == b"forbidden"
+    assert b"denied by policy" in by_value[denied]["dlq.error.message"]
+
+
+async def test_a_policy_that_cannot_decide_submits_nothing_and_commits_nothing(
+    runtime: Runtime, inbound_topic: str
+) -> None:
+    tenant_id, session_id = await _session(runtime)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    policy = OpaServerPolicy(closed, 0.5)
+    submit = CheckedSubmit(runtime.send_message, policy=policy, limits=None)
+    group_id = _unique("test-group")
+    try:
+        async with running_consumer(inbound_topic, submit, group_id) as consumer:
+            await produce(inbound_topic, session_id, [_message(tenant_id, session_id, "unchecked")])
+            await eventually(lambda: _at_least(lambda: consumer.retries, 2), message="retried")
+            assert consumer.submitted == 0 and consumer.rejected == 0
+            assert "policy" in (consumer.last_error or "")
+            assert await committed_offsets(group_id, inbound_topic) == {}
+    finally:
+        await policy.aclose()
+    assert _user_messages(await _events(runtime, tenant_id, session_id)) == []
 
 
 def _no_kafka(settings: Settings) -> object:
