@@ -348,7 +348,8 @@ class PythonSandbox:
             outcome = await run.execute(source)
         finally:
             if cgroup is not None:
-                cgroup.remove()
+                # Off the event loop: the run's last processes may take a moment to leave it.
+                await asyncio.to_thread(cgroup.remove)
         return _result(outcome, self._runtime.mode, round(time.monotonic() - started, 3))
 
 
