@@ -367,6 +367,11 @@ class LimitSettings(BaseSettings):
     """Streams and waits a tenant may hold open at once (SSE event streams, streamed turns,
     ``?wait=true``, the MCP ``send_message``): past it HTTP 429 ``too-many-streams`` at once.
     Keep it below the gateway's ``max_ongoing_requests`` so no tenant can fill a replica."""
+    replica_max_open_streams: int = Field(default=48, ge=1, le=100_000)
+    """Streams and waits one gateway replica serves at once, all tenants together: past it
+    HTTP 503 with Retry-After at once. Keep it below the gateway's ``max_ongoing_requests`` (64):
+    the rest of a replica's request slots stay free for short requests, so open streams can
+    never make Serve's proxy queue requests without an answer."""
     stream_lease_s: float = Field(default=30.0, ge=3, le=3600)
     """Expiry of an open stream's slot in Redis, renewed every third of it while the stream is
     open: the slots of a replica that died are free again after at most this long."""
@@ -374,6 +379,16 @@ class LimitSettings(BaseSettings):
     """How long a process reuses a tenant's limits before reading its overrides again."""
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     """Connect and command timeout of the limit counters in Redis."""
+
+    @model_validator(mode="after")
+    def _streams_fit_a_replica(self) -> LimitSettings:
+        tenant, replica = self.max_open_streams, self.replica_max_open_streams
+        if tenant > replica:
+            raise ValueError(
+                "SA01_LIMITS_MAX_OPEN_STREAMS must not be larger than "
+                "SA01_LIMITS_REPLICA_MAX_OPEN_STREAMS (one tenant could fill a replica)"
+            )
+        return self
 
 
 class RuntimeSettings(BaseSettings):

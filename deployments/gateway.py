@@ -18,6 +18,7 @@ from agentcluster import api
 from agentcluster.client import ApiError
 from agentcluster.client._errors import error_from_problem
 from agentcluster.config import Settings, load_settings
+from agentcluster.errors import ConfigError
 from agentcluster.gateway import (
     Caller,
     GatewayService,
@@ -29,7 +30,7 @@ from agentcluster.logs import configure_logging
 from agentcluster.runtime import StreamItem
 from agentcluster.tracing import configure_tracing
 
-__all__ = ["DEFAULT_OPTIONS", "HandleMethods", "build_gateway"]
+__all__ = ["DEFAULT_OPTIONS", "HandleMethods", "build_gateway", "check_stream_capacity"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -177,9 +178,32 @@ class HandleMethods:
         return self._service().agent(await self._caller(api_key), name)
 
 
+def check_stream_capacity(settings: Settings, max_ongoing_requests: int) -> None:
+    """Refuse a replica stream limit that leaves no request slot for short requests: streams
+    would then fill a replica and Serve's proxy would queue every later request unanswered.
+
+    Raises:
+        ConfigError: ``SA01_LIMITS_REPLICA_MAX_OPEN_STREAMS`` is not below
+            ``max_ongoing_requests``.
+    """
+    cap = settings.limits.replica_max_open_streams
+    if cap >= max_ongoing_requests:
+        raise ConfigError(
+            f"SA01_LIMITS_REPLICA_MAX_OPEN_STREAMS={cap} must be below the gateway's "
+            f"max_ongoing_requests ({max_ongoing_requests}): open streams must leave request "
+            "slots for short requests"
+        )
+
+
 def build_gateway(settings: Settings | None = None, **options: Any) -> Application:
-    """The Serve application of the gateway (options override DEFAULT_OPTIONS)."""
+    """The Serve application of the gateway (options override DEFAULT_OPTIONS).
+
+    Raises:
+        ConfigError: the replica stream limit does not fit ``max_ongoing_requests``.
+    """
     resolved = settings or load_settings()
+    merged = DEFAULT_OPTIONS | options
+    check_stream_capacity(resolved, int(merged["max_ongoing_requests"]))
     app = create_app(resolved)
 
     class Gateway(HandleMethods):
@@ -193,5 +217,5 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
             return current_service()
 
     ingress = serve.ingress(app)(Gateway)
-    deployment = serve.deployment(**(DEFAULT_OPTIONS | options))(ingress)
+    deployment = serve.deployment(**merged)(ingress)
     return deployment.bind()

@@ -133,6 +133,7 @@ class GatewayService:
         self._decisions: _Recent[tuple[str, str, str | None, bool], PolicyDecision]
         self._decisions = _Recent(cache_s)
         self._callers: _Recent[bytes, Caller] = _Recent(cache_s)
+        self._open_streams = 0  # streams and waits this replica serves now, all tenants
 
     async def authenticate(self, token: str | None) -> Caller:
         """The caller behind a bearer token (the admin key or a tenant's API key).
@@ -172,14 +173,37 @@ class GatewayService:
         """One of the tenant's open-stream slots, for a stream or a wait (SSE, streamed turns,
         ``?wait=true``, MCP ``send_message``, the handle's streams); release it when it closes.
 
+        This replica also counts the streams it serves, all tenants together: past
+        ``replica_max_open_streams`` it refuses at once (503), so streams never take the request
+        slots short requests need (past Serve's ``max_ongoing_requests`` they would queue in the
+        proxy with no answer).
+
         Raises:
             TooManyStreams: the tenant holds its ``max_open_streams`` (429 with Retry-After).
+            DependencyUnavailable: this replica serves its ``replica_max_open_streams`` (503).
             InfrastructureError: the slots cannot be counted (503).
         """
         tenant_id = caller.tenant()
-        if self.limits is None:
-            return StreamLease.unlimited(tenant_id)
-        return await self.limits.open_stream(tenant_id)
+        cap = self.settings.limits.replica_max_open_streams
+        if cap and self._open_streams >= cap:
+            raise DependencyUnavailable(
+                "gateway",
+                f"this gateway replica serves its most open streams ({cap}); retry in a moment",
+            )
+        self._open_streams += 1  # before the await: concurrent openers see it
+        try:
+            if self.limits is None:
+                lease = StreamLease.unlimited(tenant_id)
+            else:
+                lease = await self.limits.open_stream(tenant_id)
+        except BaseException:
+            self._open_streams -= 1
+            raise
+        lease.on_release(self._stream_closed)
+        return lease
+
+    def _stream_closed(self) -> None:
+        self._open_streams -= 1
 
     async def authorize(self, caller: Caller, action: ApiAction, agent: str | None = None) -> str:
         """Ask the policy whether the caller may do ``action``; returns the caller's tenant.

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 
 from agentcluster.errors import AgentClusterError, TooManyStreams
@@ -50,6 +51,8 @@ class StreamLease:
         self._slots = slots
         self._lease_s = lease_s
         self._renewing: asyncio.Task[None] | None = None
+        self._on_release: list[Callable[[], None]] = []
+        self._released = False
         if slots is not None:
             self._renewing = asyncio.create_task(self._renew_forever(slots))
 
@@ -74,8 +77,16 @@ class StreamLease:
                 # renewal that gets through).
                 log.warning("stream slot of tenant %s not renewed: %s", self.tenant_id, exc)
 
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the lease is released (e.g. a replica's own count)."""
+        self._on_release.append(callback)
+
     async def release(self) -> None:
         """Free the slot (idempotent). A failure is logged, not raised: the lease expires."""
+        if not self._released:
+            self._released = True
+            for callback in self._on_release:
+                callback()
         slots, self._slots = self._slots, None
         if self._renewing is not None:
             self._renewing.cancel()

@@ -298,3 +298,31 @@ async def test_the_handle_goes_through_the_rate_limit_the_policy_and_the_stream_
     assert retry_after is not None and retry_after >= 1
     limited = await http.get("/v1/agents", headers=_auth(key))
     assert limited.status_code == 429 and limited.json()["type"] == PROBLEMS + "rate-limited"
+
+
+async def test_streams_past_the_replicas_capacity_are_refused_at_once_and_short_requests_go_on(
+    streams_http: httpx.AsyncClient,
+) -> None:
+    """Many tenants each within their limit can together fill the replicas: each replica then
+    refuses further streams with a 503 at once, keeping request slots free for short requests
+    (without that, Serve's proxy queues requests past max_ongoing_requests with no answer)."""
+    http = streams_http
+    per_replica = 48  # SA01_LIMITS_REPLICA_MAX_OPEN_STREAMS, the e2e app's default
+    tenants = [await new_tenant(http, "crowd") for _ in range(8)]
+    sessions = [(key, await _session(http, key)) for _id, key in tenants]
+    _idle_id, idle_key = await new_tenant(http, "crowd-idle")
+    async with open_streams(http) as streams:
+        attempts = [
+            streams.open(key, session_id) for key, session_id in sessions for _ in range(16)
+        ]
+        await asyncio.gather(*attempts)  # every request answered: none hangs past the timeout
+        assert len(streams.held) + len(streams.refused) == 128
+        assert per_replica <= len(streams.held) <= REPLICAS * per_replica
+        for refused in streams.refused:
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["type"] == PROBLEMS + "dependency-unavailable"
+            assert "most open streams" in refused.json()["detail"]
+        for _ in range(2 * REPLICAS):
+            listed = await http.get("/v1/sessions", headers=_auth(idle_key))
+            assert listed.status_code == 200
