@@ -12,6 +12,10 @@ Figures, interleaved in rounds in one run (``--samples`` each, sequential, in th
   the workspace tar in and out and its check);
 * the same with a workspace of 100 files of 10 KiB (1 MiB) that the code reads and leaves as is.
 
+With ``--before DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/before
+<commit>``) it also times that checkout's ``PythonSandbox.run`` on the same snippet, in a child
+process importing from DIR, right after the rounds above: the before/after figure.
+
 Target (issue 12): trivial snippet p50 under 150 ms on a 2-core machine.
 """
 
@@ -19,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -87,7 +95,46 @@ async def _measure(samples: int) -> tuple[dict[str, list[float]], str]:
     return times, status.summary()
 
 
-def _report(times: dict[str, list[float]], isolation: str, samples: int, seconds: float) -> str:
+_BEFORE_SCRIPT = """
+import asyncio, json, sys, tempfile, time
+from pathlib import Path
+from agentcluster.tools._sandbox import PythonSandbox, SandboxLimits
+
+async def main(samples):
+    sandbox = PythonSandbox(SandboxLimits(cpu_s=10, memory_mb=512, wall_s=30))
+    workspace = Path(tempfile.mkdtemp())
+    await sandbox.run("print(6 * 7)", workspace)
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        result = await sandbox.run("print(6 * 7)", workspace)
+        times.append((time.perf_counter() - started) * 1000)
+        assert result.exit_code == 0, result
+    print(json.dumps(times))
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def _measure_before(checkout: Path, samples: int) -> list[float]:
+    """The sandbox of another checkout, timed in a child process that imports from it."""
+    environment = {**os.environ, "PYTHONPATH": str(checkout)}
+    done = subprocess.run(
+        [sys.executable, "-c", _BEFORE_SCRIPT, str(samples)],
+        cwd=checkout,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    times: list[float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return times
+
+
+def _report(
+    times: dict[str, list[float]], isolation: str, samples: int, seconds: float, command: str
+) -> str:
     baseline = percentile(next(iter(times.values())), 50)
     rows = [
         [
@@ -105,7 +152,7 @@ def _report(times: dict[str, list[float]], isolation: str, samples: int, seconds
         [
             SECTION,
             "",
-            "Command: `.venv/bin/python -m benchmarks.python_exec`",
+            f"Command: `{command}`",
             "",
             f"Date: {date}. Machine: {machine_description()}. Sandbox: {isolation}.",
             "",
@@ -130,11 +177,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 samples, print only")
     parser.add_argument("--out", default="docs/benchmarks.md", help="'-' to only print")
+    parser.add_argument("--before", type=Path, help="an earlier checkout to time as well")
     args = parser.parse_args()
     samples = 20 if args.quick else args.samples
     started = time.monotonic()
     times, isolation = asyncio.run(_measure(samples))
-    text = _report(times, isolation, samples, time.monotonic() - started)
+    if args.before is not None:
+        label = f"before: the sandbox of `{args.before}` (separate process, after the rounds)"
+        times[label] = _measure_before(args.before.resolve(), samples)
+    command = ".venv/bin/python -m benchmarks.python_exec"
+    if args.before is not None:
+        command += f" --before {args.before}"
+    text = _report(times, isolation, samples, time.monotonic() - started, command)
     publish(text, "-" if args.quick else args.out, SECTION, DOC_TITLE)
 
 
