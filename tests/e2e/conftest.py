@@ -53,6 +53,18 @@ BROWSER_PROFILE = {
 }
 
 
+CODER_PROFILE = {
+    "name": "coder",
+    "model": "fake-a",
+    "system_prompt": "You are a test agent that runs code.",
+    "tools": ["python_exec", "file_read", "file_write", "file_list"],
+    "max_steps": 4,
+    "max_output_tokens": 256,
+    "context_window": 16000,
+}
+WORKSPACE_MAX_BYTES = 8 * 1024 * 1024
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,6 +90,7 @@ def e2e_settings(
     agents = tmp_path_factory.mktemp("agents")
     (agents / "tester.yaml").write_text(yaml.safe_dump(PROFILE))
     (agents / "surfer.yaml").write_text(yaml.safe_dump(BROWSER_PROFILE))
+    (agents / "coder.yaml").write_text(yaml.safe_dump(CODER_PROFILE))
     return load_settings(
         {
             "db": {"dsn": postgres_dsn},
@@ -85,7 +98,10 @@ def e2e_settings(
             "auth": {"admin_key": ADMIN_KEY, "cache_s": AUTH_CACHE_S},
             "policy": {"url": service("SA01_POLICY_URL")},
             "browser": {"pool_max": 1, "action_timeout_s": 20},
-            "tools": {"workspace_root": tmp_path_factory.mktemp("workspaces")},
+            "tools": {
+                "workspace_root": tmp_path_factory.mktemp("workspaces"),
+                "workspace_max_bytes": WORKSPACE_MAX_BYTES,
+            },
             # Its own namespace: provider settings live in Redis under it, apart from other runs.
             "runtime": {
                 "agents_dir": agents,
