@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     new_tenant,
     script_tool_turn,
 )
+from tests.support.sandbox import require_sandbox
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,6 +70,11 @@ async def _python_exec(
     except ValueError:
         pytest.fail(f"python_exec did not run: {content}")
     return result
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_here() -> None:
+    require_sandbox()
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from agentcluster.tools._sandbox import (
     SandboxRuntime,
 )
 from tests.conftest import eventually
+from tests.support.sandbox import require_sandbox
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,6 +44,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def _need_bwrap() -> None:
     if shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is not installed: `make deps-up` installs it", pytrace=False)
+    require_sandbox()
 
 
 @pytest.fixture
