@@ -53,6 +53,7 @@ from agentcluster.llm._types import ToolSchema
 from agentcluster.tools import _sandbox_runner as runner
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._files import SessionWorkspaces
+from agentcluster.tools._seccomp import seccomp_program
 from agentcluster.tools._workspace_archive import (
     ArchiveRejected,
     WorkspaceQuota,
@@ -381,21 +382,25 @@ class _Run:
         self._save = save
         self._scratch: Path | None = None
         self._result_fd_inside = -1
+        self._seccomp_fd: int | None = None
 
     async def execute(self, source: str) -> _Outcome:
         stdin_read, stdin_write = os.pipe()
         result_read, result_write = os.pipe()
+        self._result_fd_inside = result_write
+        self._seccomp_fd = _seccomp_fd() if self._runtime.mode == "bwrap" else None
+        inherited = [stdin_read, result_write]
+        if self._seccomp_fd is not None:
+            inherited.append(self._seccomp_fd)
         try:
             process = await self._spawn(stdin_read, result_write)
-            self._result_fd_inside = result_write
         except BaseException:
-            for fd in (stdin_read, stdin_write, result_read, result_write):
-                os.close(fd)
+            os.close(stdin_write)
+            os.close(result_read)
             raise
         finally:
-            with contextlib.suppress(OSError):
-                os.close(stdin_read)
-                os.close(result_write)
+            for fd in inherited:  # the child has its copies; ours are closed exactly once
+                os.close(fd)
         try:
             return await self._supervise(process, source, stdin_write, result_read)
         finally:
@@ -404,12 +409,13 @@ class _Run:
                 shutil.rmtree(self._scratch, ignore_errors=True)
 
     async def _spawn(self, stdin_fd: int, result_fd: int) -> asyncio.subprocess.Process:
+        passed = (result_fd,) if self._seccomp_fd is None else (result_fd, self._seccomp_fd)
         return await asyncio.create_subprocess_exec(
             *self._command(),
             stdin=stdin_fd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            pass_fds=(result_fd,),
+            pass_fds=passed,
             cwd="/",
             env={"PATH": _ENV_PATH, "LANG": "C.UTF-8"},
             start_new_session=True,
@@ -437,6 +443,7 @@ class _Run:
         arguments = [
             str(self._runtime.bwrap),
             "--unshare-all",
+            "--unshare-user",
             "--die-with-parent",
             "--new-session",
             "--cap-drop",
@@ -467,16 +474,26 @@ class _Run:
             str(limits.workspace_bytes),
             "--tmpfs",
             _WORKSPACE,
+            "--size",
+            str(limits.tmp_mb * 1024 * 1024),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
             "--chdir",
             _WORKSPACE,
+            "--disable-userns",
             "--clearenv",
         ]
+        if self._seccomp_fd is not None:
+            arguments += ["--seccomp", str(self._seccomp_fd)]
         for index, package in enumerate(self._runtime.packages):
             # bwrap runs as the sandbox's user: it must be able to reach the directory.
             arguments += ["--ro-bind", str(package), f"{_PACKAGES}/{index}"]
         for name, value in _sandbox_env("/workspace", "/tmp").items():
             arguments += ["--setenv", name, value]
-        return arguments
+        # Last: the root (a tmpfs of mount points) read-only, once every mount is made.
+        return [*arguments, "--remount-ro", "/"]
 
     def _header(self, source: bytes, result_fd: int) -> bytes:
         if self._runtime.mode == "unsafe-single-tenant":
@@ -613,6 +630,17 @@ def _stop_reason(exit_code: int, stderr: str, wall_expired: bool) -> StopReason:
     return "ok"
 
 
+def _seccomp_fd() -> int | None:
+    # A memory file holding the filter, read by bwrap from the descriptor it inherits.
+    program = seccomp_program()
+    if program is None:
+        return None
+    fd = os.memfd_create("python-exec-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def _sandbox_env(home: str, tmp: str) -> dict[str, str]:
     # Nothing from the actor's environment: it holds database and API credentials.
     return {"PATH": _ENV_PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
@@ -654,7 +682,8 @@ def _describe(runtime: SandboxRuntime) -> str:
     return (
         f"bubblewrap: user, mount, pid, ipc, uts, cgroup and network namespaces; uid {outside} "
         f"outside; read-only /usr ({runtime.python}) and {len(runtime.packages)} package "
-        "directories; tmpfs workspace and /tmp; no capabilities"
+        "directories; tmpfs workspace, /tmp and /dev/shm; no capabilities, no nested user "
+        f"namespaces; seccomp {'on' if seccomp_program() else 'off (not x86-64)'}"
     )
 
 
@@ -702,7 +731,8 @@ class _Cgroups:
     def new_run(self, limits: SandboxLimits) -> _RunCgroup | None:
         """A fresh cgroup pair for one run, limited; None if it could not be made."""
         name = f"run-{uuid.uuid4().hex[:12]}"
-        memory = (limits.memory_mb + limits.tmp_mb + _CGROUP_SLACK_MB) * 1024 * 1024
+        # The code's memory, its /tmp and /dev/shm tmpfs pages and its workspace's.
+        memory = (limits.memory_mb + 2 * limits.tmp_mb + _CGROUP_SLACK_MB) * 1024 * 1024
         memory += limits.workspace_bytes
         settings = {
             "memory": {"memory.limit_in_bytes": str(memory)},

@@ -148,6 +148,47 @@ def packages() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
+async def test_only_workspace_tmp_and_shm_are_writable(
+    sandbox: PythonSandbox, tmp_path: Path
+) -> None:
+    code = (
+        "import errno\n"
+        "for d in ('/', '/dev', '/usr', '/proc', '/tmp', '/dev/shm', '/workspace'):\n"
+        "    try:\n"
+        "        open(d.rstrip('/') + '/probe', 'w').write('x')\n"
+        "        print(d, 'writable')\n"
+        "    except OSError as e:\n"
+        "        print(d, errno.errorcode[e.errno])\n"
+    )
+    result = await _run(sandbox, code, tmp_path / "ws")
+    writable = [line.split()[0] for line in result.stdout.splitlines() if "writable" in line]
+    assert writable == ["/tmp", "/dev/shm", "/workspace"], result.stdout
+
+
+async def test_kernel_surface_is_filtered_and_nested_namespaces_refused(
+    sandbox: PythonSandbox, tmp_path: Path
+) -> None:
+    # keyctl(KEYCTL_JOIN_SESSION_KEYRING), io_uring_setup, bpf, userfaultfd, perf_event_open,
+    # then unshare(CLONE_NEWUSER), each through the raw syscall.
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "calls = {'keyctl': (250, 1, 0), 'io_uring_setup': (425, 8, 0), 'bpf': (321, 0, 0),\n"
+        "         'userfaultfd': (323, 0, 0), 'perf_event_open': (298, 0, 0),\n"
+        "         'unshare_user': (272, 0x10000000, 0)}\n"
+        "for name, (nr, a, b) in calls.items():\n"
+        "    r = libc.syscall(nr, a, b, 0, 0, 0)\n"
+        "    print(name, r, os.strerror(ctypes.get_errno()) if r < 0 else 'ok')\n"
+        "print('seccomp', [l.split()[1] for l in open('/proc/self/status') "
+        "if l.startswith('Seccomp:')][0])\n"
+    )
+    result = await _run(sandbox, code, tmp_path / "ws")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines.pop("seccomp") == "2", result.stdout
+    for name, outcome in lines.items():
+        assert outcome.startswith("-1 "), f"{name}: {outcome}"
+
+
 async def test_offered_packages_are_importable_and_read_only(
     tmp_path: Path, packages: Path
 ) -> None:
