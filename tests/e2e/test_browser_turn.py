@@ -16,6 +16,7 @@ import pytest
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
 from tests.e2e.conftest import new_tenant, tenant_policy
 from tests.integration.test_browser import Server
+from tests.integration.test_browser_egress import Listener, attack_pages
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -176,3 +177,49 @@ async def test_navigation_to_loopback_is_denied_without_an_allowlist(
     ).json()["items"]
     tool_result = next(m for m in messages if m["role"] == "tool")["content"]
     assert "127.0.0.1" in tool_result and "loopback" in tool_result
+
+
+async def test_a_page_in_a_turn_cannot_reach_a_listener_the_tenant_may_not_reach(
+    http: httpx.AsyncClient, tenant: tuple[str, str], fake_llm: FakeLLM
+) -> None:
+    """The model (scripted) opens a page on 127.0.0.1, allowed, whose iframe, images, fetch, XHR,
+    WebSocket and beacon aim at 127.0.0.2, which the tenant's OPA data does not allow, then tries
+    the backslash form of that address: the 127.0.0.2 listener accepts no connection."""
+    _tenant_id, key = tenant
+    forbidden = Listener("127.0.0.2")
+    site = Listener("127.0.0.1", attack_pages(forbidden.origin, forbidden.origin))
+    token = uuid.uuid4().hex
+    sneaky = f"http://127.0.0.2:{forbidden.port}\\@127.0.0.1:{site.port}/"
+
+    def reply(request: RecordedRequest) -> Reply:
+        results = [m for m in request.messages if m["role"] == "tool"]
+        if not results:
+            return Reply(tool_calls=[_call("browser_navigate", url=f"{site.origin}/sub.html")])
+        if len(results) == 1:
+            return Reply(tool_calls=[_call("browser_state")])
+        if len(results) == 2:
+            return Reply(tool_calls=[_call("browser_navigate", url=sneaky)])
+        return Reply(content="done trying")
+
+    fake_llm.script.add_rule(Rule(when=lambda r: token in str(r.messages), reply=reply))
+    try:
+        created = await http.post("/v1/sessions", json={"agent": "surfer"}, headers=_auth(key))
+        session_id = created.json()["session_id"]
+        answer = await http.post(
+            f"/v1/sessions/{session_id}/messages?wait=true",
+            json={"content": f"look around {token}"},
+            headers=_auth(key),
+            timeout=180,
+        )
+        assert answer.json()["content"] == "done trying", answer.json()
+        messages = (
+            await http.get(f"/v1/sessions/{session_id}/messages", headers=_auth(key))
+        ).json()["items"]
+        results = [m["content"] for m in messages if m["role"] == "tool"]
+        assert "/sub.html" in results[0] and str(forbidden.port) in "".join(results[:2])
+        assert "backslash" in results[2]
+        assert any(path.startswith("/sub.html") for path, _ in site.requests)
+        assert forbidden.connections == 0, forbidden.requests
+    finally:
+        site.close()
+        forbidden.close()
