@@ -580,17 +580,11 @@ class _Run:
         try:
             report = unpack_checked(stream, staged, self._limits.quota)
         except ArchiveRejected as exc:
-            _drain(stream)
+            # Not read further: closing the pipe ends the sandbox's writer at once.
             return WorkspaceOutcome(saved=False, note=f"{exc}; the workspace was not changed")
         replace_workspace(self._workspace, staged)
         note = f"{report.skipped} links or special files were not kept" if report.skipped else None
         return WorkspaceOutcome(True, report.bytes, report.files, note)
-
-
-def _drain(stream: BinaryIO) -> None:
-    # Read the rest so the sandbox's writer ends instead of blocking on a full pipe.
-    while stream.read(1 << 16):
-        pass
 
 
 def _result(outcome: _Outcome, mode: SandboxMode, duration: float) -> SandboxResult:

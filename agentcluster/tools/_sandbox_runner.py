@@ -58,9 +58,12 @@ def main() -> None:
     status, wall_expired = _wait(pid, float(header["wall_s"]), own_pid_namespace)
     _end_everything(pid, own_pid_namespace)
     result = {"wait_status": status, "wall_expired": wall_expired}
-    with os.fdopen(int(header.get("result_fd", RESULT_FD)), "wb") as out:
-        out.write(json.dumps(result).encode() + b"\n")
-        _pack(out, workspace)
+    try:
+        with os.fdopen(int(header.get("result_fd", RESULT_FD)), "wb") as out:
+            out.write(json.dumps(result).encode() + b"\n")
+            _pack(out, workspace)
+    except BrokenPipeError:
+        pass  # the host stopped reading: the workspace broke a rule and is not kept
     os._exit(0)
 
 
@@ -200,10 +203,12 @@ def _pack(out: BinaryIO, workspace: str) -> None:
                     archive.addfile(archive.gettarinfo(path, arcname))
                     continue
                 try:
-                    with open(path, "rb") as handle:
-                        archive.addfile(archive.gettarinfo(path, arcname, handle), handle)
+                    handle = open(path, "rb")  # noqa: SIM115  (closed below)
                 except OSError:
                     continue  # unreadable (mode 000): the code chose to lose it
+                with handle:
+                    # Write errors (the host stopped reading) are not the file's: they end it.
+                    archive.addfile(archive.gettarinfo(path, arcname, handle), handle)
 
 
 if __name__ == "__main__":
