@@ -105,6 +105,12 @@ test_default_tenant_allows_any_tool if {
 	allowed(tool("t0", "a", "browser_click", {"index": 1}))
 }
 
+test_default_tenant_denies_browser_evaluate if {
+	request := tool("t0", "a", "browser_evaluate", {})
+	not allowed(request)
+	contains(reason(request), "tool browser_evaluate is denied in tenant t0 (rule browser_evaluate)")
+}
+
 test_missing_tool_denied if {
 	request := object.remove(tool("t0", "a", "x", {}), ["tool"])
 	not allowed(request)
