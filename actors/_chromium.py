@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ __all__ = [
     "register_ports",
     "sandbox_problem",
     "sandbox_state",
+    "workdir_root",
     "write_launcher",
 ]
 
@@ -257,6 +259,27 @@ def sandbox_state(browser_pid: int) -> str:
     return "+".join(kinds) or "none"
 
 
+def workdir_root() -> Path:
+    """Where this node's browser actors keep their work dirs (profiles, launchers, ports): the
+    temp dir, or ``/tmp`` where the actor runs as root and Chromium's own user could not reach
+    into the temp dir (a ``TMPDIR`` inside a private directory, as Ray's test clusters use)."""
+    temp = Path(tempfile.gettempdir())
+    if os.geteuid() != 0 or _reachable_by_others(temp):
+        return temp
+    return Path("/tmp")
+
+
+def _reachable_by_others(folder: Path) -> bool:
+    # Every directory on the way must let others through (the x bit for "other").
+    for part in (folder.resolve(), *folder.resolve().parents):
+        try:
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def register_ports(workdir: Path, ports: list[int]) -> None:
     """Record this actor's proxy and DevTools ports, which no browser may be proxied to."""
     (workdir / _PORTS_FILE).write_text(" ".join(str(port) for port in ports))
@@ -266,7 +289,7 @@ def is_reserved(ip: IPAddress, port: int, parent: Path | None = None) -> bool:
     """Whether (ip, port) is a browser actor's proxy or DevTools port on this node (loopback)."""
     if not (ip.is_loopback or ip.is_unspecified or _mapped_loopback(ip)):
         return False
-    folder = parent or Path(tempfile.gettempdir())
+    folder = parent or workdir_root()
     for ports_file in folder.glob(f"{WORKDIR_PREFIX}*/{_PORTS_FILE}"):
         with contextlib.suppress(OSError, ValueError):
             if port in {int(item) for item in ports_file.read_text().split()}:

@@ -56,6 +56,7 @@ from actors._chromium import (
     register_ports,
     sandbox_problem,
     sandbox_state,
+    workdir_root,
     write_launcher,
 )
 from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
@@ -336,8 +337,9 @@ class BrowserActor:
         self._policy = policy_factory() if policy_factory is not None else DefaultNetworkPolicy()
         self._guard = SsrfGuard(self._policy, resolver)
         self._invocation: ToolInvocation | None = None
-        _sweep_orphans(Path(tempfile.gettempdir()))
-        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        root = workdir_root()
+        _sweep_orphans(root)
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=root))
         (self._workdir / _OWNER_FILE).write_text(str(os.getpid()))
         launch_plan(self._settings, None)  # fail fast on a bad path or a missing setpriv
         self._proxy: EgressProxy | None = None

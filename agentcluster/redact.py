@@ -163,9 +163,12 @@ def _url_password(url: str | None) -> str | None:
     if not url:
         return None
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
     except ValueError:
         return None
+    # A password equal to the user name protects nothing (the local dev services use one);
+    # remembering it would mask every mention of that name (logger names, paths) in logs.
+    return parts.password if parts.password != parts.username else None
 
 
 def remember_settings(settings: Settings) -> None:

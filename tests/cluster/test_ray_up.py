@@ -150,9 +150,11 @@ async def _run_one_turn(http: httpx.AsyncClient, admin_key: str, token: str) -> 
     return body
 
 
-async def _ready(http: httpx.AsyncClient) -> dict[str, Any] | None:
+async def _ready(http: httpx.AsyncClient, admin_key: str) -> dict[str, Any] | None:
+    # With the admin key: the details (the store's path) are not shown to anyone else.
+    headers = {"Authorization": f"Bearer {admin_key}"}
     try:
-        response = await http.get("/v1/ready", timeout=5)
+        response = await http.get("/v1/ready", timeout=5, headers=headers)
     except httpx.TransportError:
         return None
     if response.status_code != 200:
@@ -187,7 +189,10 @@ async def test_ray_up_serves_a_turn_and_ray_down_stops_only_this_cluster(
         assert _ray_daemons(CLUSTER_USER), "ray up returned but the cluster user runs no Ray"
         async with httpx.AsyncClient(base_url=GATEWAY) as http:
             ready = await eventually(
-                lambda: _ready(http), timeout=180, interval=1, message="gateway /v1/ready"
+                lambda: _ready(http, admin_key),
+                timeout=180,
+                interval=1,
+                message="gateway /v1/ready",
             )
             store = next(dep for dep in ready["dependencies"] if dep["name"] == "sqlite")
             # The embedded store of the cluster user's checkout: this is the launched cluster.

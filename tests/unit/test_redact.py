@@ -77,6 +77,13 @@ def test_text_without_secrets_is_left_alone(text: str) -> None:
     assert redact.scrub(text) == text
 
 
+def test_a_password_equal_to_the_user_name_is_not_remembered() -> None:
+    # It protects nothing, and remembering it would mask the name everywhere in the logs.
+    settings = load_settings({"db": {"dsn": "postgresql://svc-user-x:svc-user-x@db/app"}})
+    redact.remember_settings(settings)
+    assert redact.scrub("logger svc-user-x.metrics") == "logger svc-user-x.metrics"
+
+
 @pytest.mark.parametrize(
     ("text", "secret"),
     [
