@@ -100,7 +100,8 @@ test-integration: install deps-up ## Integration tests only
 
 bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
 	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation && \
-	  $(BIN)/python -m benchmarks.turn_overhead && $(BIN)/python -m benchmarks.pool
+	  $(BIN)/python -m benchmarks.turn_overhead && $(BIN)/python -m benchmarks.pool && \
+	  $(BIN)/python -m benchmarks.browser_egress && $(BIN)/python -m benchmarks.python_exec
 
 policy-wasm: install ## Rebuild the in-process policy (agentcluster/policy/authz.*) from policies/
 	$(BIN)/python -m agentcluster.policy._build --opa "$${AC_OPA_BIN:-.data/bin/opa}" --policies policies

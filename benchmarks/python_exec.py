@@ -132,6 +132,16 @@ def _measure_before(checkout: Path, samples: int) -> list[float]:
     return times
 
 
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or str(checkout)
+
+
 def _report(
     times: dict[str, list[float]], isolation: str, samples: int, seconds: float, command: str
 ) -> str:
@@ -150,8 +160,6 @@ def _report(
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
-            SECTION,
-            "",
             f"Command: `{command}`",
             "",
             f"Date: {date}. Machine: {machine_description()}. Sandbox: {isolation}.",
@@ -183,7 +191,10 @@ def main() -> None:
     started = time.monotonic()
     times, isolation = asyncio.run(_measure(samples))
     if args.before is not None:
-        label = f"before: the sandbox of `{args.before}` (separate process, after the rounds)"
+        label = (
+            f"before: the sandbox of commit {_commit(args.before)} (separate process, after the "
+            "rounds)"
+        )
         times[label] = _measure_before(args.before.resolve(), samples)
     command = ".venv/bin/python -m benchmarks.python_exec"
     if args.before is not None:
