@@ -435,8 +435,10 @@ class ToolSettings(BaseSettings):
     sandbox_python: Path = Path("/usr/bin/python3")
     sandbox_packages: list[Path] = Field(default_factory=list)
     """Directories of Python packages offered read-only to sandboxed code (on its sys.path)."""
-    sandbox_uid: int = Field(default=65534, ge=1, le=2**32 - 2)
-    sandbox_gid: int = Field(default=65534, ge=1, le=2**32 - 2)
+    sandbox_uid: int = Field(default=65532, ge=1, le=2**32 - 2)
+    sandbox_gid: int = Field(default=65532, ge=1, le=2**32 - 2)
+    """The sandbox's user outside when the tool actor is root: its own, not Chromium's (the
+    owner of a user namespace holds every capability in it, so no other process may share it)."""
     workspace_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, le=2**40)
     workspace_max_files: int = Field(default=10_000, ge=1, le=10_000_000)
     workspace_retention_s: float = Field(default=7 * 86_400.0, gt=0, le=10 * 365 * 86_400)

@@ -5,7 +5,7 @@ Every run is a fresh ``bwrap`` (Debian package ``bubblewrap``) with:
 * its own user, mount, PID, IPC, UTS, cgroup and network namespaces (no network at all: only a
   down loopback exists), no capabilities, ``--new-session`` and ``--die-with-parent``;
 * an unprivileged identity: uid/gid 65534 inside, and outside the actor's user, or, when the
-  actor runs as root, ``SA01_TOOLS_SANDBOX_UID``/``_GID`` (65534 by default). Never root: the
+  actor runs as root, ``SA01_TOOLS_SANDBOX_UID``/``_GID`` (65532 by default). Never root: the
   kernel does not hold root to RLIMIT_NPROC, and root owns the service's files;
 * a read-only ``/usr`` (the interpreter, ``SA01_TOOLS_SANDBOX_PYTHON``; ``/usr/local`` hidden),
   the packages offered to user code (``SA01_TOOLS_SANDBOX_PACKAGES``, read-only under
@@ -170,8 +170,8 @@ class SandboxRuntime:
     bwrap: Path = Path("/usr/bin/bwrap")
     python: Path = Path("/usr/bin/python3")
     packages: tuple[Path, ...] = ()
-    uid: int = 65534
-    gid: int = 65534
+    uid: int = 65532
+    gid: int = 65532
     mode: SandboxMode = "bwrap"
 
     @classmethod
@@ -213,7 +213,7 @@ class SandboxStatus:
         return asdict(self)
 
     def summary(self) -> str:
-        """One line: ``bwrap; cgroup v1; uid 65534``, or ``unavailable: <why>``."""
+        """One line: ``bwrap; cgroup v1; uid 65532``, or ``unavailable: <why>``."""
         if self.isolation == "unavailable":
             return f"unavailable: {self.detail}"
         return f"{self.isolation}; cgroup {self.cgroup}; uid {self.uid}"

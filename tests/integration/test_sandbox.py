@@ -123,7 +123,7 @@ async def test_the_code_runs_unprivileged_with_no_capabilities(
         "print(os.getuid(), os.getgid(), caps[0])\n"
     )
     result = await _run(sandbox, code, tmp_path / "ws")
-    assert result.stdout.split() == ["65534", "65534", "0000000000000000"]
+    assert result.stdout.split() == ["65534", "65534", "0000000000000000"]  # inside
 
 
 async def test_only_the_interpreter_and_the_sandbox_mounts_are_visible(
