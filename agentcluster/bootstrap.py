@@ -16,6 +16,7 @@ async def open_state_store(settings: Settings, *, migrate: bool = True) -> SqlSt
         settings.db_dsn,
         pool_size=settings.db.pool_size,
         connect_timeout_s=settings.db.connect_timeout_s,
+        command_timeout_s=settings.db.command_timeout_s,
         migrate=migrate,
         echo=settings.db.echo,
     )

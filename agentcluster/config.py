@@ -131,6 +131,9 @@ class DbSettings(BaseSettings):
     dsn: str | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """PostgreSQL: the longest one statement, or the wait for a pooled connection, may take
+    (a database that stops answering fails requests with 503 after it instead of hanging)."""
     echo: bool = False
 
     @field_validator("dsn")

@@ -17,14 +17,20 @@ import base64
 import hashlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, event, func, insert, select, update
+from sqlalchemy import Select, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InvalidatePoolError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -98,20 +104,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _make_engine(dsn: str, pool_size: int, connect_timeout_s: float, echo: bool) -> AsyncEngine:
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Checkout hook: a pooled connection the server already closed (a restart, a crash, an
+    admin's terminate) is replaced before use, and every connection pooled before it with it.
+
+    asyncpg notices the server's close on the event loop (``is_closed()``), so this costs no round
+    trip, unlike ``pool_pre_ping``; the first request after the database is back succeeds.
+    """
+    inner = getattr(dbapi_connection, "_connection", None)
+    if inner is not None and inner.is_closed():
+        raise InvalidatePoolError("the database closed this pooled connection")
+
+
+def _make_engine(
+    dsn: str, pool_size: int, connect_timeout_s: float, command_timeout_s: float, echo: bool
+) -> AsyncEngine:
     if _backend(dsn) == "postgresql":
-        return create_async_engine(
+        engine = create_async_engine(
             dsn,
             pool_size=pool_size,
             max_overflow=pool_size,
             # No pre-ping: it doubled every store call's round trips (benchmarks/turn_overhead).
-            # A connection broken by a database restart is invalidated on its first error, which
-            # surfaces as DependencyUnavailable and is retried by the caller.
+            # _discard_closed replaces connections the server closed, for free; one broken in
+            # another way is invalidated (with the whole pool) on its first error, which surfaces
+            # as DependencyUnavailable.
             pool_pre_ping=False,
             pool_recycle=1800,
+            # A database that stops answering (paused, partitioned) fails the wait for a pooled
+            # connection and each statement in bounded time instead of hanging the caller.
+            pool_timeout=command_timeout_s,
             echo=echo,
-            connect_args={"timeout": connect_timeout_s},
+            connect_args={"timeout": connect_timeout_s, "command_timeout": command_timeout_s},
         )
+        event.listen(engine.sync_engine, "checkout", _discard_closed)
+        return engine
     database = make_url(dsn).database
     if database and database != ":memory:":
         from pathlib import Path
@@ -130,10 +156,13 @@ async def open_store(
     *,
     pool_size: int = 10,
     connect_timeout_s: float = 5.0,
+    command_timeout_s: float = 30.0,
     migrate: bool = True,
     echo: bool = False,
 ) -> SqlStateStore:
     """Connect to the database (failing fast with the dependency named) and run migrations.
+
+    ``command_timeout_s`` bounds each PostgreSQL statement and the wait for a pooled connection.
 
     Raises:
         DependencyUnavailable: the database cannot be reached.
@@ -142,7 +171,7 @@ async def open_store(
         dsn = normalize_dsn(dsn)
     except ValueError as exc:
         raise ConfigError(f"SA01_DB_DSN: {exc}") from None
-    engine = _make_engine(dsn, pool_size, connect_timeout_s, echo)
+    engine = _make_engine(dsn, pool_size, connect_timeout_s, command_timeout_s, echo)
     store = SqlStateStore(engine, description=_describe(dsn))
     try:
         await store.ping()
@@ -428,7 +457,12 @@ class SqlStateStore:
         except (IntegrityError, StaleEpochError, NotFoundError, ConflictError, ValidationFailed):
             raise
         except (OSError, TimeoutError) as exc:
-            raise DependencyUnavailable(self.dependency, f"{self.description}: {exc}") from exc
+            detail = str(exc) or f"no answer ({type(exc).__name__})"
+            raise DependencyUnavailable(self.dependency, f"{self.description}: {detail}") from exc
+        except PoolTimeout as exc:
+            raise DependencyUnavailable(
+                self.dependency, f"{self.description}: no connection free in time ({exc})"
+            ) from exc
         except OperationalError as exc:
             raise InfrastructureError(self.dependency, f"{self.description}: {exc.orig}") from exc
         except DBAPIError as exc:
@@ -447,8 +481,8 @@ class SqlStateStore:
         try:
             async with self._engine.connect() as connection:
                 await connection.execute(select(1))
-        except (OSError, TimeoutError, DBAPIError) as exc:
-            detail = getattr(exc, "orig", None) or exc
+        except (OSError, TimeoutError, DBAPIError, PoolTimeout) as exc:
+            detail = getattr(exc, "orig", None) or exc or type(exc).__name__
             raise DependencyUnavailable(
                 self.dependency, f"cannot reach {self.description}: {detail}"
             ) from exc
@@ -892,6 +926,25 @@ class SqlStateStore:
                 TurnRow.status.in_(("queued", "running")),
             )
             .distinct()
+        )
+        async with self.transaction() as connection:
+            return list((await connection.execute(query)).scalars().all())
+
+    async def sessions_to_wake(
+        self, live_hosts: Collection[str] | None, limit: int = 500
+    ) -> list[str]:
+        """Sessions with queued or running turns that no live host owns: never woken or
+        passivated (no owner), or owned by a host not in ``live_hosts`` (dead, retired; None:
+        only the ones without an owner). At most ``limit``."""
+        owner = SessionRow.owner_host
+        unowned = owner.is_(None)
+        condition = unowned if live_hosts is None else or_(unowned, owner.not_in(list(live_hosts)))
+        query = (
+            select(SessionRow.session_id)
+            .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
+            .where(TurnRow.status.in_(("queued", "running")), condition)
+            .distinct()
+            .limit(limit)
         )
         async with self.transaction() as connection:
             return list((await connection.execute(query)).scalars().all())
