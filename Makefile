@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 
 .PHONY: help install lock deps-up deps-down deps-status run stack-up health health-wait test \
         test-unit test-integration bench quality format lint typecheck clean policy-wasm \
-        build docker-image dev-up dev-down dev-logs dev-rebuild local-ssh cluster-up cluster-down
+        build docker-image dev-up dev-down dev-logs dev-rebuild local-ssh cluster-up cluster-down \
+        chaos soak
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -102,6 +103,13 @@ bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
 	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation && \
 	  $(BIN)/python -m benchmarks.turn_overhead && $(BIN)/python -m benchmarks.pool && \
 	  $(BIN)/python -m benchmarks.browser_egress && $(BIN)/python -m benchmarks.python_exec
+
+chaos: install deps-up ## Chaos suite on a private stack (faults, checks); tables to docs/reliability.md
+	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
+
+SOAK_MINUTES ?= 10
+soak: install deps-up ## 1,000 SSE streams held SOAK_MINUTES (10) with turns running; docs/reliability.md
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
 
 policy-wasm: install ## Rebuild the in-process policy (agentcluster/policy/authz.*) from policies/
 	$(BIN)/python -m agentcluster.policy._build --opa "$${AC_OPA_BIN:-.data/bin/opa}" --policies policies
