@@ -331,6 +331,10 @@ class LlmSettings(BaseSettings):
     api_base: str | None = None
     api_key: str | None = Field(default=None, repr=False)
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Connecting to the provider and each wait for data (LiteLLM's timeout)."""
+    call_timeout_s: float = Field(default=300.0, gt=0, le=7200)
+    """One whole call, stream included: a stream still going past it fails the attempt
+    (retried like a timeout), so no LLM call, and no turn, can hang."""
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_backoff_s: float = Field(default=0.5, ge=0, le=60)
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
@@ -339,6 +343,15 @@ class LlmSettings(BaseSettings):
     """How often a process checks whether the provider settings changed (they apply within it)."""
     probe_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """The timeout of a provider's test-connection call."""
+
+    @model_validator(mode="after")
+    def _call_covers_its_waits(self) -> LlmSettings:
+        if self.call_timeout_s < self.timeout_s:
+            raise ValueError(
+                "SA01_LLM_CALL_TIMEOUT_S must be >= SA01_LLM_TIMEOUT_S (a whole call includes "
+                "its waits for data)"
+            )
+        return self
 
     @field_validator("api_base")
     @classmethod

@@ -15,7 +15,9 @@ Hierarchy::
     │       └── TooManyStreams         429: the tenant holds its most open streams and waits
     ├── ToolError                      "tell the model": returned to the LLM as a tool result
     ├── InfrastructureError            a dependency failed; ``dependency`` names it
-    │   └── DependencyUnavailable      unreachable (refused, timed out); retryable
+    │   ├── DependencyUnavailable      unreachable (refused, timed out); retryable
+    │   └── LlmUnavailable             no model of the chain answered (errors, timeouts, open
+    │                                  breakers, a broken stream); ``llm``; retryable
     ├── StaleEpochError                a fenced write by a host that lost the session
     └── TerminalFailure                the work cannot succeed (e.g. a turn past its retry budget)
         └── BudgetExceeded             the tenant's daily LLM token or cost budget is spent
@@ -34,6 +36,7 @@ __all__ = [
     "DependencyUnavailable",
     "Forbidden",
     "InfrastructureError",
+    "LlmUnavailable",
     "NotFoundError",
     "RateLimited",
     "SecretKeyError",
@@ -183,6 +186,15 @@ class InfrastructureError(AgentClusterError):
 
 class DependencyUnavailable(InfrastructureError):
     """The dependency could not be reached at all."""
+
+
+class LlmUnavailable(InfrastructureError):
+    """No model of a call's chain gave an answer: each failed past its retries (HTTP 5xx or 429,
+    a timeout, a malformed stream) or was skipped by its open breaker, or a stream broke after
+    part of the answer was delivered. A turn fails with it as ``error_type: LlmUnavailable``."""
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__("llm", message, retryable=retryable)
 
 
 class StaleEpochError(AgentClusterError):

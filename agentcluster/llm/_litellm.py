@@ -12,8 +12,8 @@ One :meth:`LiteLLMClient.complete` walks the chain ``[request.model, *request.fa
 * a *terminal* failure (400, 401, 403, 404, 422, context window exceeded, content policy) raises
   :class:`~agentcluster.errors.TerminalFailure` at once, naming model and status: no retry and no
   fallback, the same request would be rejected again;
-* when every model failed: :class:`~agentcluster.errors.InfrastructureError` (``llm``, retryable)
-  listing each model's last failure.
+* when every model failed: :class:`~agentcluster.errors.LlmUnavailable` (an
+  ``InfrastructureError`` of ``llm``, retryable) listing each model's last failure.
 
 Deltas are never duplicated: a call is retried, or the next model tried, only while nothing has
 been passed to ``on_delta`` yet. A stream that breaks *after* content was emitted raises
@@ -23,7 +23,10 @@ stay retryable to the end.
 
 LiteLLM's own retries are off (``num_retries=0``, ``max_retries=0``) so every attempt is counted
 here, by the breaker and in :attr:`LlmResult.attempts`. ``timeout_s`` bounds connecting and each
-wait for data (LiteLLM's ``timeout``), not the length of a whole stream.
+wait for data (LiteLLM's ``timeout``); ``call_timeout_s`` bounds a whole call, stream included
+(a stream still dripping past it is a retryable failure like any timeout), so no call, and so no
+turn, can hang. A malformed chunk (cut-off JSON, bytes that are not SSE, a chunk of the wrong
+shape) reaches us as LiteLLM's ``MidStreamFallbackError`` and is a retryable failure too.
 
 Importing this module imports LiteLLM (seconds, ~200 MB); it first calls
 :func:`~agentcluster.config.prepare_offline_environment` so that import stays offline.
@@ -53,7 +56,11 @@ import openai  # noqa: E402
 import pybreaker  # noqa: E402
 
 from agentcluster import metrics, tracing  # noqa: E402
-from agentcluster.errors import InfrastructureError, TerminalFailure  # noqa: E402
+from agentcluster.errors import (  # noqa: E402
+    InfrastructureError,
+    LlmUnavailable,
+    TerminalFailure,
+)
 from agentcluster.events import Usage  # noqa: E402
 from agentcluster.llm._tokens import count_messages, count_text  # noqa: E402
 from agentcluster.llm._types import (  # noqa: E402
@@ -242,9 +249,7 @@ class LiteLLMClient:
             metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
             raise
         metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
-        raise InfrastructureError(
-            "llm", f"all models failed: {'; '.join(progress.failures)}", retryable=True
-        )
+        raise LlmUnavailable(f"all models failed: {'; '.join(progress.failures)}", retryable=True)
 
     async def _complete_with(
         self, model: str, request: LlmRequest, on_delta: DeltaSink | None, progress: _Progress
@@ -300,20 +305,17 @@ class LiteLLMClient:
         """One streamed call; library errors leave as TerminalFailure or _CallFailed."""
         assembly = _StreamAssembly()
         deltas_before = progress.deltas
+        call_timeout_s = self._settings.call_timeout_s
         try:
-            stream = await litellm.acompletion(**self._call_arguments(model, route, request))
-            try:
-                async for chunk in stream:
-                    text = assembly.add(chunk)
-                    if text and on_delta is not None:
-                        progress.deltas += 1
-                        await on_delta(text)
-            finally:
-                # Release the connection now when we stop early (error, cancellation, a failing
-                # sink) instead of whenever the stream is garbage-collected.
-                await _close_stream(stream)
+            # The whole call, not only each wait for data: a stream that keeps dripping must
+            # still end, or the turn would never end either.
+            async with asyncio.timeout(call_timeout_s):
+                await self._consume(model, route, request, assembly, on_delta, progress)
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise _map_error(exc, model, after_deltas=progress.deltas - deltas_before) from exc
+        except TimeoutError as exc:
+            detail = f"no complete answer within {call_timeout_s:g} s (SA01_LLM_CALL_TIMEOUT_S)"
+            raise _CallFailed(detail, after_deltas=progress.deltas - deltas_before) from exc
         routed = route.litellm_model if route is not None else self._routed(model)
         result = assembly.result(model, routed, request)
         if not result.tool_calls:
@@ -323,6 +325,28 @@ class LiteLLMClient:
             c.model_copy(update={"name": names.get(c.name, c.name)}) for c in result.tool_calls
         ]
         return result.model_copy(update={"tool_calls": calls})
+
+    async def _consume(
+        self,
+        model: str,
+        route: ModelRoute | None,
+        request: LlmRequest,
+        assembly: _StreamAssembly,
+        on_delta: DeltaSink | None,
+        progress: _Progress,
+    ) -> None:
+        """Open the stream and feed every chunk to ``assembly``, content to ``on_delta``."""
+        stream = await litellm.acompletion(**self._call_arguments(model, route, request))
+        try:
+            async for chunk in stream:
+                text = assembly.add(chunk)
+                if text and on_delta is not None:
+                    progress.deltas += 1
+                    await on_delta(text)
+        finally:
+            # Release the connection now when we stop early (error, cancellation, a failing
+            # sink) instead of whenever the stream is garbage-collected.
+            await _close_stream(stream)
 
     def _call_arguments(
         self, model: str, route: ModelRoute | None, request: LlmRequest
@@ -435,9 +459,8 @@ async def _close_stream(stream: Any) -> None:
         await aclose()
 
 
-def _broken_stream(model: str, failure: _CallFailed) -> InfrastructureError:
-    return InfrastructureError(
-        "llm",
+def _broken_stream(model: str, failure: _CallFailed) -> LlmUnavailable:
+    return LlmUnavailable(
         f"{model}: the stream broke after {failure.after_deltas} content fragment(s) were "
         f"delivered, not retried to avoid duplicating them: {failure.detail}",
         retryable=True,

@@ -8,6 +8,7 @@ OpenAI client) at :attr:`FakeLLM.base_url` and the real network path runs.
 # agentcluster.testing.fake_llm` does not find its own module already imported.
 from agentcluster.testing._script import (
     Action,
+    BrokenStream,
     Failure,
     FinishReason,
     RecordedRequest,
@@ -24,6 +25,7 @@ from agentcluster.testing._server import FakeLLM
 
 __all__ = [
     "Action",
+    "BrokenStream",
     "Failure",
     "FakeLLM",
     "FinishReason",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 __all__ = [
     "Action",
     "ActionLike",
+    "BrokenStream",
     "Failure",
     "FinishReason",
     "RecordedRequest",
@@ -139,7 +140,36 @@ class Timeout:
         _check_non_negative("seconds", self.seconds)
 
 
-Action: TypeAlias = Reply | Failure | Timeout
+BrokenChunk: TypeAlias = Literal["bad_json", "not_sse", "wrong_shape"]
+
+
+@dataclass(frozen=True)
+class BrokenStream:
+    """A stream that goes wrong: ``content`` streamed as usual (one chunk per word), then one
+    malformed server-sent event, then the stream ends (``then="close"``, no ``[DONE]``) or goes
+    on to ``[DONE]`` as if nothing happened (``then="done"``).
+
+    ``chunk`` picks the damage: ``bad_json`` (a ``data:`` line whose JSON is cut off),
+    ``not_sse`` (bytes that are no SSE field at all), ``wrong_shape`` (valid JSON that is not a
+    ``chat.completion.chunk``: ``choices`` is a string). Non-streaming requests get a 200 whose
+    body is the broken chunk's text. Not available in script files.
+    """
+
+    content: str = ""
+    chunk: BrokenChunk = "bad_json"
+    then: Literal["close", "done"] = "close"
+
+    @property
+    def garbage(self) -> bytes:
+        """The malformed event as it goes on the wire."""
+        if self.chunk == "not_sse":
+            return b"\x00\xff{{{ this is not a server-sent event\n\n"
+        if self.chunk == "wrong_shape":
+            return b'data: {"id":"x","object":"chat.completion.chunk","choices":"oops"}\n\n'
+        return b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"con\n\n'
+
+
+Action: TypeAlias = Reply | Failure | Timeout | BrokenStream
 ActionLike: TypeAlias = Action | str
 
 
@@ -422,7 +452,7 @@ def _as_action(item: ActionLike) -> Action:
 def _as_responder(default: ActionLike | Responder | None) -> Responder:
     if default is None:
         return demo_reply
-    if isinstance(default, str | Reply | Failure | Timeout):
+    if isinstance(default, str | Reply | Failure | Timeout | BrokenStream):
         action = _as_action(default)
         return lambda _request: action
     return default

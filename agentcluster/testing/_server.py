@@ -25,8 +25,10 @@ from starlette.routing import Route
 
 from agentcluster.testing._script import (
     Action,
+    BrokenStream,
     Failure,
     RecordedRequest,
+    Reply,
     Script,
     Timeout,
     Timing,
@@ -35,6 +37,7 @@ from agentcluster.testing._wire import (
     Completion,
     build_completion,
     completion_json,
+    completion_pieces,
     error_response,
     non_stream_delay,
     stream_chunks,
@@ -403,6 +406,8 @@ class FakeLLM:
         if isinstance(action, Timeout):
             await self._pause(action.seconds)
             return error_response(504)
+        if isinstance(action, BrokenStream):
+            return self._broken(request, action)
         completion = build_completion(request, action, self.timing)
         if request.stream:
             return StreamingResponse(
@@ -420,6 +425,26 @@ class FakeLLM:
                 return  # stopping: cut the stream like a dropped connection would
             yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+    def _broken(self, request: RecordedRequest, action: BrokenStream) -> Response:
+        if not request.stream:
+            return Response(action.garbage, media_type="application/json")
+        completion = build_completion(request, Reply(content=action.content or None), self.timing)
+        return StreamingResponse(
+            self._broken_stream(completion, action),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
+        )
+
+    async def _broken_stream(
+        self, completion: Completion, action: BrokenStream
+    ) -> AsyncIterator[bytes]:
+        # The role chunk and the content chunks, without the finish and usage chunks.
+        for chunk in stream_chunks(completion)[: 1 + len(completion_pieces(completion))]:
+            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+        yield action.garbage
+        if action.then == "done":
+            yield b"data: [DONE]\n\n"
 
     async def _list_models(self, request: Request) -> Response:
         seen = [rule.model for rule in self.script.rules if rule.model]

@@ -18,6 +18,7 @@ __all__ = [
     "Completion",
     "build_completion",
     "completion_json",
+    "completion_pieces",
     "error_response",
     "non_stream_delay",
     "stream_chunks",
@@ -138,6 +139,11 @@ def stream_chunks(completion: Completion) -> list[dict[str, Any]]:
     if completion.include_usage:
         chunks.append({**_chunk(completion, {}, None), "choices": [], "usage": completion.usage})
     return chunks
+
+
+def completion_pieces(completion: Completion) -> list[str]:
+    """The content fragments a stream of ``completion`` sends, one chunk each, in order."""
+    return _split_words(completion.content or "")
 
 
 def _split_words(text: str) -> list[str]:

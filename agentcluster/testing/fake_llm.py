@@ -14,8 +14,9 @@ What it answers is decided by a :class:`Script`, per request, in this order:
 3. the **default**: a callable or a fixed action; out of the box :func:`demo_reply`.
 
 An action is a :class:`Reply` (text and/or :class:`ToolCall` s), a :class:`Failure` (an HTTP error
-in OpenAI's error shape, e.g. 429 with ``Retry-After``) or a :class:`Timeout` (say nothing for a
-while, then answer 504).
+in OpenAI's error shape, e.g. 429 with ``Retry-After``), a :class:`Timeout` (say nothing for a
+while, then answer 504) or a :class:`BrokenStream` (some content, then a malformed chunk: cut-off
+JSON, bytes that are not SSE, or a chunk of the wrong shape; then the stream ends or goes on).
 
 Wire details worth knowing:
 
@@ -77,6 +78,7 @@ from pathlib import Path
 from agentcluster.testing._script import (
     Action,
     ActionLike,
+    BrokenStream,
     Failure,
     FinishReason,
     RecordedRequest,
@@ -96,6 +98,7 @@ from agentcluster.testing._server import FakeLLM
 __all__ = [
     "Action",
     "ActionLike",
+    "BrokenStream",
     "Failure",
     "FakeLLM",
     "FinishReason",
