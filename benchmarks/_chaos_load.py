@@ -148,7 +148,7 @@ async def _client(
         number += 1
         tag = uuid.uuid4().hex[:10]
         send = Send(
-            session_id, f"k-{tag}", f"chaos {number} {tag}: what is 6 * 7?", time.monotonic()
+            session_id, f"k-{tag}", f"chaos {number} {tag}: use the calculator", time.monotonic()
         )
         ledger.sends.append(send)
         await deliver(client, send, ledger, config)

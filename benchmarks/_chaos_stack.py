@@ -100,13 +100,18 @@ class ChaosStack:
         session = await self.store.get_session(tenant_id, session_id)
         return session.owner_host
 
-    async def kill_host(self, host_name: str) -> int:
-        """SIGKILL the process of host actor ``host_name``; returns the PID killed."""
+    async def kill_host(self, host_name: str, timeout_s: float = 10.0) -> int | None:
+        """SIGKILL the process of host actor ``host_name``; returns the PID killed, or None when
+        the host did not say its PID within ``timeout_s`` (still restarting, or gone)."""
         import ray
 
-        handle = ray.get_actor(host_name, namespace=self.settings.runtime.namespace)
-        pid = int(await asyncio.wait_for(handle.pid.remote(), 30))
-        os.kill(pid, signal.SIGKILL)
+        try:
+            handle = ray.get_actor(host_name, namespace=self.settings.runtime.namespace)
+            pid = int(await asyncio.wait_for(handle.pid.remote(), timeout_s))
+        except (TimeoutError, ValueError, ray.exceptions.RayError):
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         return pid
 
     def host_names(self) -> list[str]:
@@ -138,6 +143,28 @@ class ChaosStack:
             raise RuntimeError("no gateway replica to kill")
         ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
         return replicas[0]
+
+    async def kill_tool_actor(self) -> str:
+        """SIGKILL the process of one tool pool member (its pool replaces it); returns its name.
+
+        Raises:
+            RuntimeError: no tool actor runs (the pool starts its members on first use).
+        """
+        import ray
+
+        runtime = self.settings.runtime
+        prefix = f"pool-{runtime.host_prefix}-tools-"
+        members = sorted(
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == runtime.namespace and entry["name"].startswith(prefix)
+        )
+        if not members:
+            raise RuntimeError("no tool actor to kill")
+        handle = ray.get_actor(members[0], namespace=runtime.namespace)
+        health: dict[str, Any] = await asyncio.wait_for(handle.health.remote(), 30)
+        os.kill(int(health["actor_pid"]), signal.SIGKILL)
+        return members[0]
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -181,8 +208,9 @@ def _settings(
         },
         "tools": {"workspace_root": directory / "workspaces"},
     }
-    if config.limits:
-        overrides["limits"] = config.limits
+    # A request rate limit far above the load: it is never hit, but every request goes
+    # through Redis's counters, so a Redis outage shows (fail closed, 503 naming redis).
+    overrides["limits"] = {"requests_per_minute": 1_000_000} | config.limits
     return load_settings(overrides), admin_key
 
 

@@ -115,12 +115,15 @@ async def _probe_task(ctx: Context, since: float) -> asyncio.Task[float | None]:
     return asyncio.create_task(probe_turn(ctx.client, ctx.probe_session, since))
 
 
-async def _kill_probe_host(ctx: Context) -> float:
-    """SIGKILL the host owning the probe session (an affected session by construction)."""
+async def _kill_probe_host(ctx: Context) -> float | None:
+    """SIGKILL the host owning the probe session (an affected session by construction); the
+    moment of the kill, or None if no host could be killed."""
     host = await ctx.stack.host_of(ctx.tenant_id, ctx.probe_session)
     if host is None:  # not active right now: any host will do
         host = ctx.stack.host_names()[0]
-    await ctx.stack.kill_host(host)
+    if await ctx.stack.kill_host(host) is None:
+        print(f"chaos: host {host} not killed (no PID in time)", file=sys.stderr, flush=True)
+        return None
     return time.monotonic()
 
 
@@ -135,6 +138,8 @@ def host_kills(every_s: float, count: int, *, sequential: bool = False) -> Fault
                 await probe_turn(ctx.client, ctx.probe_session, time.monotonic())
             await asyncio.sleep(every_s)
             moment = await _kill_probe_host(ctx)
+            if moment is None:
+                continue
             probe = await _probe_task(ctx, moment)
             if sequential:
                 await probe
@@ -170,6 +175,21 @@ def replica_kill(lead_s: float = 5.0) -> Fault:
     return inject
 
 
+def tool_actor_kill(every_s: float = 5.0, count: int = 3) -> Fault:
+    """SIGKILL a tool actor every ``every_s`` while turns call the calculator in it."""
+
+    async def inject(ctx: Context) -> list[Recovery]:
+        recoveries = []
+        for _ in range(count):
+            await asyncio.sleep(every_s)
+            await ctx.stack.kill_tool_actor()
+            end = time.monotonic()
+            recoveries.append(Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end)))
+        return recoveries
+
+    return inject
+
+
 SCENARIOS: dict[str, Scenario] = {
     "host-kill": Scenario(
         "host-kill", "SessionHost SIGKILL every 10 s, 4 times", 8, host_kills(10, 4)
@@ -181,6 +201,9 @@ SCENARIOS: dict[str, Scenario] = {
     "redis": Scenario("redis", "Redis stopped 10 s, started", 8, outage("redis", 10)),
     "opa": Scenario("opa", "OPA stopped 10 s, started", 8, outage("opa", 10)),
     "replica-kill": Scenario("replica-kill", "a gateway replica ray.kill'ed", 8, replica_kill()),
+    "tool-kill": Scenario(
+        "tool-kill", "a tool actor SIGKILLed every 5 s, 3 times", 8, tool_actor_kill()
+    ),
 }
 # Small versions for `make test` (tests/chaos): the invariants, not the timings.
 SHORT: dict[str, Scenario] = {

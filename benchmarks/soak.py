@@ -326,6 +326,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="before the first sample")
     parser.add_argument("--out", default="docs/reliability.md", help="'-': print only")
     return parser.parse_args(argv)
 
@@ -333,7 +334,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak and publish its section; exit 1 on a stream error or memory growth."""
     args = _parse(argv)
-    config = SoakConfig(streams=args.streams, minutes=args.minutes, senders=args.senders)
+    config = SoakConfig(
+        streams=args.streams, minutes=args.minutes, senders=args.senders, warmup_s=args.warmup_s
+    )
     stats, samples, ledger = asyncio.run(run_soak(config))
     publish(report(config, stats, samples, ledger), args.out, SECTION, TITLE)
     first, last = samples[0], samples[-1]
