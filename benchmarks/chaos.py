@@ -149,18 +149,53 @@ def host_kills(every_s: float, count: int, *, sequential: bool = False) -> Fault
     return inject
 
 
-def outage(service: ServiceName, seconds: float, lead_s: float = 5.0) -> Fault:
-    """Stop ``service`` for ``seconds``, then start it again."""
+@dataclass
+class LagWatch:
+    """The relay's backlog (events committed, not yet on Kafka) sampled through an outage."""
+
+    peak: int = 0
+    drained_s: float | None = None
+
+
+async def _watch_lag(ctx: Context, watch: LagWatch, back: asyncio.Event) -> None:
+    """Sample ``outbox_lag`` every 0.5 s; once the broker is ``back``, time the drain to 0."""
+    back_at: float | None = None
+    while True:
+        lag = await ctx.stack.store.outbox_lag()
+        watch.peak = max(watch.peak, lag)
+        if back.is_set():
+            back_at = back_at or time.monotonic()
+            if lag == 0:
+                watch.drained_s = time.monotonic() - back_at
+                return
+        await asyncio.sleep(0.5)
+
+
+def outage(
+    service: ServiceName, seconds: float, lead_s: float = 5.0, lag: LagWatch | None = None
+) -> Fault:
+    """Stop ``service`` for ``seconds``, then start it again (``lag``: watch the relay's
+    backlog meanwhile and until it drained, up to 120 s)."""
 
     async def inject(ctx: Context) -> list[Recovery]:
         await asyncio.sleep(lead_s)
+        back = asyncio.Event()
+        watcher = asyncio.create_task(_watch_lag(ctx, lag, back)) if lag else None
         await ctx.stack.stop_service(service)
         await asyncio.sleep(seconds)
         await ctx.stack.start_service(service)
         end = time.monotonic()
-        return [Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end))]
+        back.set()
+        recovery = Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end))
+        if watcher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watcher, 120)
+        return [recovery]
 
     return inject
+
+
+KAFKA_LAG = LagWatch()
 
 
 def replica_kill(lead_s: float = 5.0) -> Fault:
@@ -197,7 +232,9 @@ SCENARIOS: dict[str, Scenario] = {
     "postgres": Scenario(
         "postgres", "PostgreSQL stopped 15 s, started", 8, outage("postgresql", 15)
     ),
-    "kafka": Scenario("kafka", "Kafka broker stopped 30 s, started", 8, outage("kafka", 30)),
+    "kafka": Scenario(
+        "kafka", "Kafka broker stopped 30 s, started", 8, outage("kafka", 30, lag=KAFKA_LAG)
+    ),
     "redis": Scenario("redis", "Redis stopped 10 s, started", 8, outage("redis", 10)),
     "opa": Scenario("opa", "OPA stopped 10 s, started", 8, outage("opa", 10)),
     "replica-kill": Scenario("replica-kill", "a gateway replica ray.kill'ed", 8, replica_kill()),
@@ -282,6 +319,18 @@ def summary(result: Result) -> dict[str, object]:
     }
 
 
+def _lag_note(results: Sequence[Result]) -> list[str]:
+    if not any(result.scenario.name == "kafka" for result in results):
+        return []
+    drained = "not within 120 s" if KAFKA_LAG.drained_s is None else f"{KAFKA_LAG.drained_s:.1f} s"
+    return [
+        "",
+        f"Kafka outage: the relay's backlog (committed events not yet on the topic, the "
+        f"outbox lag) peaked at {KAFKA_LAG.peak} events and drained to 0 {drained} after the "
+        "broker was started again.",
+    ]
+
+
 def _problems(result: Result) -> str:
     counts = result.ledger.problems.most_common()
     return ", ".join(f"{count} x {kind}" for kind, count in counts) or "none"
@@ -357,6 +406,7 @@ def chaos_report(results: Sequence[Result]) -> str:
             markdown_table(HEADERS, [_row(r) for r in results]),
             "",
             f"Invariants: {verdicts}.",
+            *_lag_note(results),
             "",
             "Error answers by scenario (status and problem type): "
             + "; ".join(f"{r.scenario.name}: {_problems(r)}" for r in results)
