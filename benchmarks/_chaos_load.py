@@ -30,6 +30,7 @@ __all__ = [
     "Send",
     "Verdict",
     "create_sessions",
+    "probe_stored_turn",
     "probe_turn",
     "run_clients",
     "verify",
@@ -185,6 +186,30 @@ async def probe_turn(
             if response.status_code == 200 and response.json().get("status") == "completed":
                 return time.monotonic() - since
         await asyncio.sleep(0.1)
+    return None
+
+
+async def probe_stored_turn(
+    client: httpx.AsyncClient,
+    store: SqlStateStore,
+    tenant_id: str,
+    session_id: str,
+    since: float,
+    deadline_s: float = 120.0,
+) -> float | None:
+    """Send a message (202, same key on retries), then watch its turn in the store until it
+    completes; seconds from ``since`` to when the store says so (polled every 50 ms).
+
+    Unlike ``?wait=true`` this does not depend on how a waiting request learns of a new host.
+    """
+    key = f"probe-{uuid.uuid4().hex[:10]}"
+    send = Send(session_id, key, f"probe {key}: what is 2 + 2?", time.monotonic())
+    config = LoadConfig(request_timeout_s=5.0, give_up_s=deadline_s)
+    await deliver(client, send, Ledger(), config)
+    while send.turn_id is not None and time.monotonic() - since < deadline_s:
+        if await _turn_status(store, tenant_id, send.turn_id) == "completed":
+            return time.monotonic() - since
+        await asyncio.sleep(0.05)
     return None
 
 

@@ -34,6 +34,7 @@ from benchmarks._chaos_load import (
     LoadConfig,
     Verdict,
     create_sessions,
+    probe_stored_turn,
     probe_turn,
     run_clients,
     verify,
@@ -111,8 +112,15 @@ class Result:
 # -- faults ---------------------------------------------------------------------------------------
 
 
+async def _probe(ctx: Context, since: float) -> float | None:
+    """Seconds from ``since`` to the completion of a new turn of the probe session."""
+    return await probe_stored_turn(
+        ctx.client, ctx.stack.store, ctx.tenant_id, ctx.probe_session, since
+    )
+
+
 async def _probe_task(ctx: Context, since: float) -> asyncio.Task[float | None]:
-    return asyncio.create_task(probe_turn(ctx.client, ctx.probe_session, since))
+    return asyncio.create_task(_probe(ctx, since))
 
 
 async def _kill_probe_host(ctx: Context) -> float | None:
@@ -134,8 +142,8 @@ def host_kills(every_s: float, count: int, *, sequential: bool = False) -> Fault
     async def inject(ctx: Context) -> list[Recovery]:
         kills: list[tuple[float, asyncio.Task[float | None]]] = []
         for _ in range(count):
-            if sequential:
-                await probe_turn(ctx.client, ctx.probe_session, time.monotonic())
+            if sequential:  # the probe session is active on a live host again
+                await _probe(ctx, time.monotonic())
             await asyncio.sleep(every_s)
             moment = await _kill_probe_host(ctx)
             if moment is None:
@@ -186,7 +194,7 @@ def outage(
         await ctx.stack.start_service(service)
         end = time.monotonic()
         back.set()
-        recovery = Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end))
+        recovery = Recovery(end, await _probe(ctx, end))
         if watcher is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher, 120)
@@ -205,7 +213,7 @@ def replica_kill(lead_s: float = 5.0) -> Fault:
         await asyncio.sleep(lead_s)
         await asyncio.to_thread(ctx.stack.kill_gateway_replica)
         end = time.monotonic()
-        return [Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end))]
+        return [Recovery(end, await _probe(ctx, end))]
 
     return inject
 
@@ -219,7 +227,7 @@ def tool_actor_kill(every_s: float = 5.0, count: int = 3) -> Fault:
             await asyncio.sleep(every_s)
             await ctx.stack.kill_tool_actor()
             end = time.monotonic()
-            recoveries.append(Recovery(end, await probe_turn(ctx.client, ctx.probe_session, end)))
+            recoveries.append(Recovery(end, await _probe(ctx, end)))
         return recoveries
 
     return inject
@@ -400,8 +408,10 @@ def chaos_report(results: Sequence[Result]) -> str:
             "lost; present twice: duplicated), every acked turn must have ended, and the "
             "session's events on `agent.events`, deduplicated by event id, must be seq 1..n of "
             "the store in order. Recovery is measured from the end of the fault (service started "
-            "again, or the kill) to the first 2xx any client got, and to the first completed "
-            "`?wait=true` turn of a probe session (for host kills: a session of the killed host).",
+            "again, or the kill) to the first 2xx any client got, and to the completion of a "
+            "new turn of a probe session (for host kills: a session of the killed host), its "
+            "message sent right after the fault (202, retried) and its turn watched in the "
+            "store every 50 ms.",
             "",
             markdown_table(HEADERS, [_row(r) for r in results]),
             "",
