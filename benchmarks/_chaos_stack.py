@@ -96,9 +96,13 @@ class ChaosStack:
     # -- Ray: hosts and replicas ----------------------------------------------------------------
 
     async def host_of(self, tenant_id: str, session_id: str) -> str | None:
-        """The host actor that owns the session's activation now (from the store)."""
-        session = await self.store.get_session(tenant_id, session_id)
-        return session.owner_host
+        """The name of the host actor that owns the session's activation now (the store's
+        owner is the host id: the actor's name, or the name and ``~<incarnation>``)."""
+        owner = (await self.store.get_session(tenant_id, session_id)).owner_host
+        if owner is None:
+            return None
+        names = self.host_names()
+        return next((name for name in names if owner.split("~", 1)[0] == name), None)
 
     async def kill_host(self, host_name: str, timeout_s: float = 10.0) -> int | None:
         """SIGKILL the process of host actor ``host_name``; returns the PID killed, or None when
