@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from agentcluster.config import project_root
 from benchmarks._chaos_load import (
     Ledger,
     LoadConfig,
@@ -389,6 +391,20 @@ HEADERS = [
 ]
 
 
+def code_version() -> str:
+    """The commit the run used, and whether the runtime's code had uncommitted changes (the
+    figures depend on the router and hosts of the moment: re-run after they change)."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=project_root(), capture_output=True, text=True)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "agentcluster", "actors", "deployments")
+    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (
+        " with uncommitted changes to the runtime" if dirty else ""
+    )
+
+
 def chaos_report(results: Sequence[Result]) -> str:
     """The reliability section: the table, how it was made, what each column means."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -397,7 +413,7 @@ def chaos_report(results: Sequence[Result]) -> str:
     )
     return "\n".join(
         [
-            f"Command: `{COMMAND}`, {stamp}, on {machine_description()}.",
+            f"Command: `{COMMAND}`, {stamp}, {code_version()}, on {machine_description()}.",
             "",
             "Each scenario runs against a stack the run starts itself (private PostgreSQL, "
             "Redis, OPA and Kafka on free loopback ports, a local Ray, the gateway with 2 "
@@ -460,7 +476,8 @@ def targets_report(results: dict[str, Result]) -> str:
         )
     return "\n".join(
         [
-            f"Command: `{COMMAND}`, {stamp}, on {machine_description()}. The same run as the "
+            f"Command: `{COMMAND}`, {stamp}, {code_version()}, on {machine_description()}. "
+            "The same run as the "
             "chaos suite in docs/reliability.md (its stack, clients and checks).",
             "",
             markdown_table(["target", "measured", "issue 13 asks"], rows),
