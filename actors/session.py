@@ -9,6 +9,15 @@ by rendezvous hashing over the current host count (so growing or shrinking moves
 that must move, and the fencing epoch makes every move safe). Hosts are spread over nodes with the
 SPREAD scheduling strategy. With ``sessions_per_host == 1`` (isolation mode) every session gets its
 own actor, named after the session, running the same code.
+
+Failover: every call to a host is made without Ray's retries, so a call to a host that died (or is
+restarting) fails at once; the router then skips that host for ``SA01_RUNTIME_HOST_DOWN_S`` and
+makes the call on the session's next host in rendezvous order, ``SA01_RUNTIME_STANDBY_HOSTS``
+standby hosts last. That host activates the session from the store under a new fencing epoch
+and resumes its open turn, while Ray restarts the dead process in the background. Streams resume
+on the new host after the last event they delivered. The :class:`HostController` keeps the
+standbys running and, every tick, wakes sessions with open turns that no live host owns (a
+message accepted while no host could be woken, a turn of a host that died or was retired).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import ray
@@ -27,11 +36,12 @@ from ray.actor import ActorHandle
 
 from agentcluster import tracing
 from agentcluster.config import RuntimeSettings, Settings
-from agentcluster.errors import DependencyUnavailable
-from agentcluster.events import TurnOutcome
+from agentcluster.errors import DependencyUnavailable, HostStarting
+from agentcluster.events import EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
 from agentcluster.runtime._hostset import plan_host_count
+from agentcluster.store import SqlStateStore
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
@@ -47,20 +57,34 @@ class SessionHost:
         tracing.configure_tracing(settings.tracing, "session-host")
         runtime = settings.runtime
         self._isolation = isolation
+        self._host_id = host_id
+        self._warming: asyncio.Task[None] | None = None
         self._core = SessionHostCore(
             host_id,
             lambda: build_runtime_deps(settings),
             idle_passivate_s=runtime.idle_passivate_s,
             reconcile_interval_s=runtime.reconcile_interval_s,
+            recover_own=isolation,
         )
 
     async def ready(self) -> HostStats:
         await self._core.start()
         return self._core.stats()
 
+    def _serving(self) -> None:
+        """Refuse session work while this process still builds its dependencies (a fresh
+        start, or Ray's restart after a crash: seconds of imports and connections), starting
+        that build: the router moves the session to a ready host instead of waiting here."""
+        if self._core.warm:
+            return
+        if self._warming is None or self._warming.done():
+            self._warming = asyncio.get_running_loop().create_task(self._core.start())
+        raise HostStarting(self._host_id)
+
     async def notify(
         self, session_id: str, turn_id: str | None = None, trace: Carrier | None = None
     ) -> None:
+        self._serving()
         # The turn remembers the active span (this call's) and continues its trace.
         with _served("notify", trace, session_id, turn_id):
             await self._core.notify(session_id, turn_id)
@@ -74,10 +98,12 @@ class SessionHost:
         timeout_s: float,
         trace: Carrier | None = None,
     ) -> TurnOutcome | None:
+        self._serving()
         with _served("wait_turn", trace, session_id, turn_id):
             return await self._core.wait_turn(tenant_id, session_id, turn_id, after_seq, timeout_s)
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
+        self._serving()
         return await self._core.cancel(tenant_id, session_id, turn_id)
 
     async def stream(
@@ -89,6 +115,7 @@ class SessionHost:
         wake: bool = False,
         trace: Carrier | None = None,
     ) -> AsyncIterator[StreamItem]:
+        self._serving()
         # Not made active: a generator's steps may run in different contexts. The turn it
         # wakes gets the span's carrier explicitly.
         served = tracing.start_span(
@@ -123,12 +150,13 @@ class SessionHost:
     def pid(self) -> int:
         return os.getpid()
 
-    async def drain(self) -> int:
-        """Passivate every session (before the host is removed)."""
-        sessions = self._core.active_session_ids()
+    async def drain(self) -> list[str]:
+        """Passivate every session (before the host is removed); returns the sessions that had a
+        turn running or queued, for the router to wake on their new host at once."""
+        busy = self._core.busy_session_ids()
         await self._core.stop()
         await tracing.flush_tracing()  # the host is killed next
-        return len(sessions)
+        return busy
 
 
 def _rpc(method: str, session_id: str, turn_id: str | None) -> dict[str, Any]:
@@ -149,7 +177,8 @@ def _served(
 
 
 class HostController:
-    """Holds the host count every router uses and reconciles it to load between min and max.
+    """Holds the host count every router uses, reconciles it to load between min and max, keeps
+    the standby hosts running and wakes sessions whose open turns no live host runs.
 
     An async actor: the first call starts a loop that reconciles every ``reconcile_interval_s``.
     """
@@ -159,6 +188,8 @@ class HostController:
         self._count = settings.runtime.min_hosts
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._store: SqlStateStore | None = None
+        self.woken = 0
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -167,7 +198,8 @@ class HostController:
     async def _reconcile_forever(self) -> None:
         while True:
             await asyncio.sleep(self._settings.runtime.reconcile_interval_s)
-            # A host that is restarting must not stop the host set from converging later.
+            # A host that is restarting, or a database blip, must not stop the host set from
+            # converging (or sessions from being woken) on later ticks.
             try:
                 await self.reconcile()
             except Exception:
@@ -184,22 +216,57 @@ class HostController:
         return self._count
 
     async def reconcile(self) -> int:
-        """One tick: read every host's load, grow or shrink by the plan; returns the count."""
+        """One tick: read every host's load, grow or shrink by the plan, start missing hosts
+        (standbys included), wake sessions with open turns no live host owns; returns the
+        count."""
         self._ensure_loop()
         async with self._lock:
             router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
-            loads = await router.host_loads()
-            target = plan_host_count(
-                [stats.active_sessions for stats in loads], self._settings.runtime
-            )
-            if target < self._count:
-                # Shrink first in the routers' view, then drain: new work stops arriving there.
-                self._count = target
-                for index in range(target, len(loads)):
-                    await router.retire(index)
-            self._count = target
-            await router.ensure_hosts(target)
+            loads, complete = await router.live_loads()
+            if complete:  # plan only on a full picture: a dead host is not an idle one
+                target = plan_host_count(
+                    [stats.active_sessions for stats in loads[: self._count]],
+                    self._settings.runtime,
+                )
+                await self._resize(router, target)
+            await router.ensure_hosts(self._count)
+            await self._wake(router, {stats.owner_id for stats in loads})
             return self._count
+
+    async def _resize(self, router: RaySessionRouter, target: int) -> None:
+        previous = self._count
+        # Shrink in the routers' view first, then drain: new work stops arriving there, and
+        # what the drained hosts were running is woken on its new host.
+        self._count = target
+        router.use_count(target)
+        standby = self._settings.runtime.standby_hosts
+        for index in reversed(range(target + standby, previous + standby)):
+            await router.retire(index)
+
+    async def _wake(self, router: RaySessionRouter, live_hosts: set[str]) -> None:
+        # Isolation mode: a session's own actor recovers its turns when Ray restarts it; only
+        # sessions no actor owns are woken here.
+        runtime = self._settings.runtime
+        isolation = runtime.sessions_per_host == 1
+        store = await self._state_store()
+        candidates = await store.sessions_to_wake(
+            f"{runtime.host_prefix}-",
+            None if isolation else live_hosts,
+            unowned_after_s=max(2 * runtime.notify_timeout_s, runtime.reconcile_interval_s),
+        )
+        for session_id in candidates:
+            try:
+                await router.notify(session_id)
+                self.woken += 1
+            except DependencyUnavailable as exc:
+                log.warning("host controller: could not wake session %s: %s", session_id, exc)
+
+    async def _state_store(self) -> SqlStateStore:
+        if self._store is None:
+            from agentcluster.bootstrap import open_state_store
+
+            self._store = await open_state_store(self._settings, migrate=False)
+        return self._store
 
 
 _SessionHostActor = ray.remote(SessionHost)
@@ -217,7 +284,8 @@ def pick_host(session_id: str, count: int) -> int:
 
 
 class RaySessionRouter:
-    """Maps sessions to host actors, creating hosts on demand. The only place hosts are named."""
+    """Maps sessions to host actors, creating hosts on demand and failing over from dead ones.
+    The only place hosts are named."""
 
     def __init__(
         self, settings: Settings, *, use_controller: bool = True, count: int | None = None
@@ -229,6 +297,8 @@ class RaySessionRouter:
         self._count_at = time.monotonic() if count else 0.0
         self._use_controller = use_controller
         self._controller: Any = None
+        self._down: dict[str, float] = {}
+        """Host name -> monotonic time until which calls skip it (it died or is restarting)."""
 
     # -- names and handles ------------------------------------------------------------------
 
@@ -274,35 +344,98 @@ class RaySessionRouter:
         self._count_at = time.monotonic()
         return self._count
 
-    async def host_for(self, session_id: str) -> ActorHandle:
-        """The actor that hosts ``session_id`` (created if it does not exist yet)."""
+    def use_count(self, count: int) -> None:
+        """Place sessions over ``count`` hosts from now on (the controller's own routers)."""
+        self._count = count
+        self._count_at = time.monotonic()
+
+    # -- placement and failover -------------------------------------------------------------
+
+    def _ranked(self, session_id: str, count: int) -> list[str]:
+        """The hosts ``session_id`` tries, in order: rendezvous over the placed hosts, then the
+        standbys. The first is where it lives while every host is up."""
+        ranked = sorted(range(count), key=lambda host: _score(session_id, host), reverse=True)
+        standby = range(count, count + self._runtime.standby_hosts)
+        return [self._host_name(index) for index in (*ranked, *standby)]
+
+    def _live(self, names: list[str]) -> list[str]:
+        now = time.monotonic()
+        live = [name for name in names if self._down.get(name, 0.0) <= now]
+        return live or names  # all marked down: try them anyway, one may be back
+
+    def _mark_down(self, name: str, exc: BaseException) -> None:
+        if self._down.get(name, 0.0) <= time.monotonic():
+            log.warning("session host %s is down (%s); failing over", name, _first_line(exc))
+        self._down[name] = time.monotonic() + self._runtime.host_down_s
+
+    async def _targets(self, session_id: str) -> list[tuple[str, Any]]:
         if self._runtime.sessions_per_host == 1:
             name = self._session_actor_name(session_id)
-            return self._handle(name, name, isolation=True)
-        index = pick_host(session_id, await self._host_count())
-        name = self._host_name(index)
-        return self._handle(name, name, isolation=False)
+            return [(name, self._handle(name, name, isolation=True))]
+        names = self._live(self._ranked(session_id, await self._host_count()))
+        return [(name, self._handle(name, name, isolation=False)) for name in names]
+
+    async def host_for(self, session_id: str) -> ActorHandle:
+        """The actor that hosts ``session_id`` now (created if it does not exist yet)."""
+        handle: ActorHandle = (await self._targets(session_id))[0][1]
+        return handle
+
+    async def _on_host(self, session_id: str, call: Callable[[Any], Any]) -> Any:
+        """``call(host)`` on the session's first live host, failing over to the next while a
+        host turns out dead or still starting. When every host is starting (a cluster's first
+        calls), waits for the first to be ready. DependencyUnavailable naming Ray when none
+        answers."""
+        failures: list[str] = []
+        targets = await self._targets(session_id)
+        for name, handle in targets:
+            try:
+                return await _call_host(call(handle))
+            except (ray.exceptions.RayActorError, HostStarting) as exc:
+                self._skip(name, exc)
+                failures.append(f"{name}: {_first_line(exc)}")
+        name, handle = targets[0]
+        try:
+            await _call_host(_once(handle.ready).remote())
+            return await _call_host(call(handle))
+        except (ray.exceptions.RayActorError, HostStarting) as exc:
+            self._skip(name, exc)
+            failures.append(f"{name}: {_first_line(exc)}")
+        raise DependencyUnavailable(
+            "ray", f"no session host answered for session {session_id} ({'; '.join(failures)})"
+        )
+
+    def _skip(self, name: str, exc: BaseException) -> None:
+        # A starting host is ready in seconds: skip it briefly; a dead one for longer.
+        if isinstance(exc, HostStarting):
+            self._down[name] = max(self._down.get(name, 0.0), time.monotonic() + 1.0)
+        else:
+            self._mark_down(name, exc)
 
     # -- calls ------------------------------------------------------------------------------
 
     async def notify(self, session_id: str, turn_id: str | None = None) -> None:
-        host = await self.host_for(session_id)
         with _calling("notify", session_id, turn_id) as trace:
-            await _call(host.notify.remote(session_id, turn_id, trace))
+            await self._on_host(
+                session_id, lambda host: _once(host.notify).remote(session_id, turn_id, trace)
+            )
 
     async def wait_turn(
         self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
     ) -> TurnOutcome | None:
-        host = await self.host_for(session_id)
         with _calling("wait_turn", session_id, turn_id) as trace:
-            outcome = await _call(
-                host.wait_turn.remote(tenant_id, session_id, turn_id, after_seq, timeout_s, trace)
+            outcome: TurnOutcome | None = await self._on_host(
+                session_id,
+                lambda host: _once(host.wait_turn).remote(
+                    tenant_id, session_id, turn_id, after_seq, timeout_s, trace
+                ),
             )
         return outcome
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
-        host = await self.host_for(session_id)
-        return bool(await _call(host.cancel.remote(tenant_id, session_id, turn_id)))
+        cancelled = await self._on_host(
+            session_id, lambda host: _once(host.cancel).remote(tenant_id, session_id, turn_id)
+        )
+        return bool(cancelled)
 
     async def stream(
         self,
@@ -312,7 +445,39 @@ class RaySessionRouter:
         until_turn: str | None = None,
         wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
-        host = await self.host_for(session_id)
+        """The host's stream; if its host dies, the stream goes on from the next live host
+        after the last event it delivered (waking the session there, so its turn resumes)."""
+        last = after_seq
+        failures: list[str] = []
+        while True:
+            name, host = (await self._targets(session_id))[0]
+            items = self._stream_from(host, tenant_id, session_id, last, until_turn, wake)
+            try:
+                async for item in items:
+                    if isinstance(item, EventBase):
+                        last = item.seq
+                    yield item
+                return
+            except (ray.exceptions.RayActorError, HostStarting) as exc:
+                self._skip(name, exc)
+                failures.append(f"{name}: {_first_line(exc)}")
+                if isinstance(exc, HostStarting) and len(failures) > 1:
+                    await _call(_once(host.ready).remote())  # every host starting: wait
+                elif len(failures) > self._runtime.standby_hosts + 1:
+                    raise DependencyUnavailable(
+                        "ray", f"session {session_id}: stream lost ({'; '.join(failures)})"
+                    ) from None
+                wake = True  # the new host resumes the open turn the dead one was running
+
+    async def _stream_from(
+        self,
+        host: Any,
+        tenant_id: str,
+        session_id: str,
+        after_seq: int,
+        until_turn: str | None,
+        wake: bool,
+    ) -> AsyncIterator[StreamItem]:
         with _calling("stream", session_id, until_turn) as trace:
             generator: Any = host.stream.options(
                 num_returns="streaming", max_task_retries=0
@@ -320,36 +485,63 @@ class RaySessionRouter:
             finished = False
             try:
                 async for ref in generator:
-                    yield await ref
+                    yield await _call_host(ref)
                 finished = True
             finally:
                 if not finished:
-                    # The consumer left early (client disconnected): end the host's
-                    # subscription now, or it would hold the session active until the next
-                    # restart.
-                    ray.cancel(generator)
+                    # The consumer left early (client disconnected) or the host died: end the
+                    # host's subscription now, or it would hold the session active until the
+                    # next restart. A dead host has nothing left to cancel.
+                    with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                        ray.cancel(generator)
 
     async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
-        """Create (if needed) and start hosts 0..count-1; returns their stats."""
+        """Create (if needed) and start hosts 0..count-1 and the standbys; their stats."""
         count = count or await self._host_count()
-        hosts = [self._handle(self._host_name(i), self._host_name(i), False) for i in range(count)]
+        names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
+        hosts = [self._handle(name, name, False) for name in names]
         return list(await asyncio.gather(*(_call(host.ready.remote()) for host in hosts)))
 
     async def host_loads(self) -> list[HostStats]:
+        """The stats of every placed host and standby (waiting for one that is restarting)."""
         count = await self._host_count()
-        hosts = [self._handle(self._host_name(i), self._host_name(i), False) for i in range(count)]
+        names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
+        hosts = [self._handle(name, name, False) for name in names]
         return list(await asyncio.gather(*(_call(host.stats.remote()) for host in hosts)))
 
+    async def live_loads(self) -> tuple[list[HostStats], bool]:
+        """The stats of the placed hosts and standbys that answer now, and whether all did."""
+        count = await self._host_count()
+        names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
+        hosts = [self._handle(name, name, False) for name in names]
+        answers = await asyncio.gather(
+            *(_call_host(_once(host.stats).remote()) for host in hosts), return_exceptions=True
+        )
+        loads = [answer for answer in answers if isinstance(answer, HostStats)]
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, ray.exceptions.RayActorError):
+                self._mark_down(name, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+        return loads, len(loads) == len(names)
+
     async def retire(self, index: int) -> None:
-        """Drain and end host ``index``; its sessions reactivate elsewhere from the store."""
+        """Drain and end host ``index``; what it was running is woken on its new host now."""
         name = self._host_name(index)
         try:
             handle = ray.get_actor(name, namespace=self._runtime.namespace)
         except ValueError:
             return
-        await _call(handle.drain.remote())
+        try:
+            busy: list[str] = await _call(handle.drain.remote())
+        except DependencyUnavailable:
+            busy = []  # dead already: the controller wakes its sessions on the next tick
         ray.kill(handle, no_restart=True)
         self._handles.pop(name, None)
+        self._down.pop(name, None)
+        for session_id in busy:
+            with contextlib.suppress(DependencyUnavailable):
+                await self.notify(session_id)
 
     async def set_host_count(self, count: int) -> int:
         self._count = int(await self._controller_handle().set_count.remote(count))
@@ -364,12 +556,24 @@ class RaySessionRouter:
         return self._count
 
     def actor(self, session_id: str) -> ActorHandle:
-        """The isolation-mode actor of a session, or the host it maps to (for tests/benchmarks)."""
+        """The isolation-mode actor of a session, or the host it maps to while every host is up
+        (for tests and benchmarks)."""
         if self._runtime.sessions_per_host == 1:
             name = self._session_actor_name(session_id)
             return self._handle(name, name, isolation=True)
-        name = self._host_name(pick_host(session_id, self._count))
+        name = self._ranked(session_id, self._count)[0]
         return self._handle(name, name, isolation=False)
+
+
+def _once(method: Any) -> Any:
+    # No retry by Ray: a call to a dead or restarting host fails at once, and the router moves
+    # the session to a live host instead of waiting for the restart.
+    return method.options(max_task_retries=0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -384,9 +588,16 @@ def _calling(method: str, session_id: str, turn_id: str | None) -> Iterator[Carr
 async def _call(ref: Any) -> Any:
     """Await a Ray call, turning Ray's own failures into ours (naming Ray)."""
     try:
-        return await ref
+        return await _call_host(ref)
     except ray.exceptions.RayActorError as exc:
         raise DependencyUnavailable("ray", f"session host unavailable: {exc}") from exc
+
+
+async def _call_host(ref: Any) -> Any:
+    """Await a host call: the host's own errors re-raised as themselves; Ray's actor errors
+    (the host died or is restarting) passed on for the router to fail over."""
+    try:
+        return await ref
     except ray.exceptions.RayTaskError as exc:
         cause = exc.as_instanceof_cause()
         if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayTaskError):

@@ -422,6 +422,15 @@ class RuntimeSettings(BaseSettings):
     host_num_cpus: float = Field(default=0.0, ge=0, le=64)
     idle_passivate_s: float = Field(default=300.0, gt=0, le=86_400)
     reconcile_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    standby_hosts: int = Field(default=1, ge=0, le=100)
+    """Hosts kept running beyond the ones sessions are placed on: a dead host's sessions move to
+    the next live host at once, and with a small host set that is a standby."""
+    host_down_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long a router skips a host whose call failed because it died, before trying it again
+    (Ray restarts it meanwhile)."""
+    notify_timeout_s: float = Field(default=2.0, gt=0, le=600)
+    """How long accepting a message waits to wake its session's host; past it (or with no live
+    host) the message is still accepted and the host controller wakes the session later."""
 
     @model_validator(mode="after")
     def _bounds(self) -> RuntimeSettings:

@@ -16,6 +16,7 @@ Hierarchy::
     ├── ToolError                      "tell the model": returned to the LLM as a tool result
     ├── InfrastructureError            a dependency failed; ``dependency`` names it
     │   ├── DependencyUnavailable      unreachable (refused, timed out); retryable
+    │   │   └── HostStarting           a session host still building its dependencies
     │   └── LlmUnavailable             no model of the chain answered (errors, timeouts, open
     │                                  breakers, a broken stream); ``llm``; retryable
     ├── StaleEpochError                a fenced write by a host that lost the session
@@ -35,6 +36,7 @@ __all__ = [
     "ConflictError",
     "DependencyUnavailable",
     "Forbidden",
+    "HostStarting",
     "InfrastructureError",
     "LlmUnavailable",
     "NotFoundError",
@@ -186,6 +188,15 @@ class InfrastructureError(AgentClusterError):
 
 class DependencyUnavailable(InfrastructureError):
     """The dependency could not be reached at all."""
+
+
+class HostStarting(DependencyUnavailable):
+    """A session host is still building its dependencies (a fresh process, or one Ray just
+    restarted after a crash); the router moves the session to a host that is ready."""
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__("ray", f"session host {host_id} is starting")
+        self.host_id = host_id
 
 
 class LlmUnavailable(InfrastructureError):

@@ -1,6 +1,7 @@
 """The agent: profiles (YAML data) and the loop (plain Python) that runs a turn."""
 
 from agentcluster.agent._loop import (
+    TURN_HANDOVER,
     AgentLoop,
     Budget,
     BudgetHold,
@@ -14,6 +15,7 @@ from agentcluster.agent._loop import (
 from agentcluster.agent._profiles import AgentProfile, TurnRetry, load_profiles
 
 __all__ = [
+    "TURN_HANDOVER",
     "AgentLoop",
     "AgentProfile",
     "Budget",

@@ -38,6 +38,7 @@ from agentcluster.tools._base import (
 )
 
 __all__ = [
+    "TURN_HANDOVER",
     "AgentLoop",
     "Budget",
     "BudgetHold",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 Trimmer = Callable[[list[ChatMessage], int, int, list[ToolSchema]], list[ChatMessage]]
+
+TURN_HANDOVER = "agentcluster: the host is stopping; the turn is handed over"
+"""The message a turn's task is cancelled with when its host stops (drain, shutdown): the turn
+is not recorded as cancelled but stays open, and the session's next host resumes it."""
 """(messages, context_window, reserved_output_tokens, tools) -> the messages that fit."""
 
 log = logging.getLogger(__name__)
@@ -226,10 +231,11 @@ class AgentLoop:
             return await self._steps(context, history, journal, prior_steps, tally)
         except StaleEpochError:
             raise
-        except asyncio.CancelledError:
-            await asyncio.shield(
-                journal.turn_cancelled(context.turn_id, "cancelled by request", tally.usage)
-            )
+        except asyncio.CancelledError as exc:
+            if TURN_HANDOVER not in exc.args:
+                await asyncio.shield(
+                    journal.turn_cancelled(context.turn_id, "cancelled by request", tally.usage)
+                )
             raise
         except AgentClusterError as exc:
             retryable = isinstance(exc, InfrastructureError) and exc.retryable

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict, defaultdict
 
 from agentcluster import tracing
-from agentcluster.agent import AgentLoop, TurnContext
+from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext
 from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import StaleEpochError
 from agentcluster.events import TurnOutcome, Usage
@@ -104,6 +104,7 @@ class Activation:
         self._turn_task: asyncio.Task[object] | None = None
         self._current_turn: str | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self.stale = False
         self.last_active = time.monotonic()
 
@@ -185,11 +186,11 @@ class Activation:
 
     async def _work_turns(self) -> None:
         try:
-            while self._wake.is_set() and not self.stale:
+            while self._wake.is_set() and not self.stale and not self._stopping:
                 self._wake.clear()
                 turns = await self._store.open_turns_with_prompts(self.session_id)
                 self._settle_unknown({turn.turn_id for turn, _prompt in turns})
-                if turns and not self.stale:
+                if turns and not self.stale and not self._stopping:
                     # One turn, then look again only if woken meanwhile (a message arrived,
                     # a cancel came) or more were open: no query after every turn.
                     turn, prompt = turns[0]
@@ -302,7 +303,16 @@ class Activation:
         return False
 
     async def stop(self) -> None:
-        """Stop the worker (host shutdown or passivation) and end live subscriptions."""
+        """Stop the worker (host shutdown or passivation) and end live subscriptions. A turn
+        still running is handed over, not cancelled: it stays open in the store and the
+        session's next host resumes it."""
+        self._stopping = True  # no next turn starts
+        turn = self._turn_task
+        if turn is not None and not turn.done():
+            # Ended first, alone: a cancel of the worker would reach it too, without the
+            # handover message, and record the turn as cancelled.
+            turn.cancel(TURN_HANDOVER)
+            await asyncio.wait([turn])  # whatever it ends with, the worker reports it
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

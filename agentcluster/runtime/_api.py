@@ -6,6 +6,8 @@ is durable before anything is acknowledged, then tells the session's host to run
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -13,12 +15,14 @@ from agentcluster import events as ev
 from agentcluster.bootstrap import open_state_store
 from agentcluster.config import Settings, load_settings
 from agentcluster.domain import Session, Submission
-from agentcluster.errors import TerminalFailure
+from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
 from agentcluster.tracing import configure_tracing
 
 __all__ = ["Runtime", "SessionRouter"]
+
+log = logging.getLogger(__name__)
 
 
 class SessionRouter(Protocol):
@@ -46,11 +50,22 @@ class SessionRouter(Protocol):
 
 
 class Runtime:
-    """Sessions, messages and their event streams, scoped by tenant."""
+    """Sessions, messages and their event streams, scoped by tenant.
 
-    def __init__(self, store: SqlStateStore, router: SessionRouter) -> None:
+    Args:
+        store: the state store.
+        router: reaches the sessions' hosts.
+        notify_timeout_s: how long accepting a message waits to wake its host (best effort:
+            a message is accepted once committed; a session not woken then is woken by the
+            host controller).
+    """
+
+    def __init__(
+        self, store: SqlStateStore, router: SessionRouter, *, notify_timeout_s: float = 2.0
+    ) -> None:
         self.store = store
         self.router = router
+        self._notify_timeout_s = notify_timeout_s
 
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> Runtime:
@@ -65,7 +80,11 @@ class Runtime:
         settings = settings or load_settings()
         configure_tracing(settings.tracing, "runtime")
         store = await open_state_store(settings)
-        return cls(store, RaySessionRouter(settings))
+        return cls(
+            store,
+            RaySessionRouter(settings),
+            notify_timeout_s=settings.runtime.notify_timeout_s,
+        )
 
     async def close(self) -> None:
         await self.store.close()
@@ -87,14 +106,31 @@ class Runtime:
         """Commit the message (durable from here on), then wake the session's host (unless
         ``notify`` is False: the caller wakes it, e.g. through :meth:`wait_turn`).
 
+        Waking is best effort: a host that cannot be reached within the notify timeout (none
+        alive, a restart in progress) does not fail the accepted message; the host controller
+        wakes the session on its next tick.
+
         A resend with the same idempotency key returns the first submission and starts nothing.
         """
         submission = await self.store.submit_message(
             tenant_id, session_id, content, idempotency_key=idempotency_key
         )
         if notify:
-            await self.router.notify(session_id, submission.turn_id)
+            await self._wake(session_id, submission.turn_id)
         return submission
+
+    async def _wake(self, session_id: str, turn_id: str) -> None:
+        try:
+            async with asyncio.timeout(self._notify_timeout_s):
+                await self.router.notify(session_id, turn_id)
+        except (TimeoutError, DependencyUnavailable) as exc:
+            log.warning(
+                "turn %s of session %s accepted but its host not woken (%s); the host "
+                "controller wakes it",
+                turn_id,
+                session_id,
+                exc if str(exc) else type(exc).__name__,
+            )
 
     async def wait_turn(
         self, tenant_id: str, session_id: str, submission: Submission, timeout_s: float

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class HostStats(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     host_id: str
+    owner_id: str = ""
+    """The owner id this process writes into the sessions it claims (name and incarnation)."""
     active_sessions: int
     running_turns: int
     subscribers: int
@@ -61,8 +64,13 @@ class SessionHostCore:
         *,
         idle_passivate_s: float = 300.0,
         reconcile_interval_s: float = 5.0,
+        recover_own: bool = True,
     ) -> None:
         self.host_id = host_id
+        # What the store records as a session's owner: this process, not just its name, so a
+        # host that Ray restarted under the same name never passes for the one that died.
+        self.owner_id = f"{host_id}~{uuid.uuid4().hex[:8]}"
+        self._recover_own = recover_own
         self._deps_factory = deps_factory
         self._deps: RuntimeDeps | None = None
         self._ready_lock = asyncio.Lock()
@@ -88,8 +96,20 @@ class SessionHostCore:
         """Build dependencies and resume sessions this host owned before a restart."""
         await self._ready()
 
+    @property
+    def warm(self) -> bool:
+        """Whether the dependencies are built (calls will not wait for them)."""
+        return self._deps is not None
+
     async def _recover(self, deps: RuntimeDeps) -> None:
-        for session_id in await deps.store.sessions_with_open_turns(self.host_id):
+        # Sessions that earlier processes of this name left with open turns. Only where no
+        # other host may take them (isolation mode: the actor is the session's own); elsewhere
+        # the host controller wakes them on whichever host is live, at once.
+        if not self._recover_own:
+            return
+        for session_id in await deps.store.sessions_with_open_turns(
+            f"{self.host_id}~", prefix=True
+        ):
             (await self._activate(session_id)).pump()
 
     # -- activation -------------------------------------------------------------------------
@@ -115,7 +135,7 @@ class SessionHostCore:
 
     async def _load(self, deps: RuntimeDeps, session_id: str) -> Activation:
         # One transaction: claim (new epoch), history and open turns.
-        loaded = await deps.store.activate_session(session_id, self.host_id)
+        loaded = await deps.store.activate_session(session_id, self.owner_id)
         session = loaded.session
         loop = deps.loops.get(session.agent)
         if loop is None:
@@ -241,6 +261,7 @@ class SessionHostCore:
         activations = list(self._activations.values())
         return HostStats(
             host_id=self.host_id,
+            owner_id=self.owner_id,
             active_sessions=len(activations),
             running_turns=sum(1 for a in activations if a.current_turn is not None),
             subscribers=sum(a.feed.subscribers for a in activations),
@@ -250,6 +271,10 @@ class SessionHostCore:
 
     def active_session_ids(self) -> list[str]:
         return list(self._activations)
+
+    def busy_session_ids(self) -> list[str]:
+        """Sessions with a turn running or waiting here."""
+        return [session_id for session_id, a in self._activations.items() if a.busy]
 
     async def stop(self) -> None:
         """Passivate everything (ownership released) and stop the reconciler."""

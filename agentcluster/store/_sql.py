@@ -19,10 +19,10 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, event, func, insert, or_, select, update
+from sqlalchemy import Select, and_, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DBAPIError,
@@ -916,29 +916,42 @@ class SqlStateStore:
             raise NotFoundError(f"message {message_id} not found")
         return _message(row)
 
-    async def sessions_with_open_turns(self, owner_host: str) -> list[str]:
-        """Sessions owned by ``owner_host`` that still have queued or running turns."""
+    async def sessions_with_open_turns(self, owner_host: str, *, prefix: bool = False) -> list[str]:
+        """Sessions owned by ``owner_host`` (with ``prefix``: by any owner id starting with it)
+        that still have queued or running turns."""
+        owner = SessionRow.owner_host
+        owned = owner.startswith(owner_host, autoescape=True) if prefix else owner == owner_host
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
-            .where(
-                SessionRow.owner_host == owner_host,
-                TurnRow.status.in_(("queued", "running")),
-            )
+            .where(owned, TurnRow.status.in_(("queued", "running")))
             .distinct()
         )
         async with self.transaction() as connection:
             return list((await connection.execute(query)).scalars().all())
 
     async def sessions_to_wake(
-        self, live_hosts: Collection[str] | None, limit: int = 500
+        self,
+        owner_prefix: str,
+        live_owners: Collection[str] | None,
+        *,
+        unowned_after_s: float = 10.0,
+        limit: int = 500,
     ) -> list[str]:
-        """Sessions with queued or running turns that no live host owns: never woken or
-        passivated (no owner), or owned by a host not in ``live_hosts`` (dead, retired; None:
-        only the ones without an owner). At most ``limit``."""
+        """Sessions with queued or running turns that no live host runs: owned by a host of
+        this host set (owner id starting with ``owner_prefix``) not in ``live_owners`` (a host
+        that died or was retired; None: ignore owned sessions), or owned by nobody (never woken,
+        passivated) with a turn older than ``unowned_after_s``. At most ``limit``."""
         owner = SessionRow.owner_host
-        unowned = owner.is_(None)
-        condition = unowned if live_hosts is None else or_(unowned, owner.not_in(list(live_hosts)))
+        cutoff = utcnow() - timedelta(seconds=unowned_after_s)
+        unowned = and_(owner.is_(None), TurnRow.created_at < cutoff)
+        condition = unowned
+        if live_owners is not None:
+            orphaned = and_(
+                owner.startswith(owner_prefix, autoescape=True),
+                owner.not_in(list(live_owners)),
+            )
+            condition = or_(unowned, orphaned)
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
