@@ -82,7 +82,7 @@ async def _hold_stream(
 ) -> None:
     """One SSE stream of a session's events, held until ``stop``; any early end is an error."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
-    counted = False
+    counted, opened_at, last_event = False, time.monotonic(), "none"
     try:
         async with client.stream(
             "GET", f"/v1/sessions/{session_id}/events", headers=headers
@@ -99,10 +99,15 @@ async def _hold_stream(
                 line = await _next_line(lines, stop)
                 if line is None:
                     if not stop.is_set():
-                        stats.errors.append("stream ended by the server")
+                        held = time.monotonic() - opened_at
+                        stats.errors.append(
+                            f"stream ended by the server after {held:.0f} s "
+                            f"(last event: {last_event})"
+                        )
                     return
                 if line.startswith("event:"):
                     stats.events += 1
+                    last_event = line.removeprefix("event:").strip()
     except httpx.HTTPError as exc:
         if not stop.is_set():
             stats.errors.append(f"{type(exc).__name__}: {exc}")
