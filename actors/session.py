@@ -252,7 +252,9 @@ class HostController:
         candidates = await store.sessions_to_wake(
             f"{runtime.host_prefix}-",
             None if isolation else live_hosts,
-            unowned_after_s=max(2 * runtime.notify_timeout_s, runtime.reconcile_interval_s),
+            # The accepting process retries waking for about a minute first; only then is an
+            # unowned session this controller's (a database may be shared by host sets).
+            unowned_after_s=_UNOWNED_AFTER_S,
         )
         for session_id in candidates:
             try:
@@ -269,6 +271,7 @@ class HostController:
         return self._store
 
 
+_UNOWNED_AFTER_S = 90.0
 _SessionHostActor = ray.remote(SessionHost)
 _HostControllerActor = ray.remote(HostController)
 

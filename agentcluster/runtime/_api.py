@@ -66,6 +66,7 @@ class Runtime:
         self.store = store
         self.router = router
         self._notify_timeout_s = notify_timeout_s
+        self._retries: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> Runtime:
@@ -125,12 +126,27 @@ class Runtime:
                 await self.router.notify(session_id, turn_id)
         except (TimeoutError, DependencyUnavailable) as exc:
             log.warning(
-                "turn %s of session %s accepted but its host not woken (%s); the host "
-                "controller wakes it",
+                "turn %s of session %s accepted but its host not woken yet (%s); retrying",
                 turn_id,
                 session_id,
                 exc if str(exc) else type(exc).__name__,
             )
+            retry = asyncio.get_running_loop().create_task(self._wake_later(session_id, turn_id))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _wake_later(self, session_id: str, turn_id: str) -> None:
+        # Backed off over about a minute; past it the host controller's sweep wakes the
+        # session (it only takes sessions nobody owns after a while: waking is this process's
+        # job first).
+        for delay_s in (1, 2, 4, 8, 15, 30):
+            await asyncio.sleep(delay_s)
+            try:
+                async with asyncio.timeout(self._notify_timeout_s * 5):
+                    await self.router.notify(session_id, turn_id)
+                return
+            except (TimeoutError, DependencyUnavailable):
+                continue
 
     async def wait_turn(
         self, tenant_id: str, session_id: str, submission: Submission, timeout_s: float
