@@ -392,14 +392,19 @@ class RaySessionRouter:
         targets = await self._targets(session_id)
         for name, handle in targets:
             try:
-                return await _call_host(call(handle))
+                answer = await _call_host(call(handle))
             except (ray.exceptions.RayActorError, HostStarting) as exc:
                 self._skip(name, exc)
                 failures.append(f"{name}: {_first_line(exc)}")
+                continue
+            self._down.pop(name, None)  # it answers: the session's next calls go there too
+            return answer
         name, handle = targets[0]
         try:
             await _call_host(_once(handle.ready).remote())
-            return await _call_host(call(handle))
+            answer = await _call_host(call(handle))
+            self._down.pop(name, None)
+            return answer
         except (ray.exceptions.RayActorError, HostStarting) as exc:
             self._skip(name, exc)
             failures.append(f"{name}: {_first_line(exc)}")
