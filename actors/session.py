@@ -75,8 +75,8 @@ class SessionHost:
         """Refuse session work while this process still builds its dependencies (a fresh
         start, or Ray's restart after a crash: seconds of imports and connections), starting
         that build: the router moves the session to a ready host instead of waiting here."""
-        if self._core.warm:
-            return
+        if self._core.warm or self._isolation:
+            return  # isolation mode: the session's own actor is the only place it can run
         if self._warming is None or self._warming.done():
             self._warming = asyncio.get_running_loop().create_task(self._core.start())
         raise HostStarting(self._host_id)
