@@ -503,27 +503,28 @@ class RaySessionRouter:
                     with contextlib.suppress(ray.exceptions.RayError, ValueError):
                         ray.cancel(generator)
 
-    async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
-        """Create (if needed) and start hosts 0..count-1 and the standbys; their stats."""
+    async def _host_set(self, count: int | None = None) -> list[tuple[str, Any]]:
+        """(name, handle) of the placed hosts 0..count-1 and the standbys after them."""
         count = count or await self._host_count()
         names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
-        hosts = [self._handle(name, name, False) for name in names]
-        return list(await asyncio.gather(*(_call(host.ready.remote()) for host in hosts)))
+        return [(name, self._handle(name, name, False)) for name in names]
+
+    async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
+        """Create (if needed) and start hosts 0..count-1 and the standbys; their stats."""
+        hosts = await self._host_set(count)
+        return list(await asyncio.gather(*(_call(host.ready.remote()) for _, host in hosts)))
 
     async def host_loads(self) -> list[HostStats]:
         """The stats of every placed host and standby (waiting for one that is restarting)."""
-        count = await self._host_count()
-        names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
-        hosts = [self._handle(name, name, False) for name in names]
-        return list(await asyncio.gather(*(_call(host.stats.remote()) for host in hosts)))
+        hosts = await self._host_set()
+        return list(await asyncio.gather(*(_call(host.stats.remote()) for _, host in hosts)))
 
     async def live_loads(self) -> tuple[list[HostStats], bool]:
         """The stats of the placed hosts and standbys that answer now, and whether all did."""
-        count = await self._host_count()
-        names = [self._host_name(i) for i in range(count + self._runtime.standby_hosts)]
-        hosts = [self._handle(name, name, False) for name in names]
+        hosts = await self._host_set()
+        names = [name for name, _ in hosts]
         answers = await asyncio.gather(
-            *(_call_host(_once(host.stats).remote()) for host in hosts), return_exceptions=True
+            *(_call_host(_once(host.stats).remote()) for _, host in hosts), return_exceptions=True
         )
         loads = [answer for answer in answers if isinstance(answer, HostStats)]
         for name, answer in zip(names, answers, strict=True):

@@ -108,6 +108,13 @@ async def _outcome(runtime: Runtime, tenant_id: str, turn_id: str) -> str:
     return await eventually(done, timeout=120, message=f"turn {turn_id} ended")
 
 
+async def _until_running(runtime: Runtime, tenant_id: str, turn_id: str) -> None:
+    async def running() -> bool:
+        return (await runtime.store.get_turn(tenant_id, turn_id)).status == "running"
+
+    await eventually(running, timeout=60, message="the turn started")
+
+
 async def _kill(host: Any) -> int:
     pid = int(await host.pid.remote())
     os.kill(pid, signal.SIGKILL)
@@ -146,10 +153,7 @@ async def test_a_turn_running_on_a_dead_host_resumes_elsewhere_without_a_call(
     tenant_id, session_id = await _session(runtime)
     submission = await runtime.send_message(tenant_id, session_id, f"{token} slow")
 
-    async def running() -> bool:
-        return (await runtime.store.get_turn(tenant_id, submission.turn_id)).status == "running"
-
-    await eventually(running, timeout=60, message="the turn started")
+    await _until_running(runtime, tenant_id, submission.turn_id)
     await _kill(router.actor(session_id))
     # Nobody calls the session again: the host controller wakes it on a live host.
     assert await _outcome(runtime, tenant_id, submission.turn_id) == "completed"
@@ -195,10 +199,7 @@ async def test_a_stream_goes_on_from_the_next_host_without_gap_or_duplicate(
 
     consumer = asyncio.create_task(consume())
 
-    async def running() -> bool:
-        return (await runtime.store.get_turn(tenant_id, submission.turn_id)).status == "running"
-
-    await eventually(running, timeout=60, message="the turn started")
+    await _until_running(runtime, tenant_id, submission.turn_id)
     await _kill(router.actor(session_id))
     await asyncio.wait_for(consumer, timeout=120)
     assert isinstance(outcome, ev.TurnCompleted)
@@ -215,10 +216,7 @@ async def test_retiring_a_host_hands_its_running_turn_over(
     tenant_id, session_id = await _session(runtime)
     submission = await runtime.send_message(tenant_id, session_id, f"{token} slow")
 
-    async def running() -> bool:
-        return (await runtime.store.get_turn(tenant_id, submission.turn_id)).status == "running"
-
-    await eventually(running, timeout=60, message="the turn started")
+    await _until_running(runtime, tenant_id, submission.turn_id)
     owner = await _owner(runtime.store, tenant_id, session_id)
     assert owner is not None
     index = int(owner.rsplit("-", 1)[1])
