@@ -37,7 +37,7 @@ from ray.actor import ActorHandle
 from agentcluster import tracing
 from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable, HostStarting
-from agentcluster.events import EventBase, TurnOutcome
+from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, build_runtime_deps
 from agentcluster.runtime._hostset import plan_host_count
@@ -255,6 +255,9 @@ class HostController:
             # The accepting process retries waking for about a minute first; only then is an
             # unowned session this controller's (a database may be shared by host sets).
             unowned_after_s=_UNOWNED_AFTER_S,
+            # Sessions' own actors (isolation mode, on a database this host set shares) are
+            # never this host set's to take.
+            excluding=router.session_actor_prefix,
         )
         for session_id in candidates:
             try:
@@ -302,14 +305,21 @@ class RaySessionRouter:
         self._controller: Any = None
         self._down: dict[str, float] = {}
         """Host name -> monotonic time until which calls skip it (it died or is restarting)."""
+        self._watching: dict[str, asyncio.Task[None]] = {}
+        """Host name -> the task clearing its skip mark once it is ready (it was starting)."""
+        self._warming: asyncio.Task[None] | None = None
 
     # -- names and handles ------------------------------------------------------------------
 
     def _host_name(self, index: int) -> str:
         return f"{self._runtime.host_prefix}-{index}"
 
+    @property
+    def session_actor_prefix(self) -> str:
+        return f"{self._runtime.host_prefix}-session-"
+
     def _session_actor_name(self, session_id: str) -> str:
-        return f"{self._runtime.host_prefix}-session-{session_id}"
+        return f"{self.session_actor_prefix}{session_id}"
 
     def _options(self, name: str) -> dict[str, Any]:
         return {
@@ -368,7 +378,7 @@ class RaySessionRouter:
 
     def _mark_down(self, name: str, exc: BaseException) -> None:
         if self._down.get(name, 0.0) <= time.monotonic():
-            log.warning("session host %s is down (%s); failing over", name, _first_line(exc))
+            log.warning("session host %s is not serving (%s); failing over", name, _first_line(exc))
         self._down[name] = time.monotonic() + self._runtime.host_down_s
 
     async def _targets(self, session_id: str) -> list[tuple[str, Any]]:
@@ -413,11 +423,22 @@ class RaySessionRouter:
         )
 
     def _skip(self, name: str, exc: BaseException) -> None:
-        # A starting host is ready in seconds: skip it briefly; a dead one for longer.
-        if isinstance(exc, HostStarting):
-            self._down[name] = max(self._down.get(name, 0.0), time.monotonic() + 1.0)
-        else:
-            self._mark_down(name, exc)
+        # A dead host is skipped for a while; a starting one until it is ready (watched in the
+        # background), so every call of this router goes to the same host meanwhile and the
+        # session moves back once, not at every call.
+        self._mark_down(name, exc)
+        if isinstance(exc, HostStarting) and name not in self._watching:
+            task = asyncio.get_running_loop().create_task(self._watch_ready(name))
+            self._watching[name] = task
+            task.add_done_callback(lambda _: self._watching.pop(name, None))
+
+    async def _watch_ready(self, name: str) -> None:
+        handle = self._handles.get(name)
+        if handle is None:
+            return
+        with contextlib.suppress(ray.exceptions.RayError, HostStarting, DependencyUnavailable):
+            await _call_host(_once(handle.ready).remote())
+            self._down.pop(name, None)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -453,19 +474,25 @@ class RaySessionRouter:
         until_turn: str | None = None,
         wake: bool = False,
     ) -> AsyncIterator[StreamItem]:
-        """The host's stream; if its host dies, the stream goes on from the next live host
-        after the last event it delivered (waking the session there, so its turn resumes)."""
+        """The host's stream, followed wherever the session goes: if its host dies, or ends
+        the stream because the session moved to another host, the stream goes on from the
+        session's host after the last event it delivered (waking the session there, so its
+        open turn resumes). Ends after ``until_turn``'s outcome when given."""
         last = after_seq
         failures: list[str] = []
+        quiet = 0  # host streams in a row that ended having delivered nothing
         while True:
             name, host = (await self._targets(session_id))[0]
             items = self._stream_from(host, tenant_id, session_id, last, until_turn, wake)
+            delivered = False
             try:
                 async for item in items:
+                    delivered = True
                     if isinstance(item, EventBase):
                         last = item.seq
                     yield item
-                return
+                    if isinstance(item, TURN_OUTCOMES) and item.turn_id == until_turn:
+                        return
             except (ray.exceptions.RayActorError, HostStarting) as exc:
                 self._skip(name, exc)
                 failures.append(f"{name}: {_first_line(exc)}")
@@ -475,7 +502,12 @@ class RaySessionRouter:
                     raise DependencyUnavailable(
                         "ray", f"session {session_id}: stream lost ({'; '.join(failures)})"
                     ) from None
-                wake = True  # the new host resumes the open turn the dead one was running
+            else:
+                # The host ended it: the session moved (another host took it) or was drained.
+                # Follow it, backing off while nothing comes through.
+                quiet = 0 if delivered else quiet + 1
+                await asyncio.sleep(min(0.05 * (2**quiet - 1), 2.0))
+            wake = True  # the session's host now resumes whatever turn is open
 
     async def _stream_from(
         self,
@@ -513,6 +545,18 @@ class RaySessionRouter:
         """Create (if needed) and start hosts 0..count-1 and the standbys; their stats."""
         hosts = await self._host_set(count)
         return list(await asyncio.gather(*(_call(host.ready.remote()) for _, host in hosts)))
+
+    def warm_up(self) -> None:
+        """Start the host set in the background (a new cluster's first calls then find ready
+        hosts instead of scattering over starting ones). Best effort: the host controller keeps
+        the set running anyway."""
+        self._warming = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.ensure_hosts()
+        except (ray.exceptions.RayError, DependencyUnavailable) as exc:
+            log.warning("session hosts not started ahead of traffic: %s", _first_line(exc))
 
     async def host_loads(self) -> list[HostStats]:
         """The stats of every placed host and standby (waiting for one that is restarting)."""

@@ -81,11 +81,9 @@ class Runtime:
         settings = settings or load_settings()
         configure_tracing(settings.tracing, "runtime")
         store = await open_state_store(settings)
-        return cls(
-            store,
-            RaySessionRouter(settings),
-            notify_timeout_s=settings.runtime.notify_timeout_s,
-        )
+        router = RaySessionRouter(settings)
+        router.warm_up()
+        return cls(store, router, notify_timeout_s=settings.runtime.notify_timeout_s)
 
     async def close(self) -> None:
         await self.store.close()

@@ -142,7 +142,13 @@ class SessionHostCore:
             raise ConfigError(f"session {session_id}: agent {session.agent!r} has no profile")
         queued = {t.turn_id for t in loaded.open_turns if t.status == "queued"}
         history = history_from_messages(loaded.messages, exclude_turns=queued)
-        return Activation(session, session.owner_epoch, history, deps.store, loop)
+        activation = Activation(session, session.owner_epoch, history, deps.store, loop)
+        if loaded.open_turns:
+            # Whatever brought the session here, its open turns run here now: the host it left
+            # (fenced from this epoch on) will not finish them. The worker starts only once the
+            # caller yields, after a stream has subscribed.
+            activation.pump()
+        return activation
 
     async def notify(self, session_id: str, turn_id: str | None = None) -> None:
         """A message was committed for this session: activate it and run its open turns

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, and_, event, func, insert, or_, select, update
+from sqlalchemy import Select, and_, event, func, insert, not_, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DBAPIError,
@@ -936,12 +936,14 @@ class SqlStateStore:
         live_owners: Collection[str] | None,
         *,
         unowned_after_s: float = 10.0,
+        excluding: str | None = None,
         limit: int = 500,
     ) -> list[str]:
         """Sessions with queued or running turns that no live host runs: owned by a host of
-        this host set (owner id starting with ``owner_prefix``) not in ``live_owners`` (a host
-        that died or was retired; None: ignore owned sessions), or owned by nobody (never woken,
-        passivated) with a turn older than ``unowned_after_s``. At most ``limit``."""
+        this host set (owner id starting with ``owner_prefix``, not with ``excluding``) not in
+        ``live_owners`` (a host that died or was retired; None: ignore owned sessions), or owned
+        by nobody (never woken, passivated) with a turn older than ``unowned_after_s``. At most
+        ``limit``."""
         owner = SessionRow.owner_host
         cutoff = utcnow() - timedelta(seconds=unowned_after_s)
         unowned = and_(owner.is_(None), TurnRow.created_at < cutoff)
@@ -951,6 +953,8 @@ class SqlStateStore:
                 owner.startswith(owner_prefix, autoescape=True),
                 owner.not_in(list(live_owners)),
             )
+            if excluding is not None:
+                orphaned = and_(orphaned, not_(owner.startswith(excluding, autoescape=True)))
             condition = or_(unowned, orphaned)
         query = (
             select(SessionRow.session_id)

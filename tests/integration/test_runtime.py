@@ -71,8 +71,10 @@ async def store(settings: Settings) -> AsyncIterator[SqlStateStore]:
 
 
 @pytest.fixture
-def router(ray_cluster: None, settings: Settings) -> RaySessionRouter:
-    return RaySessionRouter(settings)
+async def router(ray_cluster: None, settings: Settings) -> RaySessionRouter:
+    router = RaySessionRouter(settings)
+    await router.ensure_hosts()  # a running cluster: hosts are up before traffic
+    return router
 
 
 @pytest.fixture
