@@ -275,6 +275,7 @@ class HostController:
 
 
 _UNOWNED_AFTER_S = 90.0
+_WATCH_BACKOFF_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _SessionHostActor = ray.remote(SessionHost)
 _HostControllerActor = ray.remote(HostController)
 
@@ -321,13 +322,13 @@ class RaySessionRouter:
     def _session_actor_name(self, session_id: str) -> str:
         return f"{self.session_actor_prefix}{session_id}"
 
-    def _options(self, name: str) -> dict[str, Any]:
+    def _options(self, name: str, restart: bool = True) -> dict[str, Any]:
         return {
             "name": name,
             "namespace": self._runtime.namespace,
             "lifetime": "detached",
             "get_if_exists": True,
-            "max_restarts": -1,
+            "max_restarts": -1 if restart else 0,
             "max_task_retries": -1,
             "max_concurrency": 10_000,
             "num_cpus": self._runtime.host_num_cpus,
@@ -335,8 +336,13 @@ class RaySessionRouter:
         }
 
     def _handle(self, name: str, host_id: str, isolation: bool) -> Any:
+        # A placed or standby host that dies is not restarted by Ray: calls to a restarting
+        # actor wait for it (a cold process: seconds), while calls to a dead one fail at once
+        # and move to the next host. The router that saw it die creates the replacement in the
+        # background (_watch). A session's own actor (isolation mode) is its only place: Ray
+        # restarts it and it recovers its turns.
         if name not in self._handles:
-            options = self._options(name)
+            options = self._options(name, restart=isolation)
             self._handles[name] = _SessionHostActor.options(**options).remote(
                 host_id, self._settings, isolation
             )
@@ -423,22 +429,29 @@ class RaySessionRouter:
         )
 
     def _skip(self, name: str, exc: BaseException) -> None:
-        # A dead host is skipped for a while; a starting one until it is ready (watched in the
-        # background), so every call of this router goes to the same host meanwhile and the
-        # session moves back once, not at every call.
+        """Skip a host that died or is starting until it is ready again: watched (and a dead
+        one replaced) in the background, so every call of this router goes to the same next
+        host meanwhile and a session moves back once, not at every call."""
         self._mark_down(name, exc)
-        if isinstance(exc, HostStarting) and name not in self._watching:
-            task = asyncio.get_running_loop().create_task(self._watch_ready(name))
-            self._watching[name] = task
-            task.add_done_callback(lambda _: self._watching.pop(name, None))
+        if name.startswith(self.session_actor_prefix) or name in self._watching:
+            return  # a session's own actor: Ray restarts it; calls wait for it
+        task = asyncio.get_running_loop().create_task(self._watch(name))
+        self._watching[name] = task
+        task.add_done_callback(lambda _: self._watching.pop(name, None))
 
-    async def _watch_ready(self, name: str) -> None:
-        handle = self._handles.get(name)
-        if handle is None:
-            return
-        with contextlib.suppress(ray.exceptions.RayError, HostStarting, DependencyUnavailable):
-            await _call_host(_once(handle.ready).remote())
+    async def _watch(self, name: str) -> None:
+        for delay_s in _WATCH_BACKOFF_S:
+            await asyncio.sleep(delay_s)
+            try:
+                # Gets the host, or creates it once the dead one's name is free.
+                await _call_host(_once(self._handle(name, name, False).ready).remote())
+            except ray.exceptions.RayActorError:
+                self._handles.pop(name, None)  # dead: the next attempt creates a new one
+                continue
+            except (ray.exceptions.RayError, HostStarting, DependencyUnavailable):
+                continue  # e.g. its database is down: it will be ready later
             self._down.pop(name, None)
+            return
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -573,7 +586,7 @@ class RaySessionRouter:
         loads = [answer for answer in answers if isinstance(answer, HostStats)]
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, ray.exceptions.RayActorError):
-                self._mark_down(name, answer)
+                self._skip(name, answer)
             elif isinstance(answer, BaseException):
                 raise answer
         return loads, len(loads) == len(names)
