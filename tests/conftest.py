@@ -1,5 +1,8 @@
 """Shared test setup: offline library settings, the local services, a bounded ``eventually``.
 
+Fixtures both the integration and the end-to-end tests use live here (or in ``tests/support``),
+so neither tier's conftest imports the other's.
+
 Integration tests need the services of ``make deps-up``; their endpoints come from the environment
 or, when unset, from ``.data/services.env`` written by ``deps-up``.
 """
@@ -18,6 +21,7 @@ from typing import TypeVar
 import pytest
 
 from agentcluster.testing.fake_llm import FakeLLM, Script
+from tests.support.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".data" / "services.env"
@@ -55,6 +59,13 @@ def service(name: str) -> str:
     if not value:
         pytest.fail(f"{name} is not set: start the services with `make deps-up`", pytrace=False)
     return value
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test run, dropped afterwards."""
+    with fresh_database(service("SA01_DB_DSN")) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +16,7 @@ from agentcluster.config import Settings, load_settings
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
 from deployments.gateway import build_gateway
 from tests.conftest import service
-from tests.integration.conftest import postgres_dsn  # noqa: F401  (shared fixture)
+from tests.support.opa import tenant_policy  # noqa: F401  (the e2e tests import it from here)
 from tests.support.otlp_receiver import OtlpReceiver
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
@@ -82,7 +80,7 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="session")
 def e2e_settings(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     fake_llm: FakeLLM,
     otlp_receiver: OtlpReceiver,
     tmp_path_factory: pytest.TempPathFactory,
@@ -148,18 +146,6 @@ async def new_tenant(http: httpx.AsyncClient, prefix: str = "t") -> tuple[str, s
     )
     assert response.status_code == 201, response.text
     return str(response.json()["tenant_id"]), str(response.json()["secret"])
-
-
-@contextlib.asynccontextmanager
-async def tenant_policy(tenant_id: str, data: dict[str, Any]) -> AsyncIterator[None]:
-    """Per-tenant policy data in the OPA server for the block (removed afterwards)."""
-    async with httpx.AsyncClient(base_url=service("SA01_POLICY_URL")) as opa:
-        put = await opa.put(f"/v1/data/agentcluster/tenants/{tenant_id}", json=data)
-        assert put.status_code == 204, put.text
-        try:
-            yield
-        finally:
-            await opa.delete(f"/v1/data/agentcluster/tenants/{tenant_id}")
 
 
 def script_tool_turn(fake_llm: FakeLLM, token: str, call: ToolCall, answer: str) -> None:

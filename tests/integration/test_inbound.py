@@ -40,7 +40,7 @@ from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from deployments.inbound import start_inbound
 from tests.conftest import eventually, service
-from tests.e2e.conftest import tenant_policy
+from tests.support.opa import tenant_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
