@@ -207,7 +207,9 @@ class RelaySettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """Cache, rate limits and secrets. Unset URL means in-process adapters."""
+    """Rate limits, open-stream slots, daily budgets and provider settings (with their encrypted
+    keys). Unset URL: rates and open streams are counted per process, budgets and settings are kept
+    in the state store."""
 
     model_config = SettingsConfigDict(env_prefix="SA01_REDIS_", **_SECTION)
 

@@ -20,15 +20,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 import httpx
-import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import RedisError
 
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, DependencyUnavailable
 from agentcluster.redact import mask_url, scrub
+from agentcluster.redisconn import Redis, open_redis, redis_errors
 
 if TYPE_CHECKING:
     from agentcluster.store import SqlStateStore
@@ -76,7 +75,7 @@ class _Clients:
         self.timeout_s = timeout_s
         self.shared_store = store
         self.own_store: SqlStateStore | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: Redis | None = None
         self.kafka: AIOKafkaAdminClient | None = None
         self.http: httpx.AsyncClient | None = None
 
@@ -93,14 +92,9 @@ class _Clients:
 
     async def redis_ping(self, url: str) -> str:
         if self.redis is None:
-            timeout = self.timeout_s
-            self.redis = aioredis.from_url(
-                url, socket_connect_timeout=timeout, socket_timeout=timeout
-            )
-        try:
+            self.redis = open_redis(url, timeout_s=self.timeout_s)
+        async with redis_errors(f"cannot reach {mask_url(url)}"):
             await self.redis.ping()
-        except (RedisError, OSError) as exc:
-            raise _down("redis", url, exc) from exc
         return mask_url(url)
 
     async def kafka_metadata(self, servers: str) -> str:

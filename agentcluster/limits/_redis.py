@@ -17,16 +17,8 @@ Keys (``<prefix>`` is the runtime namespace, so clusters sharing a Redis stay ap
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from agentcluster.errors import DependencyUnavailable, InfrastructureError
 from agentcluster.limits._models import (
     BudgetName,
     DailyUsage,
@@ -36,6 +28,7 @@ from agentcluster.limits._models import (
     to_nano_usd,
 )
 from agentcluster.limits._ports import Admission
+from agentcluster.redisconn import open_redis, redis_errors
 
 __all__ = ["RedisLimiter"]
 
@@ -125,9 +118,7 @@ class RedisLimiter:
     """
 
     def __init__(self, url: str, *, prefix: str = "agentcluster", timeout_s: float = 2.0) -> None:
-        self._client = aioredis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, decode_responses=True
-        )
+        self._client = open_redis(url, timeout_s=timeout_s)
         self._prefix = f"{prefix}:limits"
         self._window = self._client.register_script(_SLIDING_WINDOW)
         self._reserve = self._client.register_script(_RESERVE)
@@ -144,18 +135,9 @@ class RedisLimiter:
     def streams_key(self, tenant_id: str) -> str:
         return f"{self._prefix}:streams:{tenant_id}"
 
-    @asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)
-            error = DependencyUnavailable if unreachable else InfrastructureError
-            raise error("redis", f"{self.description}: {exc}") from exc
-
     async def hit(self, tenant_id: str, limit: int, window_s: float) -> RateDecision:
         window_us = round(window_s * _MICROS)
-        async with self._errors():
+        async with redis_errors(self.description):
             admitted, remaining, wait_us = await self._window(
                 keys=[self.rate_key(tenant_id)], args=[limit, window_us, uuid.uuid4().hex]
             )
@@ -175,7 +157,7 @@ class RedisLimiter:
             tokens,
             _expire_at(day),
         ]
-        async with self._errors():
+        async with redis_errors(self.description):
             code, used_tokens, used_cost = await self._reserve(
                 keys=[self.usage_key(tenant_id, day)], args=arguments
             )
@@ -184,14 +166,14 @@ class RedisLimiter:
 
     async def add(self, tenant_id: str, day: str, tokens: int, cost_nano_usd: int) -> None:
         key = self.usage_key(tenant_id, day)
-        async with self._errors(), self._client.pipeline(transaction=True) as pipe:
+        async with redis_errors(self.description), self._client.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, "tokens", tokens)
             pipe.hincrby(key, "cost_nano_usd", cost_nano_usd)
             pipe.expireat(key, _expire_at(day))
             await pipe.execute()
 
     async def read(self, tenant_id: str, day: str) -> DailyUsage:
-        async with self._errors():
+        async with redis_errors(self.description):
             tokens, cost = await self._client.hmget(
                 self.usage_key(tenant_id, day), ["tokens", "cost_nano_usd"]
             )
@@ -201,7 +183,7 @@ class RedisLimiter:
         self, tenant_id: str, slot_id: str, limit: int, lease_s: float
     ) -> StreamDecision:
         lease_us = round(lease_s * _MICROS)
-        async with self._errors():
+        async with redis_errors(self.description):
             acquired, count = await self._acquire_stream(
                 keys=[self.streams_key(tenant_id)], args=[limit, lease_us, slot_id]
             )
@@ -209,11 +191,11 @@ class RedisLimiter:
 
     async def renew(self, tenant_id: str, slot_id: str, lease_s: float) -> None:
         lease_us = round(lease_s * _MICROS)
-        async with self._errors():
+        async with redis_errors(self.description):
             await self._renew_stream(keys=[self.streams_key(tenant_id)], args=[lease_us, slot_id])
 
     async def release(self, tenant_id: str, slot_id: str) -> None:
-        async with self._errors():
+        async with redis_errors(self.description):
             await self._client.zrem(self.streams_key(tenant_id), slot_id)
 
     async def aclose(self) -> None:

@@ -18,21 +18,17 @@ version alone is cheap: that is what every process polls to notice changes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentcluster.errors import ConflictError, DependencyUnavailable, InfrastructureError
+from agentcluster.errors import ConflictError
+from agentcluster.redisconn import open_redis, redis_errors
 from agentcluster.store import SqlStateStore
 from agentcluster.store.models import SettingRow, utcnow
 
@@ -94,30 +90,17 @@ class RedisSettingsStore:
     """
 
     def __init__(self, url: str, *, prefix: str = "agentcluster", timeout_s: float = 5.0) -> None:
-        self._client = aioredis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, decode_responses=True
-        )
+        self._client = open_redis(url, timeout_s=timeout_s)
         self.key = f"{prefix}:settings:{DOCUMENT}"
         self.description = f"redis key {self.key}"
 
-    @asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except WatchError:
-            raise
-        except (RedisError, OSError) as exc:
-            unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)
-            error = DependencyUnavailable if unreachable else InfrastructureError
-            raise error("redis", f"{self.description}: {exc}") from exc
-
     async def version(self) -> int:
-        async with self._errors():
+        async with redis_errors(self.description):
             raw = await self._client.hget(self.key, "version")
         return int(raw or 0)
 
     async def read(self) -> StoredDocument:
-        async with self._errors():
+        async with redis_errors(self.description):
             version, document, updated = await self._client.hmget(
                 self.key, ["version", "document", "updated_at"]
             )
@@ -132,7 +115,10 @@ class RedisSettingsStore:
         document = json.dumps(data, separators=(",", ":"))
         updated_at = datetime.now(UTC).isoformat()
         try:
-            async with self._errors(), self._client.pipeline(transaction=True) as pipe:
+            async with (
+                redis_errors(self.description),
+                self._client.pipeline(transaction=True) as pipe,
+            ):
                 await pipe.watch(self.key)
                 if int(await pipe.hget(self.key, "version") or 0) != expected_version:
                     raise _conflict(expected_version)
