@@ -28,7 +28,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
-    "AgentRow",
     "ApiKeyRow",
     "Base",
     "EventRow",
@@ -100,18 +99,6 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class AgentRow(Base):
-    __tablename__ = "agents"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
-
-    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
-    name: Mapped[str] = mapped_column(String(200))
-    profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SessionRow(Base):
