@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agentcluster.config import LlmSettings, prepare_offline_environment
 
@@ -68,12 +68,11 @@ from agentcluster.llm._types import (  # noqa: E402
     DeltaSink,
     LlmRequest,
     LlmResult,
+    ModelRoute,
+    ModelRoutes,
     ToolCallSpec,
     ToolSchema,
 )
-
-if TYPE_CHECKING:
-    from agentcluster.providers import ModelRoute, ProviderResolver
 
 __all__ = ["RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep", "wire_tool_name"]
 
@@ -179,6 +178,7 @@ class _Progress:
     attempts: int = 0
     deltas: int = 0
     failures: list[str] = field(default_factory=list)
+    last_failure: BaseException | None = None
 
 
 class LiteLLMClient:
@@ -189,6 +189,8 @@ class LiteLLMClient:
         breakers: the process-wide breaker registry; a private one from ``settings`` when omitted.
         sleep: waits between attempts; ``asyncio.sleep`` unless a test records the delays.
         rng: the jitter source (seed it for reproducible delays).
+        routes: where each model goes (the provider settings' resolver, or fixed routes);
+            None: this client's own settings route every model.
     """
 
     def __init__(
@@ -198,7 +200,7 @@ class LiteLLMClient:
         *,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
-        routes: ProviderResolver | None = None,
+        routes: ModelRoutes | None = None,
     ) -> None:
         self._settings = settings
         self._routes = routes
@@ -249,7 +251,11 @@ class LiteLLMClient:
             metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
             raise
         metrics.record_llm_call(request.model, "error", time.perf_counter() - started)
-        raise LlmUnavailable(f"all models failed: {'; '.join(progress.failures)}", retryable=True)
+        # The last failure (and the library error behind it) stays the cause: a provider test
+        # reads its status and transport failure from the chain.
+        raise LlmUnavailable(
+            f"all models failed: {'; '.join(progress.failures)}", retryable=True
+        ) from progress.last_failure
 
     async def _complete_with(
         self, model: str, request: LlmRequest, on_delta: DeltaSink | None, progress: _Progress
@@ -282,6 +288,7 @@ class LiteLLMClient:
                     break
                 await self._sleep(delay)
         progress.failures.append(f"{model}: {last.detail if last else 'no attempt'}")
+        progress.last_failure = last or progress.last_failure
         return None
 
     def _delay(self, retry: int, failure: _CallFailed) -> float | None:
@@ -372,6 +379,8 @@ class LiteLLMClient:
             arguments["max_tokens"] = request.max_output_tokens
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
+        if request.response_schema is not None:
+            arguments["response_format"] = request.response_schema.to_openai()
         return arguments
 
     def _api_key(self) -> str | None:

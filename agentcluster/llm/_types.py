@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +16,10 @@ __all__ = [
     "DeltaSink",
     "LlmRequest",
     "LlmResult",
+    "ModelRoute",
+    "ModelRoutes",
+    "ResponseSchema",
+    "StaticRoutes",
     "ToolCallSpec",
     "ToolSchema",
 ]
@@ -75,6 +80,28 @@ class ToolSchema(_Model):
         }
 
 
+class ResponseSchema(_Model):
+    """Structured output: the answer must be JSON matching ``json_schema`` (OpenAI's
+    ``response_format`` of type ``json_schema``).
+
+    Attributes:
+        name: the schema's name on the wire (e.g. ``agent_output``).
+        json_schema: the JSON schema of the answer.
+        strict: whether the provider must follow the schema exactly.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    json_schema: dict[str, Any]
+    strict: bool = True
+
+    def to_openai(self) -> dict[str, Any]:
+        """The ``response_format`` LiteLLM takes."""
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": self.name, "strict": self.strict, "schema": self.json_schema},
+        }
+
+
 class LlmRequest(_Model):
     """One completion request: the model chain (primary then fallbacks) and the conversation."""
 
@@ -84,6 +111,7 @@ class LlmRequest(_Model):
     tools: list[ToolSchema] = Field(default_factory=list)
     max_output_tokens: int | None = None
     temperature: float | None = None
+    response_schema: ResponseSchema | None = None
 
 
 class LlmResult(_Model):
@@ -96,6 +124,42 @@ class LlmResult(_Model):
     usage: Usage = Field(default_factory=Usage)
     latency_ms: float = 0.0
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where one model reference goes: LiteLLM's model name, the base URL and the key.
+
+    Attributes:
+        reference: the model as agents name it (``local/demo``).
+        litellm_model: the model as LiteLLM takes it (``openai/demo``).
+        api_base: the provider's base URL (None: LiteLLM's default for the kind).
+        api_key: the provider's key in clear (None: none); never in ``repr``.
+    """
+
+    reference: str
+    litellm_model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+
+class ModelRoutes(Protocol):
+    """Port: where a model goes (the provider settings, or a fixed route); None lets the LLM
+    client's own settings apply."""
+
+    async def route(self, model: str) -> ModelRoute | None:
+        """The route of ``model``, or None."""
+        ...
+
+
+class StaticRoutes:
+    """:class:`ModelRoutes` over a fixed set of routes, keyed by their reference."""
+
+    def __init__(self, *routes: ModelRoute) -> None:
+        self._routes = {route.reference: route for route in routes}
+
+    async def route(self, model: str) -> ModelRoute | None:
+        return self._routes.get(model)
 
 
 DeltaSink = Callable[[str], Awaitable[None]]

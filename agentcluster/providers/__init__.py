@@ -7,6 +7,7 @@
 * :func:`rotate_secrets`: re-encrypt everything under a new key (``agentcluster secrets rotate``).
 """
 
+from agentcluster.llm import ModelRoute
 from agentcluster.providers._factory import (
     open_provider_resolver,
     open_provider_service,
@@ -25,7 +26,7 @@ from agentcluster.providers._models import (
     split_reference,
 )
 from agentcluster.providers._probe import Probe, ProbeOutcome, probe_with_litellm, scrub
-from agentcluster.providers._resolver import ModelRoute, ProviderResolver, SettingsModels
+from agentcluster.providers._resolver import ProviderResolver, SettingsModels
 from agentcluster.providers._secrets import (
     KEY_VARIABLE,
     MASK,

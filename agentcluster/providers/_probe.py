@@ -1,9 +1,14 @@
-"""Test-connection: one real, tiny LiteLLM call to a provider.
+"""Test-connection: one real, tiny call to a provider, through the LLM port.
+
+The call goes the way every LLM call goes (:class:`~agentcluster.llm.LiteLLMClient`: its error
+mapping, breaker, metrics and trace span), routed to the provider under test by a fixed
+:class:`~agentcluster.llm.ModelRoute`. It asks for one token, without retries or fallbacks and with
+a breaker of its own (a test must reach the provider even when agents' calls opened theirs),
+bounded by ``timeout_s``; whatever happens becomes a :class:`ProbeOutcome` (nothing raises), with
+the key scrubbed out of any text the provider or LiteLLM sent back.
 
 LiteLLM is imported on the first test, not with this package: a gateway replica that never tests a
-provider does not pay its seconds and ~200 MB. The call asks for one token, without streaming and
-without retries, bounded by ``timeout_s``; whatever happens becomes a :class:`ProbeOutcome`
-(nothing raises), with the key scrubbed out of any text the provider or LiteLLM sent back.
+provider does not pay its seconds and ~200 MB.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agentcluster.config import prepare_offline_environment
-from agentcluster.providers._resolver import ModelRoute
+from agentcluster.config import LlmSettings
+from agentcluster.llm import ChatMessage, LlmRequest, ModelRoute, StaticRoutes
 from agentcluster.providers._secrets import mask_secret
 
 __all__ = ["Probe", "ProbeOutcome", "probe_with_litellm", "scrub"]
 
 _DETAIL_CHARS = 300
 _SSL_CONTEXT = re.compile(r" ssl:<[^>]*>")
+_CHAIN_LINKS = 8
 
 
 @dataclass(frozen=True)
@@ -46,39 +52,52 @@ def scrub(text: str, secret: str | None) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 
 
-async def probe_with_litellm(route: ModelRoute, timeout_s: float) -> ProbeOutcome:
-    """Ask ``route`` for one token through LiteLLM; failures are outcomes, not exceptions."""
-    prepare_offline_environment()  # before LiteLLM's first import: no cost-map download
-    import litellm
+def _probe_settings(timeout_s: float) -> LlmSettings:
+    # One attempt; LiteLLM's own timeout (connect, each wait) answers first, the whole-call bound
+    # only catches a stream that keeps dripping.
+    return LlmSettings(
+        api_base=None,
+        api_key=None,
+        timeout_s=timeout_s,
+        call_timeout_s=2 * timeout_s,
+        max_retries=0,
+    )
 
-    litellm.suppress_debug_info = True
+
+async def probe_with_litellm(route: ModelRoute, timeout_s: float) -> ProbeOutcome:
+    """Ask ``route`` for one token through the LLM port; failures are outcomes, not
+    exceptions."""
+    from agentcluster.llm import LiteLLMClient  # imports LiteLLM (offline, seconds)
+
+    client = LiteLLMClient(_probe_settings(timeout_s), routes=StaticRoutes(route))
+    request = LlmRequest(
+        model=route.reference,
+        messages=[ChatMessage(role="user", content="Reply with one word: ok")],
+        max_output_tokens=1,
+    )
     started = time.perf_counter()
     try:
-        response = await litellm.acompletion(
-            model=route.litellm_model,
-            messages=[{"role": "user", "content": "Reply with one word: ok"}],
-            max_tokens=1,
-            api_base=route.api_base,
-            api_key=route.api_key or ("none" if route.api_base else None),
-            timeout=timeout_s,
-            num_retries=0,
-            max_retries=0,
-        )
+        await client.complete(request)
     except Exception as exc:
-        # Any failure is the answer to "does this provider work": LiteLLM raises many classes
-        # (openai's, httpx's, its own), all reported the same way, the key scrubbed out.
-        return _failed(route, exc, started)
-    model = getattr(response, "model", None) or route.litellm_model
-    return ProbeOutcome(
-        ok=True, latency_ms=_since(started), detail=scrub(f"answered as {model}", route.api_key)
-    )
+        # Why broad: any failure is the answer to "does this provider work". The port's errors
+        # carry the library's error as their cause; anything LiteLLM raised past the port's
+        # mapping is reported the same way, the key scrubbed out.
+        return _failed(route, exc, started, timeout_s)
+    detail = scrub(f"answered as {route.litellm_model}", route.api_key)
+    return ProbeOutcome(ok=True, latency_ms=_since(started), detail=detail)
 
 
 def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000.0, 1)
 
 
-def _failed(route: ModelRoute, exc: BaseException, started: float) -> ProbeOutcome:
+def _failed(
+    route: ModelRoute, error: BaseException, started: float, timeout_s: float
+) -> ProbeOutcome:
+    exc = _library_error(error)
+    if type(exc) is TimeoutError:  # the whole-call bound, not LiteLLM's own timeout
+        detail = f"no answer within {2 * timeout_s:g} s"
+        return ProbeOutcome(ok=False, latency_ms=_since(started), detail=detail)
     transport = _transport_failure(exc)
     if transport is not None:
         # No HTTP answer at all, whatever status LiteLLM's wrapper claims (it says 500).
@@ -94,6 +113,19 @@ def _failed(route: ModelRoute, exc: BaseException, started: float) -> ProbeOutco
     return ProbeOutcome(
         ok=False, latency_ms=_since(started), detail=scrub(detail, route.api_key), status=status
     )
+
+
+def _library_error(error: BaseException) -> BaseException:
+    """The library's error behind the port's (the first link of the cause chain that is not
+    ours), or ``error`` itself when there is none (an open breaker, say)."""
+    current: BaseException | None = error
+    for _ in range(_CHAIN_LINKS):
+        if current is None:
+            break
+        if not type(current).__module__.startswith("agentcluster"):
+            return current
+        current = current.__cause__ or current.__context__
+    return error
 
 
 def _status_of(exc: BaseException) -> int | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from agentcluster import redact
 from agentcluster.errors import AgentClusterError
-from agentcluster.llm import LLM, DeltaSink, LlmRequest, LlmResult
+from agentcluster.llm import LLM, DeltaSink, LlmRequest, LlmResult, ModelRoute
 from agentcluster.providers._models import AgentModels, StoredSettings, split_reference
 from agentcluster.providers._secrets import KeySource
 from agentcluster.providers._store import SettingsStore, StoredDocument
@@ -28,23 +28,6 @@ from agentcluster.providers._store import SettingsStore, StoredDocument
 __all__ = ["ModelRoute", "ProviderResolver", "SettingsModels"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelRoute:
-    """Where one model reference goes: LiteLLM's model name, the base URL and the key.
-
-    Attributes:
-        reference: the model as agents name it (``local/demo``).
-        litellm_model: the model as LiteLLM takes it (``openai/demo``).
-        api_base: the provider's base URL (None: LiteLLM's default for the kind).
-        api_key: the provider's key in clear (None: none); never in ``repr``.
-    """
-
-    reference: str
-    litellm_model: str
-    api_base: str | None = None
-    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -62,7 +45,8 @@ class _Snapshot:
 
 
 class ProviderResolver:
-    """The provider settings of the newest version this process could read (module docstring).
+    """The provider settings of the newest version this process could read (module docstring);
+    the LLM client's :class:`~agentcluster.llm.ModelRoutes`.
 
     Args:
         store: where the settings are kept.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from agentcluster.errors import ConflictError, NotFoundError, ValidationFailed
+from agentcluster.llm import ModelRoute
 from agentcluster.providers._models import (
     ProviderIn,
     ProviderOut,
@@ -24,7 +25,6 @@ from agentcluster.providers._models import (
     StoredSettings,
 )
 from agentcluster.providers._probe import Probe, probe_with_litellm, scrub
-from agentcluster.providers._resolver import ModelRoute
 from agentcluster.providers._secrets import MASK, KeySource, SecretBox, mask_secret
 from agentcluster.providers._store import SettingsStore, StoredDocument
 
