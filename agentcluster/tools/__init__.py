@@ -1,5 +1,5 @@
-"""The tools seam: the Tool protocol, a registry and executor, the tools themselves and simple
-policies.
+"""The tools seam: the Tool protocol, a registry and executor, the tools themselves and two fixed
+policies for tests.
 
 See :mod:`agentcluster.tools._base` for the ports the agent loop talks to. The tools that need
 isolation (http_fetch, python_exec, workspace files, MCP tools, the browser) run on pooled actors

@@ -1,8 +1,11 @@
-"""The tools seam: a typed Tool protocol, a registry, and the two ports every call goes through.
+"""The tools seam: the typed :class:`Tool` protocol and the two ports every call goes through.
 
-A call is first decided by a :class:`PolicyEngine`, then run by a :class:`ToolExecutor`. The agent
-loop only sees these ports; where tools actually run (in-process here, pooled Ray actors later) is
-the executor's business.
+A call is first decided by a :class:`PolicyEngine` (in production the Rego policy of
+``agentcluster.policy``: an OPA server or the same policy compiled to Wasm in-process), then run by
+a :class:`ToolExecutor`. The agent loop only sees these ports; where tools actually run is the
+executor's business: pooled tool and browser actors in the cluster (``actors/executor.py``), or
+the caller's event loop (``InProcessToolExecutor`` in ``_registry.py``: inside each tool actor,
+and in unit tests).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class Tool(Protocol):
 
 
 class ToolExecutor(Protocol):
-    """Port: runs tool calls (in-process builtins now; pooled tool/browser actors later)."""
+    """Port: runs tool calls (pooled tool and browser actors in the cluster, or in-process)."""
 
     def schemas(self, names: list[str]) -> list[ToolSchema]:
         """The schemas of the named tools (unknown names raise ConfigError)."""
@@ -84,6 +87,7 @@ class ToolExecutor(Protocol):
 
 
 class PolicyEngine(Protocol):
-    """Port: decides whether a tool call may run (allow-all now; OPA later)."""
+    """Port: decides whether a tool call may run (the Rego policy engines of
+    ``agentcluster.policy``; the fixed adapters of ``_policy.py`` in tests)."""
 
     async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision: ...

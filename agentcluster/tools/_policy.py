@@ -1,4 +1,8 @@
-"""Simple :class:`PolicyEngine` adapters: allow everything, or deny a fixed set of tools."""
+"""Fixed :class:`PolicyEngine` adapters for tests: allow everything, or deny a set of tools.
+
+The cluster never uses them: its engine is always the Rego policy (``agentcluster.policy``,
+an OPA server or the in-process Wasm build), which fails closed.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ __all__ = ["AllowAllPolicy", "StaticPolicy"]
 
 
 class AllowAllPolicy:
-    """Allows every call; the default when no policy engine is configured."""
+    """Allows every call (agent loop tests that are not about policy)."""
 
     _decision = PolicyDecision(allowed=True, reason="no policy configured", engine="allow-all")
 
@@ -20,7 +24,7 @@ class AllowAllPolicy:
 
 
 class StaticPolicy:
-    """Denies the listed tools, allows the rest (for tests and operators who disable a tool).
+    """Denies the listed tools, allows the rest (tests of how a denial reaches the model).
 
     Args:
         deny: tool name -> the reason given when a call to it is denied.
