@@ -306,4 +306,7 @@ async def start_stack(config: StackConfig | None = None) -> AsyncIterator[ChaosS
                 serve.shutdown()
     finally:
         llm.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("CHAOS_KEEP_LOGS"):  # Ray's logs of the run, for a post-mortem
+            print(f"chaos: stack directory kept: {directory}", flush=True)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
