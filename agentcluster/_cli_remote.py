@@ -2,8 +2,9 @@
 ``keys``.
 
 A gateway URL comes from ``--url``, else ``AGENTCLUSTER_URL``, else this machine's gateway settings
-(``GATEWAY_HOST``/``GATEWAY_PORT``, where ``agentcluster up`` starts it). A tenant key comes from
-``--key``, else ``AGENTCLUSTER_API_KEY``, else the demo key that demo mode keeps under the data dir.
+(``SA01_GATEWAY_HOST``/``SA01_GATEWAY_PORT``, where ``agentcluster up`` starts it). A tenant key
+comes from ``--key``, else ``AGENTCLUSTER_API_KEY``, else the demo key that demo mode keeps under
+the data dir.
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def _positive_seconds(text: str) -> float:
 def _add_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
-        help="the gateway (default: $AGENTCLUSTER_URL, else this machine's GATEWAY_HOST/PORT)",
+        help="the gateway (default: $AGENTCLUSTER_URL, else this machine's SA01_GATEWAY_HOST/PORT)",
     )
 
 

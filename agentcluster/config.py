@@ -6,6 +6,20 @@ other module touches ``os.environ`` or ``os.getenv``.
 
 A missing or malformed value raises :class:`~agentcluster.errors.ConfigError` whose message is one
 line that starts with the variable's name, e.g. ``SA01_DB_DSN: unsupported scheme 'mysql' ...``.
+
+Environment prefixes, one per audience (README, "Configuration"):
+
+* ``SA01_``: the service's settings, read here into :class:`Settings` by every process of the
+  cluster (gateway, session hosts, pools, relay, CLI commands that start or check them).
+* ``AGENTCLUSTER_``: the client side only, ``AGENTCLUSTER_URL`` and ``AGENTCLUSTER_API_KEY``:
+  which gateway the Python client and the CLI's remote commands talk to, with which key. The
+  service never reads them.
+* ``AC_``: the development tooling outside the package (``make deps-up``'s service scripts,
+  ``cluster/local-ssh.sh``, the Makefile, the tests): local service ports and binaries.
+
+Settings that once had another name are still read under it when the new one is unset, with a
+``FutureWarning`` naming the new one (``_RENAMED``): ``GATEWAY_HOST``/``GATEWAY_PORT`` are now
+``SA01_GATEWAY_HOST``/``SA01_GATEWAY_PORT``.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ import base64
 import binascii
 import importlib.util
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -315,7 +330,7 @@ def _check_fernet_key(key: str) -> None:
 class GatewaySettings(BaseSettings):
     """HTTP gateway."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", **_SECTION)
+    model_config = SettingsConfigDict(env_prefix="SA01_GATEWAY_", **_SECTION)
 
     host: str = "127.0.0.1"
     port: int = Field(default=21016, ge=1, le=65535)
@@ -631,18 +646,43 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
 }
 
 
+# New name -> old name of settings renamed to the SA01_ prefix.
+_RENAMED: dict[str, str] = {
+    "SA01_GATEWAY_HOST": "GATEWAY_HOST",
+    "SA01_GATEWAY_PORT": "GATEWAY_PORT",
+}
+
+
 def _variable(section: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
     prefix = str(section.model_config.get("env_prefix", ""))
     field = str(loc[0]) if loc else ""
     return f"{prefix}{field}".upper()
 
 
+def _renamed_values(section: type[BaseSettings], given: Mapping[str, Any]) -> dict[str, str]:
+    """Field -> old variable name, for the fields of ``section`` set only under their old name
+    (neither overridden nor set under the new one); warns once per field."""
+    found: dict[str, str] = {}
+    for field in section.model_fields:
+        new = _variable(section, (field,))
+        old = _RENAMED.get(new)
+        if old is None or field in given or env(new) is not None or env(old) is None:
+            continue
+        warnings.warn(f"{old} is deprecated: set {new} instead", FutureWarning, stacklevel=4)
+        found[field] = old
+    return found
+
+
 def _build_section(section: type[BaseSettings], overrides: Mapping[str, Any] | None) -> Any:
+    given = dict(overrides or {})
+    renamed = _renamed_values(section, given)
+    values: dict[str, Any] = {field: env(old) for field, old in renamed.items()}
     try:
-        return section(**dict(overrides or {}))
+        return section(**{**values, **given})
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = _variable(section, tuple(error.get("loc", ())))
+        loc = tuple(error.get("loc", ()))
+        name = renamed.get(str(loc[0]) if loc else "") or _variable(section, loc)
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {message}") from None
 

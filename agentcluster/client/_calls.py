@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:21016"
-"""The gateway's own default address (``GATEWAY_HOST``/``GATEWAY_PORT``)."""
+"""The gateway's own default address (``SA01_GATEWAY_HOST``/``SA01_GATEWAY_PORT``)."""
 USER_AGENT = "agentcluster-python/0.1"
 
 T = TypeVar("T")

@@ -109,7 +109,7 @@ def own_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     """An environment for a cluster on a free port with embedded defaults and demo mode under
     ``tmp_path``; whatever it started is stopped by PID at the end, even when the test failed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_VARIABLES)}
-    env.update(SA01_DATA_DIR=str(tmp_path), GATEWAY_PORT=str(_free_port()))
+    env.update(SA01_DATA_DIR=str(tmp_path), SA01_GATEWAY_PORT=str(_free_port()))
     pid_file = tmp_path / "agentcluster.pid"
     try:
         yield env, tmp_path
@@ -126,7 +126,7 @@ def own_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
 @pytest.mark.timeout(360)
 def test_up_status_chat_down(own_cluster: tuple[dict[str, str], Path]) -> None:
     env, data_dir = own_cluster
-    url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    url = f"http://127.0.0.1:{env['SA01_GATEWAY_PORT']}"
 
     up = run_cli("up", "--wait", "150", env=env, timeout=200)
     assert up.returncode == 0, up.stdout + up.stderr + (data_dir / "agentcluster.log").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ SA01 = [
     "SA01_AUTH_INTERNAL_TOKEN",
     "SA01_CRYPTO_FERNET_KEY",
     "GATEWAY_PORT",
+    "GATEWAY_HOST",
+    "SA01_GATEWAY_PORT",
+    "SA01_GATEWAY_HOST",
 ]
 
 
@@ -85,6 +89,28 @@ def test_bad_value_names_its_variable(
     message = str(caught.value)
     assert message.startswith(f"{variable}: "), message
     assert "\n" not in message
+
+
+def test_the_gateway_address_has_the_sa01_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SA01_GATEWAY_HOST", "0.0.0.0")
+    monkeypatch.setenv("SA01_GATEWAY_PORT", "8081")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings = load_settings()
+    assert (settings.gateway.host, settings.gateway.port) == ("0.0.0.0", 8081)
+    monkeypatch.setenv("SA01_GATEWAY_PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"^SA01_GATEWAY_PORT: "):
+        load_settings()
+
+
+def test_an_old_gateway_name_is_read_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "8082")
+    with pytest.warns(FutureWarning, match=r"^GATEWAY_PORT is deprecated: set SA01_GATEWAY_PORT"):
+        assert load_settings().gateway.port == 8082
+    monkeypatch.setenv("SA01_GATEWAY_PORT", "8083")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name set: the old one is not read, no warning
+        assert load_settings().gateway.port == 8083
 
 
 def test_cross_field_rule_names_the_section(monkeypatch: pytest.MonkeyPatch) -> None:
