@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict
 
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, DependencyUnavailable
+from agentcluster.eventlog import KAFKA_ERRORS, KafkaConnection
 from agentcluster.redact import mask_url, scrub
 from agentcluster.redisconn import Redis, open_redis, redis_errors
 
@@ -98,23 +98,22 @@ class _Clients:
         return mask_url(url)
 
     async def kafka_metadata(self, servers: str) -> str:
+        connection = KafkaConnection(servers, request_timeout_ms=int(self.timeout_s * 1000))
         try:
             if self.kafka is None:
-                admin = AIOKafkaAdminClient(
-                    bootstrap_servers=servers, request_timeout_ms=int(self.timeout_s * 1000)
-                )
+                admin = connection.admin()
                 await asyncio.wait_for(admin.start(), self.timeout_s)
                 self.kafka = admin
             await asyncio.wait_for(self.kafka.list_topics(), self.timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except KAFKA_ERRORS as exc:
             await self._drop_kafka()
-            raise _down("kafka", servers, exc) from exc
+            raise connection.unavailable(exc) from exc
         return servers
 
     async def _drop_kafka(self) -> None:
         admin, self.kafka = self.kafka, None
         if admin is not None:
-            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            with contextlib.suppress(*KAFKA_ERRORS):
                 await admin.close()
 
     async def policy_health(self, url: str) -> str:

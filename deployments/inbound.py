@@ -18,8 +18,14 @@ from ray.actor import ActorHandle
 
 from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
-from agentcluster.eventlog import ensure_topics, load_topics
-from agentcluster.inbound import DEFAULT_GROUP_ID, CheckedSubmit, InboundConsumer, InboundStats
+from agentcluster.eventlog import (
+    DEFAULT_GROUP_ID,
+    CheckedSubmit,
+    InboundConsumer,
+    InboundStats,
+    ensure_topics,
+    load_topics,
+)
 from agentcluster.limits import TenantLimitsService, open_tenant_limits
 from agentcluster.logs import configure_logging
 from agentcluster.policy import RegoPolicyEngine, build_policy_engine

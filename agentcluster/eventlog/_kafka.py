@@ -1,26 +1,158 @@
-"""The Kafka adapter of the event log: an idempotent aiokafka producer and topic bootstrap.
+"""The one place that talks to aiokafka: building clients, starting and stopping them within the
+request timeout, and converting Kafka's errors into ours.
 
-aiokafka's errors are converted to :class:`~agentcluster.errors.InfrastructureError` naming
-``kafka`` at this boundary, so the relay only deals with our errors.
+:class:`KafkaConnection` holds what every client shares (bootstrap servers, client id, request
+timeout, from ``SA01_KAFKA_*``) and builds the producers, consumers and admin clients of the relay
+(:class:`KafkaPublisher`), the inbound worker (:mod:`agentcluster.eventlog._inbound`), topic
+bootstrap (:func:`ensure_topics`) and the readiness probe. aiokafka's errors are converted to
+:class:`~agentcluster.errors.InfrastructureError` naming ``kafka`` at this boundary: brokers that
+cannot be reached are :class:`~agentcluster.errors.DependencyUnavailable`
+(:meth:`KafkaConnection.unavailable`), a failed operation on a started client an
+``InfrastructureError`` saying what failed (:func:`kafka_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from agentcluster.config import KafkaSettings
 from agentcluster.domain import OutboxRecord
-from agentcluster.errors import DependencyUnavailable, InfrastructureError
+from agentcluster.errors import ConfigError, DependencyUnavailable, InfrastructureError
 from agentcluster.eventlog._topics import TopicSpec
 
-__all__ = ["KafkaPublisher", "ensure_topics"]
+__all__ = [
+    "DEPENDENCY",
+    "KAFKA_ERRORS",
+    "KafkaConnection",
+    "KafkaPublisher",
+    "ensure_topics",
+    "kafka_errors",
+]
 
-_DEPENDENCY = "kafka"
+DEPENDENCY = "kafka"
+"""The name our errors give Kafka (``InfrastructureError.dependency``)."""
+
+KAFKA_ERRORS = (TimeoutError, KafkaError, OSError)
+"""What a Kafka call may raise when the brokers fail: aiokafka's errors, sockets, our timeouts."""
+
+
+class _Client(Protocol):
+    """What aiokafka's producer, consumer and admin client have in common here."""
+
+    async def start(self) -> Any: ...
+
+
+@contextlib.asynccontextmanager
+async def kafka_errors(action: str) -> AsyncIterator[None]:
+    """Convert the Kafka errors raised inside the block into ``InfrastructureError("kafka",
+    f"{action}: ...")``."""
+    try:
+        yield
+    except KAFKA_ERRORS as exc:
+        raise InfrastructureError(DEPENDENCY, f"{action}: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    """Where the brokers are and how long to wait for them; builds every aiokafka client.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port]``.
+        client_id: the clients' id prefix (each client appends its role).
+        request_timeout_ms: every request's timeout, and the bound on starting and stopping.
+    """
+
+    bootstrap_servers: str
+    client_id: str = "agentcluster"
+    request_timeout_ms: int = 15_000
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings) -> KafkaConnection:
+        """The connection ``SA01_KAFKA_*`` describes.
+
+        Raises:
+            ConfigError: ``SA01_KAFKA_BOOTSTRAP_SERVERS`` is unset.
+        """
+        if kafka.bootstrap_servers is None:
+            raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: Kafka is not configured")
+        return cls(kafka.bootstrap_servers, kafka.client_id, kafka.request_timeout_ms)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.request_timeout_ms / 1000
+
+    def producer(self, *, client_id: str | None = None, **tuning: Any) -> AIOKafkaProducer:
+        """An idempotent producer with ``acks=all`` (per-partition order, no duplicates)."""
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=client_id or self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=self.request_timeout_ms,
+            **tuning,
+        )
+
+    def consumer(
+        self, *topics: str, group_id: str, client_id: str | None = None, **tuning: Any
+    ) -> AIOKafkaConsumer:
+        """A group member that commits its offsets itself and reads committed records only."""
+        return AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id or self.client_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=self.request_timeout_ms,
+            **tuning,
+        )
+
+    def admin(self) -> AIOKafkaAdminClient:
+        """An admin client (topic listing and creation)."""
+        return AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=self.request_timeout_ms
+        )
+
+    def unavailable(self, exc: BaseException) -> DependencyUnavailable:
+        """The error for brokers that cannot be reached."""
+        return DependencyUnavailable(
+            DEPENDENCY, f"cannot reach brokers at {self.bootstrap_servers}: {exc!r}"
+        )
+
+    async def start(self, *clients: _Client) -> None:
+        """Start ``clients`` in order, each within the request timeout; on failure stop them all.
+
+        Raises:
+            DependencyUnavailable: the brokers cannot be reached.
+        """
+        try:
+            for client in clients:
+                await asyncio.wait_for(client.start(), self.timeout_s)
+        except KAFKA_ERRORS as exc:
+            await self.stop(*clients)
+            raise self.unavailable(exc) from exc
+
+    async def stop(self, *clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
+        """Stop ``clients`` (None skipped), each within the request timeout: a dead broker must
+        not hang shutdown. A producer that cannot flush in time has its connections dropped, so
+        no socket outlives it."""
+        for client in clients:
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(client.stop(), self.timeout_s)
+            except KAFKA_ERRORS:
+                if isinstance(client, AIOKafkaProducer):
+                    with contextlib.suppress(*KAFKA_ERRORS):
+                        await asyncio.wait_for(client.client.close(), 5)
 
 
 async def ensure_topics(
@@ -31,9 +163,8 @@ async def ensure_topics(
     Raises:
         DependencyUnavailable: the brokers cannot be reached within ``timeout_s``.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
-    )
+    connection = KafkaConnection(bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    admin = connection.admin()
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         existing = set(await admin.list_topics())
@@ -46,10 +177,8 @@ async def ensure_topics(
             # Another process may create one between list and create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        raise DependencyUnavailable(
-            _DEPENDENCY, f"cannot reach brokers at {bootstrap_servers}: {exc!r}"
-        ) from exc
+    except KAFKA_ERRORS as exc:
+        raise connection.unavailable(exc) from exc
     finally:
         await admin.close()
 
@@ -60,10 +189,8 @@ class KafkaPublisher:
     def __init__(
         self, bootstrap_servers: str, topic: str, *, client_id: str, request_timeout_ms: int
     ) -> None:
-        self._bootstrap_servers = bootstrap_servers
+        self._connection = KafkaConnection(bootstrap_servers, client_id, request_timeout_ms)
         self._topic = topic
-        self._client_id = client_id
-        self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -76,39 +203,15 @@ class KafkaPublisher:
         Raises:
             DependencyUnavailable: the brokers cannot be reached.
         """
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            request_timeout_ms=self._request_timeout_ms,
-            linger_ms=2,
-            max_batch_size=256 * 1024,
-        )
-        try:
-            await asyncio.wait_for(producer.start(), self._request_timeout_ms / 1000)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            await self._close(producer)
-            raise DependencyUnavailable(
-                _DEPENDENCY, f"cannot reach brokers at {self._bootstrap_servers}: {exc!r}"
-            ) from exc
+        producer = self._connection.producer(linger_ms=2, max_batch_size=256 * 1024)
+        await self._connection.start(producer)
         self._producer = producer
 
     async def stop(self) -> None:
         """Flush and close; bounded, because a dead broker must not hang shutdown."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            await self._close(producer)
-
-    async def _close(self, producer: AIOKafkaProducer) -> None:
         # Nothing to save on failure: unacknowledged records stay unpublished in the outbox.
-        try:
-            await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
-        except (TimeoutError, KafkaError, OSError):
-            # stop() flushes first, which never ends while the broker is down: drop the
-            # connections ourselves so no socket outlives the producer.
-            with contextlib.suppress(TimeoutError, KafkaError, OSError):
-                await asyncio.wait_for(producer.client.close(), 5)
+        await self._connection.stop(producer)
 
     async def publish(self, records: Sequence[OutboxRecord]) -> list[bool]:
         """Send records in order; returns, per record, whether the broker acknowledged it.
@@ -121,7 +224,7 @@ class KafkaPublisher:
             InfrastructureError: the producer is not started or could not enqueue at all.
         """
         if self._producer is None:
-            raise InfrastructureError(_DEPENDENCY, "publisher is not started")
+            raise InfrastructureError(DEPENDENCY, "publisher is not started")
         futures: list[asyncio.Future[object]] = []
         try:
             for record in records:
@@ -132,8 +235,8 @@ class KafkaPublisher:
                 )
         except (KafkaError, OSError) as exc:
             if not futures:
-                raise InfrastructureError(_DEPENDENCY, f"send failed: {exc!r}") from exc
+                raise InfrastructureError(DEPENDENCY, f"send failed: {exc!r}") from exc
         if futures:
-            await asyncio.wait(futures, timeout=self._request_timeout_ms / 1000)
+            await asyncio.wait(futures, timeout=self._connection.timeout_s)
         sent = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
         return sent + [False] * (len(records) - len(sent))

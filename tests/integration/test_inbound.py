@@ -25,13 +25,16 @@ from agentcluster import events as ev
 from agentcluster.config import RelaySettings, Settings, load_settings
 from agentcluster.domain import Submission
 from agentcluster.errors import DependencyUnavailable
-from agentcluster.eventlog import KafkaPublisher, OutboxRelay, TopicSpec, ensure_topics
-from agentcluster.inbound import (
+from agentcluster.eventlog import (
     CheckedSubmit,
     InboundConsumer,
     InboundMessage,
     InboundStats,
+    KafkaPublisher,
+    OutboxRelay,
     Submit,
+    TopicSpec,
+    ensure_topics,
 )
 from agentcluster.limits import LimitOverrides, open_tenant_limits
 from agentcluster.policy import OpaServerPolicy, build_policy_engine

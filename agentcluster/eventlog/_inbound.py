@@ -27,10 +27,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentcluster.domain import Submission
@@ -43,9 +43,13 @@ from agentcluster.errors import (
     UserError,
     ValidationFailed,
 )
-from agentcluster.eventlog import TopicSpec, ensure_topics
-from agentcluster.limits import TenantLimitsService
-from agentcluster.policy import RegoPolicyEngine
+from agentcluster.eventlog._kafka import DEPENDENCY, KafkaConnection, ensure_topics, kafka_errors
+from agentcluster.eventlog._topics import TopicSpec
+
+if TYPE_CHECKING:
+    # Types only: the checks are handed in, so the event log does not import what they need.
+    from agentcluster.limits import TenantLimitsService
+    from agentcluster.policy import RegoPolicyEngine
 
 __all__ = [
     "DEFAULT_GROUP_ID",
@@ -59,12 +63,12 @@ __all__ = [
     "parse_record",
 ]
 
-log = logging.getLogger(__name__)
+# The logger keeps the name it had before the module moved under eventlog/ (log filters use it).
+log = logging.getLogger("agentcluster.inbound")
 
 DEFAULT_GROUP_ID = "agentcluster-inbound"
 MAX_CONTENT_CHARS = 32_000
 MAX_KEY_CHARS = 200  # the store's idempotency key column
-_DEPENDENCY = "kafka"
 _MAX_ERROR_CHARS = 1_000
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -215,11 +219,9 @@ class _DeadLetters:
         send = self._producer.send_and_wait(
             self.topic, value=record.value, key=record.key, headers=headers
         )
-        try:
+        # On failure the record is not committed past, so it comes back; the DLQ may get it twice.
+        async with kafka_errors("dead-letter send failed"):
             await asyncio.wait_for(send, self._timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            # The record is not committed past, so it comes back; the DLQ may get it twice.
-            raise InfrastructureError(_DEPENDENCY, f"dead-letter send failed: {exc!r}") from exc
 
 
 class InboundConsumer:
@@ -245,10 +247,8 @@ class InboundConsumer:
         self.topic = topic
         self.dlq_topic = f"{topic}.dlq"
         self.group_id = group_id
-        self._servers = bootstrap_servers
+        self._connection = KafkaConnection(bootstrap_servers, client_id, request_timeout_ms)
         self._submit = submit
-        self._client_id = client_id
-        self._request_timeout_ms = request_timeout_ms
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_initial_s = backoff_initial_s
@@ -265,7 +265,7 @@ class InboundConsumer:
 
     @property
     def _timeout_s(self) -> float:
-        return self._request_timeout_ms / 1000
+        return self._connection.timeout_s
 
     def stats(self) -> InboundStats:
         return InboundStats(
@@ -282,35 +282,20 @@ class InboundConsumer:
         Raises:
             DependencyUnavailable: the brokers cannot be reached.
         """
+        connection = self._connection
         await ensure_topics(
-            self._servers, [TopicSpec(name=self.dlq_topic)], timeout_s=self._timeout_s
+            connection.bootstrap_servers,
+            [TopicSpec(name=self.dlq_topic)],
+            timeout_s=self._timeout_s,
         )
-        consumer = AIOKafkaConsumer(
+        consumer = connection.consumer(
             self.topic,
-            bootstrap_servers=self._servers,
             group_id=self.group_id,
-            client_id=self._client_id,
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            request_timeout_ms=self._request_timeout_ms,
             max_poll_records=self._max_batch,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._servers,
-            client_id=f"{self._client_id}-dlq",
-            acks="all",
-            enable_idempotence=True,
-            request_timeout_ms=self._request_timeout_ms,
-        )
-        try:
-            await asyncio.wait_for(consumer.start(), self._timeout_s)
-            await asyncio.wait_for(producer.start(), self._timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            await self._close(consumer, producer)
-            raise DependencyUnavailable(
-                _DEPENDENCY, f"cannot reach brokers at {self._servers}: {exc!r}"
-            ) from exc
+        producer = connection.producer(client_id=f"{connection.client_id}-dlq")
+        await connection.start(consumer, producer)
         self._consumer, self._producer = consumer, producer
         self._dead_letters = _DeadLetters(producer, self.dlq_topic, self._timeout_s)
 
@@ -321,15 +306,7 @@ class InboundConsumer:
         """
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = self._dead_letters = None
-        await self._close(consumer, producer)
-
-    async def _close(
-        self, consumer: AIOKafkaConsumer | None, producer: AIOKafkaProducer | None
-    ) -> None:
-        for client in (consumer, producer):
-            if client is not None:
-                with contextlib.suppress(TimeoutError, KafkaError, OSError):
-                    await asyncio.wait_for(client.stop(), self._timeout_s)
+        await self._connection.stop(consumer, producer)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, riding out failures with capped exponential backoff.
@@ -363,12 +340,10 @@ class InboundConsumer:
                 record and every partition rewound to its first unhandled record.
         """
         consumer = self._require_consumer()
-        try:
+        async with kafka_errors("fetch failed"):
             batch = await consumer.getmany(
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
             )
-        except KafkaError as exc:
-            raise InfrastructureError(_DEPENDENCY, f"fetch failed: {exc!r}") from exc
         progress: dict[TopicPartition, int] = {}  # partition -> offset of its next record
         try:
             for partition, records in batch.items():
@@ -384,7 +359,7 @@ class InboundConsumer:
 
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            raise InfrastructureError(_DEPENDENCY, "inbound consumer is not started")
+            raise InfrastructureError(DEPENDENCY, "inbound consumer is not started")
         return self._consumer
 
     async def _handle(self, record: Record) -> None:
@@ -408,7 +383,7 @@ class InboundConsumer:
 
     async def _reject(self, record: Record, error: UserError) -> None:
         if self._dead_letters is None:
-            raise InfrastructureError(_DEPENDENCY, "inbound consumer is not started")
+            raise InfrastructureError(DEPENDENCY, "inbound consumer is not started")
         await self._dead_letters.publish(record, error)
         self.rejected += 1
         log.warning(
@@ -449,11 +424,10 @@ class InboundConsumer:
         }
         if not offsets:
             return
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), self._timeout_s)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # A rebalance moved the partition during the batch; its new owner reads these
-            # records again and gets their first submissions back.
-            log.info("inbound: commit skipped after a rebalance: %s", type(exc).__name__)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            raise InfrastructureError(_DEPENDENCY, f"offset commit failed: {exc!r}") from exc
+        async with kafka_errors("offset commit failed"):
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), self._timeout_s)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance moved the partition during the batch; its new owner reads these
+                # records again and gets their first submissions back.
+                log.info("inbound: commit skipped after a rebalance: %s", type(exc).__name__)
