@@ -93,7 +93,7 @@ async def test_the_embedded_pieces_create_only_private_files(
         box = await key_source(settings).box(create=True)
         assert box.decrypt(box.encrypt("s")) == "s"
         workspace = await SessionWorkspaces(settings.workspace_root).open("t-1", "s-1")
-        # The `up` command's log and PID file, as _cli_local writes them.
+        # The `up` command's log and PID file, as agentcluster/cli/_local.py writes them.
         create_private_file(settings.data_dir / "agentcluster.log")
         write_private_text(settings.data_dir / "agentcluster.pid", "123\n")
         created = {p.name for p in settings.data_dir.iterdir()}

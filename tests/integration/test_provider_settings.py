@@ -25,8 +25,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from agentcluster._cli_secrets import run_secrets_rotate
 from agentcluster.cli import main
+from agentcluster.cli._secrets import run_secrets_rotate
 from agentcluster.config import Settings, load_settings
 from agentcluster.errors import ConflictError, SecretKeyError
 from agentcluster.gateway import GatewayService

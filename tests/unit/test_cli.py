@@ -18,8 +18,10 @@ from typing import Any, Literal
 import pytest
 
 from agentcluster import events as ev
-from agentcluster._cli_chat import ChatRenderer, Console, run_chat
-from agentcluster._cli_local import (
+from agentcluster.api import CancelOut, SessionOut
+from agentcluster.cli import main, parse_args
+from agentcluster.cli._chat import ChatRenderer, Console, run_chat
+from agentcluster.cli._local import (
     LocalFiles,
     is_alive,
     is_serve_cmdline,
@@ -27,9 +29,7 @@ from agentcluster._cli_local import (
     run_down,
     run_up,
 )
-from agentcluster._cli_remote import local_url, resolve_api_key
-from agentcluster.api import CancelOut, SessionOut
-from agentcluster.cli import main, parse_args
+from agentcluster.cli._remote import local_url, resolve_api_key
 from agentcluster.client import StreamItem
 from agentcluster.config import Settings, load_settings
 from agentcluster.runtime import Delta

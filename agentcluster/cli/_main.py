@@ -1,15 +1,4 @@
-"""The ``agentcluster`` command line.
-
-Commands: ``serve`` (Ray and the gateway on this machine: the main job), ``up`` / ``down`` (the
-same in the background, tracked by a PID file), ``status`` (is the gateway up and ready), ``chat``
-(a conversation in the terminal, streamed), ``keys`` (API keys, with the admin key), ``db upgrade``
-/ ``db current`` (migrations), ``check`` (probe every configured dependency), ``relay`` (run the
-outbox relay in the foreground), ``config`` (show effective settings), ``secrets rotate``
-(re-encrypt the provider secrets under a new key).
-
-Errors are one line ``agentcluster: <message>`` on stderr; the exit code is 2 for usage and
-configuration errors, 1 for failures (gateway unreachable, an API error, not ready).
-"""
+"""The command parser and handlers of ``agentcluster`` (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -24,9 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agentcluster import redact
-from agentcluster._cli_chat import Console, run_chat
-from agentcluster._cli_local import LocalFiles, run_down, run_up, serve_pid
-from agentcluster._cli_remote import (
+from agentcluster.bootstrap import build_relay, open_state_store
+from agentcluster.cli._chat import Console, run_chat
+from agentcluster.cli._local import LocalFiles, run_down, run_up, serve_pid
+from agentcluster.cli._remote import (
     local_url,
     ready_probe,
     resolve_admin_key,
@@ -37,7 +27,6 @@ from agentcluster._cli_remote import (
     run_keys_revoke,
     run_status,
 )
-from agentcluster.bootstrap import build_relay, open_state_store
 from agentcluster.client import ApiError, Client, ConnectionFailed
 from agentcluster.config import Settings, load_settings
 from agentcluster.errors import AgentClusterError, ConfigError, UserError
@@ -45,6 +34,8 @@ from agentcluster.health import probe_all
 from agentcluster.store import current_revision, head_revision
 
 __all__ = ["main", "parse_args"]
+
+_DESCRIPTION = "The ``agentcluster`` command line."
 
 
 async def _db_upgrade(settings: Settings) -> int:
@@ -177,7 +168,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _secrets(args: argparse.Namespace, settings: Settings) -> int:
-    from agentcluster._cli_secrets import run_secrets_rotate
+    from agentcluster.cli._secrets import run_secrets_rotate
 
     return asyncio.run(run_secrets_rotate(settings, args.new_key_file, sys.stdout))
 
@@ -305,7 +296,7 @@ def _add_secrets(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentcluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="agentcluster", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_lifecycle(commands)
     _add_chat(commands)
@@ -359,7 +350,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
