@@ -401,12 +401,12 @@ class RaySessionRouter:
 
     async def _on_host(self, session_id: str, call: Callable[[Any], Any]) -> Any:
         """``call(host)`` on the session's first live host, failing over to the next while a
-        host turns out dead or still starting. When every host is starting (a cluster's first
-        calls), waits for the first to be ready. DependencyUnavailable naming Ray when none
+        host turns out dead or still starting. When none can serve now (a cluster's first calls,
+        several hosts lost at once), waits for the first of the session's hosts to be ready,
+        replacements of dead ones included. DependencyUnavailable naming Ray when none
         answers."""
         failures: list[str] = []
-        targets = await self._targets(session_id)
-        for name, handle in targets:
+        for name, handle in await self._targets(session_id):
             try:
                 answer = await _call_host(call(handle))
             except (ray.exceptions.RayActorError, HostStarting) as exc:
@@ -415,18 +415,50 @@ class RaySessionRouter:
                 continue
             self._down.pop(name, None)  # it answers: the session's next calls go there too
             return answer
-        name, handle = targets[0]
-        try:
-            await _call_host(_once(handle.ready).remote())
-            answer = await _call_host(call(handle))
-            self._down.pop(name, None)
-            return answer
-        except (ray.exceptions.RayActorError, HostStarting) as exc:
-            self._skip(name, exc)
-            failures.append(f"{name}: {_first_line(exc)}")
+        ready = await self._first_ready(session_id, failures)
+        if ready is not None:
+            name, handle = ready
+            try:
+                answer = await _call_host(call(handle))
+                self._down.pop(name, None)
+                return answer
+            except (ray.exceptions.RayActorError, HostStarting) as exc:
+                self._skip(name, exc)
+                failures.append(f"{name}: {_first_line(exc)}")
         raise DependencyUnavailable(
             "ray", f"no session host answered for session {session_id} ({'; '.join(failures)})"
         )
+
+    async def _first_ready(self, session_id: str, failures: list[str]) -> tuple[str, Any] | None:
+        """The first of the session's hosts to answer ``ready`` (each started or replaced as
+        needed), or None when every one fails."""
+        if self._runtime.sessions_per_host == 1:
+            names = [self._session_actor_name(session_id)]
+        else:
+            names = self._ranked(session_id, await self._host_count())
+        isolation = self._runtime.sessions_per_host == 1
+        waits = {
+            asyncio.ensure_future(_call_host(_once(handle.ready).remote())): (name, handle)
+            for name in names
+            for handle in [self._handle(name, name, isolation)]
+        }
+        try:
+            while waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    name, handle = waits.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        return name, handle
+                    if not isinstance(error, (ray.exceptions.RayError, HostStarting)):
+                        raise error
+                    if isinstance(error, ray.exceptions.RayActorError):
+                        self._handles.pop(name, None)  # dead: replaced on the next call
+                    failures.append(f"{name}: {_first_line(error)}")
+            return None
+        finally:
+            for future in waits:
+                future.cancel()  # the hosts go on starting: later calls find them ready
 
     def _skip(self, name: str, exc: BaseException) -> None:
         """Skip a host that died or is starting until it is ready again: watched (and a dead

@@ -118,6 +118,13 @@ class ChaosStack:
             os.kill(pid, signal.SIGKILL)
         return pid
 
+    async def hosts_whole(self, timeout_s: float = 120.0) -> None:
+        """Wait until every placed and standby host answers ``ready`` (replacements of killed
+        hosts started and warm)."""
+        from actors.session import RaySessionRouter
+
+        await asyncio.wait_for(RaySessionRouter(self.settings).ensure_hosts(), timeout_s)
+
     def host_names(self) -> list[str]:
         """Named host actors of this stack (not the controller)."""
         import ray

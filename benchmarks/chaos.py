@@ -140,13 +140,15 @@ async def _kill_probe_host(ctx: Context) -> float | None:
 
 def host_kills(every_s: float, count: int, *, sequential: bool = False) -> Fault:
     """Kill the probe session's host every ``every_s`` (or, ``sequential``, once the previous
-    kill was recovered from and ``every_s`` more passed), ``count`` times."""
+    kill was recovered from, the host set is whole again and ``every_s`` more passed: each kill
+    is then one host failure, not a cascade), ``count`` times."""
 
     async def inject(ctx: Context) -> list[Recovery]:
         kills: list[tuple[float, asyncio.Task[float | None]]] = []
         for _ in range(count):
             if sequential:  # the probe session is active on a live host again
                 await _probe(ctx, time.monotonic())
+                await ctx.stack.hosts_whole()
             await asyncio.sleep(every_s)
             moment = await _kill_probe_host(ctx)
             if moment is None:
@@ -279,7 +281,8 @@ SHORT: dict[str, Scenario] = {
 TARGETS: dict[str, Scenario] = {
     "kill-x20": Scenario(
         "kill-x20",
-        "SessionHost SIGKILL, 20 times, each after the last recovered + 2 s",
+        "SessionHost SIGKILL, 20 times, each once the last was recovered and the host set "
+        "whole again, + 2 s",
         4,
         host_kills(2, 20, sequential=True),
     ),
