@@ -2,7 +2,16 @@
 
 :class:`BrowserActor` is a plain class (``ray.remote`` is applied by the pool) that runs the
 browser tools of :mod:`agentcluster.tools._browser` on its own Chromium: ``execute`` takes a
-``ToolInvocation`` dict and returns a ``ToolOutcome`` dict, and never raises for a tool failure.
+:class:`~agentcluster.tools.ToolInvocation` (and, for browser_task, the session's
+:class:`~agentcluster.tools.BrowserLlm` route) and returns a
+:class:`~agentcluster.tools.ToolOutcome` (pydantic models across the actor boundary), and never
+raises for a tool failure.
+
+browser_task's model calls go through the LLM port (:class:`~agentcluster.tools.PortChatModel`
+over a LiteLLMClient built here from ``SA01_LLM_*``, its breakers shared by the actor's calls)
+and are charged to the calling tenant's daily budget in the same counters the agent loop uses
+(:class:`~agentcluster.tools.SettingsBudget`); a call the budget refuses is not made and
+browser_task answers with the budget's error.
 
 Egress: every request its Chromium makes goes through this actor's own
 :class:`~agentcluster.tools._egress_proxy.EgressProxy`, which resolves each host once, asks the
@@ -41,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import psutil
@@ -63,13 +72,21 @@ from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from agentcluster import tracing as _tracing
 from agentcluster.config import (
     BrowserSettings,
+    LlmSettings,
     Settings,
     TracingSettings,
     prepare_offline_environment,
 )
 from agentcluster.errors import ConfigError, ToolError
-from agentcluster.llm._types import ToolSchema
-from agentcluster.tools._base import PolicyDecision, ToolInvocation, ToolOutcome
+from agentcluster.llm import ToolSchema
+from agentcluster.tools import (
+    LlmBudget,
+    PolicyDecision,
+    PortChatModel,
+    SettingsBudget,
+    ToolInvocation,
+    ToolOutcome,
+)
 from agentcluster.tools._browser import (
     BROWSER_TOOL_NAMES,
     BrowserLlm,
@@ -314,6 +331,10 @@ class BrowserActor:
             targets) and that may allow ``browser_evaluate``; by default public addresses only
             and no ``evaluate``.
         resolver: DNS for the egress proxy; the system resolver by default.
+        llm_settings: timeouts, retries and breakers of browser_task's LLM calls
+            (``SA01_LLM_*``); from the environment if omitted.
+        budget: the tenants' LLM budgets browser_task's calls are charged to (a
+            :class:`~agentcluster.tools.SettingsBudget` in pools); None: not checked or counted.
 
     Raises:
         ConfigError: Chromium is not where the settings say, or the actor is root and cannot
@@ -323,16 +344,22 @@ class BrowserActor:
     def __init__(
         self,
         settings: BrowserSettings | None = None,
-        llm: BrowserLlm | dict[str, Any] | None = None,
+        llm: BrowserLlm | None = None,
         check_url: UrlCheck | None = None,
         tracing: TracingSettings | None = None,
         policy_factory: BrowserPolicyFactory | None = None,
         resolver: Resolver | None = None,
+        *,
+        llm_settings: LlmSettings | None = None,
+        budget: LlmBudget | None = None,
     ) -> None:
         prepare_offline_environment()
         _tracing.configure_tracing(tracing or TracingSettings(), "browser-actor")
         self._settings = settings or BrowserSettings()
-        self._llm = BrowserLlm.model_validate(llm) if isinstance(llm, dict) else llm
+        self._llm = llm
+        self._llm_settings = llm_settings or LlmSettings()
+        self._budget = budget
+        self._breakers: Any = None  # the LLM port's breakers, made on the first browser_task
         self._check_url = check_url
         self._policy = policy_factory() if policy_factory is not None else DefaultNetworkPolicy()
         self._guard = SsrfGuard(self._policy, resolver)
@@ -387,9 +414,9 @@ class BrowserActor:
         """The PID of this actor's Chromium (its main process), if running."""
         return self._browser.pid if self._browser is not None else None
 
-    async def schemas(self) -> list[dict[str, Any]]:
-        """The browser tools' schemas as dicts."""
-        return [schema.model_dump() for schema in browser_schemas()]
+    async def schemas(self) -> list[ToolSchema]:
+        """The browser tools' schemas."""
+        return browser_schemas()
 
     async def reset(self) -> None:
         """A new Chromium on a new, empty profile for the next lease.
@@ -418,6 +445,9 @@ class BrowserActor:
                 await self._proxy.close()
                 self._proxy = None
             shutil.rmtree(self._workdir, ignore_errors=True)
+        aclose = getattr(self._budget, "aclose", None)
+        if aclose is not None:
+            await aclose()
         await _tracing.flush_tracing()
 
     async def _ready_launch(self) -> ChromiumLaunch:
@@ -481,19 +511,18 @@ class BrowserActor:
 
     async def execute(
         self,
-        invocation: dict[str, Any],
-        llm: dict[str, Any] | None = None,
+        call: ToolInvocation,
+        llm: BrowserLlm | None = None,
         trace: Carrier | None = None,
-    ) -> dict[str, Any]:
+    ) -> ToolOutcome:
         """Run one browser tool call; failures come back as ``ok=False`` outcomes.
 
         Args:
-            invocation: a ``ToolInvocation`` as a dict.
-            llm: a ``BrowserLlm`` as a dict, for browser_task (else the constructor's).
+            call: the call.
+            llm: the session's model route, for browser_task (else the constructor's).
             trace: the caller's trace carrier; this call's span continues it.
         """
         started = time.perf_counter()
-        call = ToolInvocation.model_validate(invocation)
         with _tracing.span(
             "BrowserActor/execute",
             kind=_tracing.SpanKind.SERVER,
@@ -505,12 +534,12 @@ class BrowserActor:
             if not outcome.ok:
                 _tracing.mark_error(span, outcome.error or "tool failed")
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return outcome.model_copy(update={"latency_ms": latency_ms}).model_dump()
+        return outcome.model_copy(update={"latency_ms": latency_ms})
 
-    async def _execute(self, call: ToolInvocation, llm: dict[str, Any] | None) -> ToolOutcome:
+    async def _execute(self, call: ToolInvocation, llm: BrowserLlm | None) -> ToolOutcome:
         try:
             arguments = parse_browser_arguments(call.tool, call.arguments)
-            model = BrowserLlm.model_validate(llm) if llm is not None else self._llm
+            model = llm if llm is not None else self._llm
         except ToolError as exc:
             return ToolOutcome(ok=False, error=exc.message)
         async with self._lock:
@@ -611,6 +640,18 @@ class BrowserActor:
         asked = call.model_copy(update={"tool": EVALUATE_TOOL, "arguments": {}})
         decision: PolicyDecision = await decide(asked)
         return decision.allowed
+
+    def chat_model(self, route: BrowserLlm) -> PortChatModel:
+        """browser_task's model for the current call: the LLM port along ``route`` (breakers
+        shared by this actor's calls), charged to the calling tenant's budget."""
+        from agentcluster.llm import BreakerRegistry, LiteLLMClient, StaticRoutes
+
+        if self._breakers is None:
+            self._breakers = BreakerRegistry.from_settings(self._llm_settings)
+        routes = StaticRoutes(*route.routes())
+        client = LiteLLMClient(self._llm_settings, self._breakers, routes=routes)
+        tenant_id = self._invocation.tenant_id if self._invocation else "(none)"
+        return PortChatModel(client, route, tenant_id=tenant_id, budget=self._budget)
 
     def tools(self) -> Any:
         """browser-use's action registry (built once, on first use)."""
@@ -769,9 +810,11 @@ class _Handlers:
             raise ToolError("browser_task needs a model, and this browser was given none")
         from browser_use import Agent
 
+        chat = self._actor.chat_model(self._llm)
         agent: Any = Agent(
             task=args.task,
-            llm=_chat_model(self._llm, self._actor),
+            # Its BaseChatModel protocol, but for a pydantic hook browser-use never calls here.
+            llm=cast(Any, chat),
             browser_session=self._session,
             tools=_agent_tools(self._actor, await self._actor.evaluate_allowed()),
             use_vision=False,
@@ -781,7 +824,10 @@ class _Handlers:
             file_system_path=str(self._actor.task_workdir()),
             max_failures=2,
         )
+        chat.on_refused = agent.stop  # a spent budget ends the task, no retries
         history = await agent.run(max_steps=self._actor._task_steps(args))
+        if chat.refusal is not None:
+            raise ToolError(f"browser_task refused: {chat.refusal.message}")
         errors = [error for error in history.errors() if error]
         return {
             "done": history.is_done(),
@@ -791,18 +837,6 @@ class _Handlers:
             "errors": [_one_line(error, 300) for error in errors[-3:]],
             **await self._page(),
         }
-
-
-def _chat_model(llm: BrowserLlm, actor: BrowserActor) -> Any:
-    from browser_use.llm.openai.chat import ChatOpenAI
-
-    return ChatOpenAI(
-        model=llm.model,
-        base_url=llm.api_base,
-        api_key=llm.api_key or "unused",
-        max_retries=1,
-        timeout=actor._settings.action_timeout_s,
-    )
 
 
 def _agent_tools(actor: BrowserActor, evaluate: bool = False) -> Any:
@@ -860,7 +894,8 @@ def browser_pool_spec(
 
     Their policy (every request of their browsers, ``browser_evaluate``) is the Rego engine the
     settings choose (the OPA server at ``SA01_POLICY_URL``, else in-process) unless
-    ``policy_factory`` says otherwise.
+    ``policy_factory`` says otherwise. browser_task's LLM calls use ``SA01_LLM_*`` and are
+    charged to the tenants' budgets of the settings.
     """
     browser = settings.browser
     config = PoolConfig(
@@ -881,6 +916,8 @@ def browser_pool_spec(
             "check_url": check_url,
             "tracing": settings.tracing,
             "policy_factory": policy_factory or functools.partial(_policy_engine, settings),
+            "llm_settings": settings.llm,
+            "budget": SettingsBudget(settings),
         },
         namespace=settings.runtime.namespace,
         num_cpus=browser.num_cpus,
@@ -937,16 +974,15 @@ class PooledBrowserTools:
             lease = await self._pool.lease(invocation.session_id, self._lease_timeout_s)
         except PoolExhausted as exc:
             return ToolOutcome(ok=False, error=f"no browser is free right now; {exc.message}")
-        payload = llm.model_dump() if llm is not None else None
         attributes = _browser_call_attributes(invocation)
         with _tracing.outgoing("BrowserActor/execute", attributes=attributes) as (span, trace):
             try:
-                outcome = await lease.member.execute.remote(invocation.model_dump(), payload, trace)
+                outcome: ToolOutcome = await lease.member.execute.remote(invocation, llm, trace)
             except RayActorError as exc:
                 _tracing.mark_error(span, exc)
                 await self._pool.report_failure(lease, "the browser actor died during a call")
                 return ToolOutcome(ok=False, error=CRASHED)
-        return ToolOutcome.model_validate(outcome)
+        return outcome
 
     async def end_session(self, session_id: str) -> bool:
         """Give the session's browser back (at the end of its turn); False if it held none."""

@@ -251,13 +251,21 @@ class ActorToolExecutor:
 
 
 def _browser_llms(settings: Settings, profiles: Iterable[AgentProfile]) -> dict[str, BrowserLlm]:
-    """Per agent: the model browser_task drives browser-use with (its own model, same endpoint)."""
+    """Per agent: the model route browser_task drives browser-use with (its own model and
+    fallbacks, same endpoint), sent to the browser actor with each call."""
     llms: dict[str, BrowserLlm] = {}
     if settings.llm.api_base is None:
         return llms  # browser-use needs an OpenAI-compatible endpoint; browser_task says so
     for profile in profiles:
-        model = profile.model.split("/", 1)[1] if "/" in profile.model else profile.model
         llms[profile.name] = BrowserLlm(
-            model=model, api_base=settings.llm.api_base, api_key=settings.llm.api_key
+            model=_bare(profile.model),
+            api_base=settings.llm.api_base,
+            api_key=settings.llm.api_key,
+            fallback_models=tuple(_bare(model) for model in profile.fallback_models),
         )
     return llms
+
+
+def _bare(model: str) -> str:
+    """The model's name at the endpoint (its LiteLLM provider prefix dropped)."""
+    return model.split("/", 1)[1] if "/" in model else model

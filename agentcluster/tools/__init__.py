@@ -21,6 +21,7 @@ from agentcluster.tools._browser import (
     navigation_problem,
     parse_browser_arguments,
 )
+from agentcluster.tools._browser_llm import LlmBudget, PortChatModel, SettingsBudget
 from agentcluster.tools._builtins import (
     CalculatorTool,
     CurrentTimeTool,
@@ -46,10 +47,13 @@ __all__ = [
     "CurrentTimeTool",
     "DefaultNetworkPolicy",
     "InProcessToolExecutor",
+    "LlmBudget",
     "NetworkPolicy",
     "PolicyDecision",
     "PolicyEngine",
+    "PortChatModel",
     "Resolver",
+    "SettingsBudget",
     "SsrfGuard",
     "StaticPolicy",
     "SystemResolver",

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentcluster.errors import ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ModelRoute, ToolSchema
 from agentcluster.tools._urls import WebUrl, parse_web_url, web_url_problem
 
 __all__ = [
@@ -119,19 +119,32 @@ BROWSER_TOOL_NAMES: tuple[str, ...] = tuple(_ARGUMENTS)
 
 
 class BrowserLlm(BaseModel):
-    """The model browser_task drives browser-use's Agent with (the session's model).
+    """The model browser_task drives browser-use's Agent with (the session's model): the route
+    the session host sends the browser actor with each call.
 
     Attributes:
         model: the model name the OpenAI-compatible endpoint expects (no ``openai/`` prefix).
         api_base: the endpoint's base URL, e.g. ``http://127.0.0.1:8089/v1``.
         api_key: its key, if it needs one.
+        fallback_models: models of the same endpoint tried when ``model`` fails (the agent's
+            fallbacks).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(min_length=1)
     api_base: str | None = None
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    fallback_models: tuple[str, ...] = ()
+
+    def routes(self) -> list[ModelRoute]:
+        """The LLM port's route of each model of the chain (an endpoint's bare model name goes
+        to it as ``openai/<model>``)."""
+        return [self._route(model) for model in (self.model, *self.fallback_models)]
+
+    def _route(self, model: str) -> ModelRoute:
+        litellm_model = f"openai/{model}" if self.api_base else model
+        return ModelRoute(model, litellm_model, api_base=self.api_base, api_key=self.api_key)
 
 
 def _parameters(model: type[_Args]) -> dict[str, Any]:

@@ -141,8 +141,7 @@ async def call(actor: Any, tool: str, llm: BrowserLlm | None = None, **arguments
         tool=tool,
         arguments=arguments,
     )
-    payload = llm.model_dump() if llm is not None else None
-    return ToolOutcome.model_validate(await actor.execute.remote(invocation.model_dump(), payload))
+    return ToolOutcome.model_validate(await actor.execute.remote(invocation, llm))
 
 
 def index_of(page: str, pattern: str) -> int:

@@ -193,8 +193,7 @@ async def call(actor: Any, tenant: str, tool: str, llm: Any = None, **arguments:
         tool=tool,
         arguments=arguments,
     )
-    payload = llm.model_dump() if llm is not None else None
-    return ToolOutcome.model_validate(await actor.execute.remote(invocation.model_dump(), payload))
+    return ToolOutcome.model_validate(await actor.execute.remote(invocation, llm))
 
 
 async def denied_count(actor: Any) -> int:
