@@ -1,19 +1,20 @@
 """The outbox relay as one named, detached, restartable Ray actor per cluster.
 
 Exactly one relay per database keeps per-session order simple (see agentcluster.eventlog); the
-named actor is that one. ``ray.remote`` is applied here once; :func:`start_relay` names it.
+named actor is that one. ``ray.remote`` is applied here once; :func:`start_relay` starts it with
+the options every detached worker shares (:mod:`actors._workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
 
+from actors._workers import start_until_up, worker_options
 from agentcluster.bootstrap import build_relay, open_state_store
 from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
@@ -22,8 +23,6 @@ from agentcluster.logs import configure_logging
 from agentcluster.store import SqlStateStore
 
 __all__ = ["RelayWorker", "RelayWorkerActor", "start_relay"]
-
-log = logging.getLogger(__name__)
 
 
 class RelayWorker:
@@ -41,27 +40,21 @@ class RelayWorker:
         self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())
 
     async def _open(self) -> OutboxRelay:
-        delay = 0.5
-        while True:
-            try:
-                self._store = await open_state_store(self._settings)
-                relay = await build_relay(self._settings, self._store)
-                assert relay is not None  # Kafka is configured (checked in __init__)
-                return relay
-            except InfrastructureError as exc:
-                log.warning("relay: cannot start yet, retrying in %.1fs: %s", delay, exc)
-                if self._store is not None:
-                    await self._store.close()
-                    self._store = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    raise
-                delay = min(delay * 2, 10.0)
+        """Open the state store and the relay once (the store is closed again on failure)."""
+        store = await open_state_store(self._settings)
+        try:
+            relay = await build_relay(self._settings, store)
+            assert relay is not None  # Kafka is configured (checked in __init__)
+        except BaseException:
+            await store.close()
+            raise
+        self._store = store
+        return relay
 
     async def _run(self) -> None:
-        self._relay = await self._open()
-        await self._relay.run(self._stop)
+        self._relay = await start_until_up(self._open, self._stop, role="relay")
+        if self._relay is not None:
+            await self._relay.run(self._stop)
 
     async def stats(self) -> dict[str, int]:
         lag = await self._store.outbox_lag() if self._store is not None else 0
@@ -87,14 +80,5 @@ def start_relay(settings: Settings) -> ActorHandle | None:
     """The cluster's relay actor, created if needed; None when Kafka is not configured."""
     if settings.kafka.bootstrap_servers is None:
         return None
-    runtime = settings.runtime
-    options: dict[str, Any] = {
-        "name": f"{runtime.host_prefix}-relay",
-        "namespace": runtime.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "num_cpus": 0,
-    }
-    handle: Any = RelayWorkerActor.options(**options).remote(settings)
+    handle: Any = RelayWorkerActor.options(**worker_options(settings, "relay")).remote(settings)
     return handle

@@ -100,8 +100,8 @@ def _start_kafka_workers(settings: Settings) -> None:
     """With Kafka configured: the outbox relay and the inbound consumer, one actor each."""
     if settings.kafka.bootstrap_servers is None:
         return
+    from actors.inbound import start_inbound
     from actors.relay import start_relay
-    from deployments.inbound import start_inbound
 
     start_relay(settings)
     try:

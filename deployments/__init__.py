@@ -1,1 +1,2 @@
-"""Ray Serve deployments: the gateway and the Kafka inbound worker."""
+"""Ray Serve deployments: the gateway and the app builder (Ray actors, the Kafka inbound worker
+among them, live in ``actors/``)."""

@@ -20,6 +20,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from actors.inbound import start_inbound
 from actors.session import RaySessionRouter
 from agentcluster import events as ev
 from agentcluster.config import RelaySettings, Settings, load_settings
@@ -41,7 +42,6 @@ from agentcluster.policy import OpaServerPolicy, build_policy_engine
 from agentcluster.runtime import Runtime
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
-from deployments.inbound import start_inbound
 from tests.conftest import eventually, service
 from tests.support.opa import tenant_policy
 

@@ -1,23 +1,23 @@
 """The Kafka inbound worker as a Ray actor: consumes ``agent.inbound`` into the runtime, each
 record through the HTTP API's checks (the tenant's request rate, the ``session.message`` policy).
 
-``ray.remote`` is applied here once; :func:`start_inbound` is the only code that names the actor.
-The actor is detached and restartable: a restarted actor starts consuming again by itself (its
-``__init__`` runs on the actor's event loop), resuming at the group's committed offsets.
+``ray.remote`` is applied here once; :func:`start_inbound` starts it with the options every
+detached worker shares (:mod:`actors._workers`). A restarted actor starts consuming again by
+itself (its ``__init__`` runs on the actor's event loop), resuming at the group's committed offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
 
+from actors._workers import start_until_up, worker_options
 from agentcluster.config import Settings
-from agentcluster.errors import ConfigError, InfrastructureError
+from agentcluster.errors import ConfigError
 from agentcluster.eventlog import (
     DEFAULT_GROUP_ID,
     CheckedSubmit,
@@ -32,11 +32,6 @@ from agentcluster.policy import RegoPolicyEngine, build_policy_engine
 from agentcluster.runtime import Runtime
 
 __all__ = ["InboundWorker", "InboundWorkerActor", "start_inbound"]
-
-log = logging.getLogger(__name__)
-
-_RETRY_INITIAL_S = 0.5
-_RETRY_MAX_S = 10.0
 
 
 class InboundWorker:
@@ -67,16 +62,7 @@ class InboundWorker:
 
     async def _start_until_up(self) -> None:
         """Start, retrying while Kafka or the database is unreachable (after an actor restart)."""
-        delay = _RETRY_INITIAL_S
-        while not self._stop.is_set():
-            try:
-                await self.start()
-                return
-            except InfrastructureError as exc:
-                log.warning("inbound worker: start failed, retrying in %.1fs: %s", delay, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+        await start_until_up(self.start, self._stop, role="inbound")
 
     async def start(self) -> InboundStats:
         """Connect the runtime and start consuming in the background (idempotent).
@@ -156,15 +142,7 @@ async def start_inbound(
     """
     if settings.kafka.bootstrap_servers is None:
         return None
-    runtime = settings.runtime
-    options: dict[str, Any] = {
-        "name": f"{runtime.host_prefix}-inbound",
-        "namespace": runtime.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "num_cpus": 0,
-    }
+    options = worker_options(settings, "inbound")
     handle: Any = InboundWorkerActor.options(**options).remote(settings, group_id)
     await handle.start.remote()
     return handle
