@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors import names
 from agentcluster.errors import DependencyUnavailable, InfrastructureError
 
 __all__ = [
@@ -259,7 +260,7 @@ class PoolCore(Generic[M]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
-        self._incarnation = uuid.uuid4().hex[:6]
+        self._incarnation = uuid.uuid4().hex[: names.INCARNATION_DIGITS]
         self._counters = _Counters()
         self._waits_ms: deque[float] = deque(maxlen=_WAIT_SAMPLES_KEPT)
         self._last_start_error: str | None = None
@@ -432,7 +433,7 @@ class PoolCore(Generic[M]):
         self._dispatch()
 
     def _start_member(self) -> None:
-        member_id = f"pool-{self.config.name}-{self._incarnation}-{next(self._ids)}"
+        member_id = names.pool_member(self.config.name, self._incarnation, next(self._ids))
         member = _Member[M](member_id, "starting", self._clock())
         self._members[member_id] = member
         self._spawn(self._start(member))

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ray.exceptions import RayActorError
 
+from actors import names
 from actors.browser import PooledBrowserTools, browser_pool_spec
 from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from actors.tools import ToolActor
@@ -82,7 +83,7 @@ def tool_pool_spec(settings: Settings) -> PoolSpec:
     """The pool of tool actors the settings describe (``SA01_TOOLS_POOL_*``)."""
     tools = settings.tools
     config = PoolConfig(
-        name=f"{settings.runtime.host_prefix}-tools",
+        name=names.pool(settings.runtime, "tools"),
         min_size=tools.pool_min,
         max_size=tools.pool_max,
         idle_release_s=tools.call_timeout_s + 30.0,
@@ -147,8 +148,8 @@ class ActorToolExecutor:
 
     async def _actor_schemas(self) -> dict[str, ToolSchema]:
         async with self._tool_pool().leased() as lease:
-            listed = await lease.member.schemas.remote()
-        return {item["name"]: ToolSchema.model_validate(item) for item in listed}
+            listed: list[ToolSchema] = await lease.member.schemas.remote()
+        return {schema.name: schema for schema in listed}
 
     def _tool_pool(self) -> ActorPool:
         if self._tools is None:
@@ -162,7 +163,7 @@ class ActorToolExecutor:
             spec = browser_pool_spec(
                 self._settings,
                 check_url=BrowserUrlPolicy(self._settings),
-                name=f"{self._settings.runtime.host_prefix}-browser",
+                name=names.pool(self._settings.runtime, "browser"),
             )
             pool = ActorPool.start(spec, lease_timeout_s=self._settings.browser.lease_timeout_s)
             self._browsers = PooledBrowserTools(pool)
@@ -204,13 +205,13 @@ class ActorToolExecutor:
                 error = f"no tool actor is free right now; {exc.message}"
                 return ToolOutcome(ok=False, error=error)
             try:
-                result = await lease.member.execute.remote(invocation.model_dump(), trace)
+                outcome: ToolOutcome = await lease.member.execute.remote(invocation, trace)
             except RayActorError as exc:
                 tracing.mark_error(span, exc)
                 await pool.report_failure(lease, "the tool actor died during a call")
                 return ToolOutcome(ok=False, error=TOOL_ACTOR_DIED)
         await pool.release(lease)
-        return ToolOutcome.model_validate(result)
+        return outcome
 
     async def _browser_call(self, invocation: ToolInvocation) -> ToolOutcome:
         llm = self._browser_llms.get(invocation.agent)

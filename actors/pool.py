@@ -6,8 +6,8 @@ Three layers (plain classes, Ray at the edge):
   leases, waiters. It talks to its members only through a :class:`MemberFactory` port, so it runs
   (and is unit-tested) without Ray.
 * :class:`PoolManager` is the async Ray actor around one core: one named, detached manager per
-  pool kind (``pool-<name>``). It creates the members itself, so they share its fate: when the
-  manager is gone, its members are too, and no browser outlives its pool.
+  pool kind (named by :func:`actors.names.pool_manager`). It creates the members itself, so they
+  share its fate: when the manager is gone, its members are too, and no browser outlives its pool.
 * :class:`ActorPool` is the thin client any process uses (the session hosts lease through it).
 
 A member is any actor class with an async ``health()``; an async ``reset()`` is called between
@@ -34,6 +34,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.metrics import Gauge, Histogram
 
+from actors import names
 from actors._pool_core import (
     Lease,
     LeaseLost,
@@ -60,7 +61,6 @@ __all__ = [
     "PoolSpec",
     "PoolStats",
     "RayMemberFactory",
-    "manager_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ class RayPoolMetrics:
 
 
 class PoolManager:
-    """The async Ray actor that owns one pool (see :func:`manager_name`)."""
+    """The async Ray actor that owns one pool (named by :func:`actors.names.pool_manager`);
+    its answers are typed (:class:`Lease`, :class:`PoolStats`), never dicts."""
 
     def __init__(self, spec: PoolSpec) -> None:
         self._core: PoolCore[ActorHandle] = PoolCore(
@@ -197,22 +198,17 @@ class PoolManager:
     async def report_failure(self, lease_id: str, reason: str) -> bool:
         return await self._core.report_failure(lease_id, reason)
 
-    async def stats(self) -> dict[str, Any]:
-        return self._core.stats().model_dump()
+    async def stats(self) -> PoolStats:
+        return self._core.stats()
 
-    async def reconcile(self) -> dict[str, Any]:
-        return (await self._core.reconcile()).model_dump()
+    async def reconcile(self) -> PoolStats:
+        return await self._core.reconcile()
 
     async def shutdown(self) -> int:
         return await self._core.stop()
 
 
 _PoolManagerActor: Any = ray.remote(PoolManager)
-
-
-def manager_name(pool: str) -> str:
-    """The Ray actor name of a pool's manager."""
-    return f"pool-{pool}"
 
 
 class ActorPool:
@@ -234,7 +230,7 @@ class ActorPool:
         """The pool's manager, created if it does not exist yet (an existing one keeps its
         spec)."""
         handle = _PoolManagerActor.options(
-            name=manager_name(spec.config.name),
+            name=names.pool_manager(spec.config.name),
             namespace=spec.namespace,
             lifetime="detached",
             get_if_exists=True,
@@ -254,7 +250,7 @@ class ActorPool:
             DependencyUnavailable: no such pool is running.
         """
         try:
-            handle = ray.get_actor(manager_name(name), namespace=namespace)
+            handle = ray.get_actor(names.pool_manager(name), namespace=namespace)
         except ValueError:
             raise DependencyUnavailable(f"pool {name}", "no such pool is running") from None
         return cls(handle, name, lease_timeout_s=lease_timeout_s)
@@ -308,9 +304,9 @@ class ActorPool:
         )
         return reported
 
-    async def stats(self) -> dict[str, Any]:
-        """The pool's :class:`PoolStats` as a dict."""
-        stats: dict[str, Any] = await self._call(self._manager.stats.remote())
+    async def stats(self) -> PoolStats:
+        """A snapshot of the pool's sizes, counters and lease waits."""
+        stats: PoolStats = await self._call(self._manager.stats.remote())
         return stats
 
     async def shutdown(self) -> int:

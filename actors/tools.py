@@ -1,10 +1,11 @@
 """Tool actors: the builtins, http_fetch, python_exec, workspace files and MCP tools, off the host.
 
 :class:`ToolActor` is a plain class (the pool in :mod:`actors.pool` applies ``ray.remote``, as for
-browser actors; :func:`start_tool_actor` starts a lone one). It speaks plain dicts across the
-actor boundary: a :class:`~agentcluster.tools.ToolInvocation` in, a
-:class:`~agentcluster.tools.ToolOutcome` out, with the in-process executor's semantics (tool
-failures are ``ok=False`` outcomes, never exceptions). No tool runs inside a SessionHost.
+browser actors; :func:`start_tool_actor` starts a lone one). Pydantic models cross the actor
+boundary: a :class:`~agentcluster.tools.ToolInvocation` in, a
+:class:`~agentcluster.tools.ToolOutcome` out (and :class:`~agentcluster.llm.ToolSchema` s), with
+the in-process executor's semantics (tool failures are ``ok=False`` outcomes, never exceptions).
+No tool runs inside a SessionHost.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -20,8 +21,15 @@ from ray.actor import ActorHandle
 
 from agentcluster import tracing
 from agentcluster.config import Settings, load_settings
+from agentcluster.llm import ToolSchema
 from agentcluster.logs import configure_logging
-from agentcluster.tools import InProcessToolExecutor, Tool, ToolInvocation, ToolRegistry
+from agentcluster.tools import (
+    InProcessToolExecutor,
+    Tool,
+    ToolInvocation,
+    ToolOutcome,
+    ToolRegistry,
+)
 from agentcluster.tools import builtin_registry as _builtin_registry
 from agentcluster.tools._files import SessionWorkspaces, file_tools
 from agentcluster.tools._http import HttpFetchTool
@@ -125,24 +133,18 @@ class ToolActor:
         for tool in await self._mcp.start():
             self._registry.register(tool)
 
-    async def schemas(self) -> list[dict[str, Any]]:
-        """Every tool's :class:`~agentcluster.llm.ToolSchema` as a dict, sorted by name."""
+    async def schemas(self) -> list[ToolSchema]:
+        """Every tool's schema, sorted by name."""
         await self._ready()
-        return [schema.model_dump() for schema in self._registry.schemas(self._registry.names())]
+        return self._registry.schemas(self._registry.names())
 
-    async def execute(
-        self, invocation: Mapping[str, Any], trace: Carrier | None = None
-    ) -> dict[str, Any]:
-        """Run one call: a ToolInvocation dict in, a ToolOutcome dict out.
+    async def execute(self, call: ToolInvocation, trace: Carrier | None = None) -> ToolOutcome:
+        """Run one call; tool failures come back as ``ok=False`` outcomes.
 
         Args:
-            invocation: a ``ToolInvocation`` as a dict.
+            call: the call.
             trace: the caller's trace carrier; this call's span continues it.
-
-        Raises:
-            pydantic.ValidationError: ``invocation`` is not a ToolInvocation (a caller bug).
         """
-        call = ToolInvocation.model_validate(dict(invocation))
         attributes = tracing.rpc_attributes(
             "ToolActor", "execute", tracing.tool_attributes(call.tool, call.tool_call_id)
         )
@@ -155,7 +157,7 @@ class ToolActor:
             span.set_attribute("agentcluster.tool.ok", outcome.ok)
             if not outcome.ok:
                 tracing.mark_error(span, outcome.error or "tool failed")
-        return outcome.model_dump()
+        return outcome
 
     async def health(self) -> dict[str, Any]:
         """Liveness and what this actor offers: tools, sandbox isolation, MCP servers."""

@@ -44,7 +44,7 @@ import ray
 from actors.browser import BrowserActor
 from actors.pool import ActorPool, PoolConfig, PoolSpec
 from agentcluster.config import BrowserSettings, prepare_offline_environment
-from agentcluster.tools import ToolInvocation
+from agentcluster.tools import ToolInvocation, ToolOutcome
 from benchmarks._common import (
     DOC_TITLE,
     MIB,
@@ -101,7 +101,7 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> float:
 
 async def wait_idle(pool: ActorPool, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while (await pool.stats())["idle"] < count:
+    while (await pool.stats()).idle < count:
         if time.monotonic() > deadline:
             raise SystemExit(f"pool {pool.name}: {count} idle members not ready in {timeout_s} s")
         await asyncio.sleep(0.2)
@@ -176,7 +176,7 @@ def page_server() -> Iterator[str]:
         httpd.server_close()
 
 
-def invocation(tool: str, **arguments: Any) -> dict[str, Any]:
+def invocation(tool: str, **arguments: Any) -> ToolInvocation:
     return ToolInvocation(
         tenant_id="bench",
         session_id="bench",
@@ -185,13 +185,13 @@ def invocation(tool: str, **arguments: Any) -> dict[str, Any]:
         tool_call_id=uuid.uuid4().hex[:8],
         tool=tool,
         arguments=arguments,
-    ).model_dump()
+    )
 
 
-async def act(member: Any, tool: str, **arguments: Any) -> dict[str, Any]:
-    outcome: dict[str, Any] = await member.execute.remote(invocation(tool, **arguments))
-    if not outcome["ok"]:
-        raise SystemExit(f"{tool} failed: {outcome['error']}")
+async def act(member: Any, tool: str, **arguments: Any) -> ToolOutcome:
+    outcome: ToolOutcome = await member.execute.remote(invocation(tool, **arguments))
+    if not outcome.ok:
+        raise SystemExit(f"{tool} failed: {outcome.error}")
     return outcome
 
 
@@ -249,10 +249,11 @@ async def browser_actions(member: Any, url: str, count: int) -> Samples:
         started = time.perf_counter()
         state = await act(member, "browser_state")
         samples.add("state (end to end)", (time.perf_counter() - started) * 1000.0)
-        samples.add("state", state["latency_ms"])  # the same call, timed inside the actor
-        button = re.search(r"\[(\d+)\]<button", state["result"]["page"])
+        samples.add("state", state.latency_ms)  # the same call, timed inside the actor
+        page = state.result["page"] if isinstance(state.result, dict) else ""
+        button = re.search(r"\[(\d+)\]<button", page)
         if button is None:
-            raise SystemExit(f"no button on the bench page: {state['result']['page']}")
+            raise SystemExit(f"no button on the bench page: {page}")
         click = functools.partial(act, member, "browser_click", index=int(button.group(1)))
         samples.add("click", await timed(click))
     return samples

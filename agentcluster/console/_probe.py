@@ -8,7 +8,6 @@ the hosts.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -102,10 +101,6 @@ def breakers_from_metrics(text: str) -> list[BreakerOut]:
     ]
 
 
-_MEMBER_SUFFIX = re.compile(r"-[0-9a-f]{6}-\d+$")
-"""Pool members are named ``pool-<pool>-<incarnation>-<n>`` beside their manager."""
-
-
 class RayClusterProbe:
     """The cluster as Ray sees it. All Ray calls of the console are made here."""
 
@@ -126,7 +121,7 @@ class RayClusterProbe:
         managers = await asyncio.to_thread(self._pool_managers)
         clients = [ActorPool(handle, name) for name, handle in managers]
         stats = await asyncio.gather(*(client.stats() for client in clients))
-        return [PoolOut.model_validate(_pick(PoolOut, s)) for s in stats]
+        return [PoolOut.model_validate(_pick(PoolOut, s.model_dump())) for s in stats]
 
     async def breakers(self) -> list[BreakerOut]:
         port = await metrics.node_metrics_port()
@@ -138,25 +133,17 @@ class RayClusterProbe:
         """(pool name, manager handle) of every pool in the namespace (blocking)."""
         import ray
 
-        from actors.pool import manager_name
+        from actors import names  # the one module that knows how actors are named
 
-        prefix = manager_name("")
         listed: list[dict[str, str]] = ray.util.list_named_actors(all_namespaces=True)
-        names = {a["name"] for a in listed if a.get("namespace") == self._namespace}
+        named = [a["name"] for a in listed if a.get("namespace") == self._namespace]
         found = []
-        for name in sorted(n for n in names if n.startswith(prefix)):
-            if _is_member(name, names):
-                continue
+        for name, pool in names.pool_managers(named).items():
             try:
-                found.append((name[len(prefix) :], ray.get_actor(name, namespace=self._namespace)))
+                found.append((pool, ray.get_actor(name, namespace=self._namespace)))
             except ValueError:  # gone since it was listed
                 continue
         return found
-
-
-def _is_member(name: str, names: set[str]) -> bool:
-    stem = _MEMBER_SUFFIX.sub("", name)
-    return stem != name and stem in names
 
 
 def _pick(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:

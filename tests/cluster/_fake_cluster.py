@@ -373,7 +373,7 @@ class _Commands:
         return sum(released)
 
     async def pool(self) -> dict[str, Any]:
-        return await self._pool.stats()
+        return (await self._pool.stats()).model_dump()
 
     async def shutdown(self) -> int:
         return await self._pool.shutdown()

@@ -321,7 +321,7 @@ async def test_a_pooled_browser_is_sticky_per_session_and_reset_between_leases(
     try:
 
         async def warm() -> bool:
-            return (await pool.stats())["idle"] == 1
+            return (await pool.stats()).idle == 1
 
         await eventually(warm, timeout=90, message="the pool starts its browser")
         first = ToolInvocation(

@@ -119,7 +119,7 @@ async def test_a_killed_tool_actor_fails_the_call_and_the_turn_goes_on(
     async def replaced() -> bool:
         stats = await executor._tool_pool().stats()
         pids = await asyncio.to_thread(_member_pids, settings)
-        return stats["size"] == 1 and bool(pids) and old_pid not in pids
+        return stats.size == 1 and bool(pids) and old_pid not in pids
 
     await eventually(replaced, timeout=120, message="the pool replaced the killed member")
     outcome = await executor.execute(_invocation("print(6*7)"))

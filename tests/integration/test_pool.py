@@ -88,7 +88,7 @@ async def test_lease_release_and_sticky_keys(make_pool: Any) -> None:
     assert again.member_id == first.member_id
     assert await again.member.resets.remote() == 1  # reset between leases
     stats = await pool.stats()
-    assert stats["size"] == 2 and stats["leased"] == 2 and stats["leases_granted"] == 3
+    assert stats.size == 2 and stats.leased == 2 and stats.leases_granted == 3
 
 
 async def test_an_exhausted_pool_raises_backpressure_not_a_hang(make_pool: Any) -> None:
@@ -121,7 +121,7 @@ async def test_a_dead_member_is_replaced_and_its_lease_invalidated(make_pool: An
     assert fresh.member_id != lease.member_id
     assert await fresh.member.health.remote() != old_pid
     stats = await pool.stats()
-    assert stats["members_failed"] == 1 and stats["size"] == 1
+    assert stats.members_failed == 1 and stats.size == 1
 
 
 async def test_an_unused_lease_is_released_after_the_idle_timeout(make_pool: Any) -> None:
@@ -129,7 +129,7 @@ async def test_an_unused_lease_is_released_after_the_idle_timeout(make_pool: Any
     lease = await pool.lease("session-a", timeout_s=30)
 
     async def released() -> bool:
-        return (await pool.stats())["leases_idle_released"] == 1
+        return (await pool.stats()).leases_idle_released == 1
 
     await eventually(released, message="the idle lease is released")
     with pytest.raises(LeaseLost, match=r"released after 0\.5 s without use"):
@@ -142,12 +142,12 @@ async def test_it_scales_up_to_max_under_demand_and_back_down(make_pool: Any) ->
     assert len({lease.member_id for lease in leases}) == 3
     with pytest.raises(PoolExhausted):
         await pool.lease("one-too-many", timeout_s=0.3)
-    assert (await pool.stats())["size"] == 3
+    assert (await pool.stats()).size == 3
     for lease in leases:
         await pool.release(lease)
 
     async def shrunk() -> bool:
-        return (await pool.stats())["size"] == 0
+        return (await pool.stats()).size == 0
 
     await eventually(shrunk, message="idle members above min are removed")
 
@@ -165,4 +165,4 @@ def lease_from_another_process(name: str) -> str:
 async def test_any_process_can_lease_through_the_named_manager(make_pool: Any) -> None:
     pool: ActorPool = make_pool()
     assert await lease_from_another_process.remote(pool.name) == "hello from afar"
-    assert (await pool.stats())["leased"] == 0
+    assert (await pool.stats()).leased == 0

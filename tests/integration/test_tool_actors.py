@@ -73,7 +73,7 @@ async def _call(actor: Any, tool: str, arguments: dict[str, Any], session: str) 
         tool=tool,
         arguments=arguments,
     )
-    return ToolOutcome.model_validate(await actor.execute.remote(invocation.model_dump()))
+    return ToolOutcome.model_validate(await actor.execute.remote(invocation))
 
 
 def _session() -> str:
@@ -81,7 +81,7 @@ def _session() -> str:
 
 
 async def test_schemas_list_every_tool(actor: Any) -> None:
-    names = [schema["name"] for schema in await actor.schemas.remote()]
+    names = [schema.name for schema in await actor.schemas.remote()]
     assert names == sorted(names)
     assert set(names) >= {
         "calculator",
@@ -174,6 +174,6 @@ async def test_the_plain_class_works_without_ray(workspace_root: Path) -> None:
         network_policy_factory=DefaultNetworkPolicy,
         mcp_config=McpConfig(),
     )
-    names = [schema["name"] for schema in await host.schemas()]
+    names = [schema.name for schema in await host.schemas()]
     assert "http_fetch" in names and not any(name.startswith("mcp.") for name in names)
     await host.stop()

@@ -1,0 +1,35 @@
+"""actors/names.py: every actor name is built there, and pool managers are told from members."""
+
+from __future__ import annotations
+
+from actors import names
+from agentcluster.config import RuntimeSettings
+
+
+def test_names_of_pools_members_and_workers() -> None:
+    runtime = RuntimeSettings(host_prefix="ac-x")
+    assert names.pool(runtime, "tools") == "ac-x-tools"
+    assert names.pool(runtime, "browser") == "ac-x-browser"
+    assert names.pool_manager("ac-x-tools") == "pool-ac-x-tools"
+    assert names.pool_member("ac-x-tools", "0a1b2c", 3) == "pool-ac-x-tools-0a1b2c-3"
+    assert names.worker(runtime, "relay") == "ac-x-relay"
+    assert names.worker(runtime, "inbound") == "ac-x-inbound"
+
+
+def test_pool_managers_leave_members_and_other_actors_out() -> None:
+    listed = [
+        names.pool_manager("ac-x-tools"),
+        names.pool_member("ac-x-tools", "0a1b2c", 1),
+        names.pool_member("ac-x-tools", "0a1b2c", 12),
+        names.pool_manager("ac-x-browser"),
+        names.pool_member("ac-x-browser", "ffffff", 2),
+        # A pool whose own name ends like a member suffix, with no manager it would belong to.
+        names.pool_manager("solo-abcdef-1"),
+        "ac-x-0",
+        "ac-x-relay",
+    ]
+    assert names.pool_managers(listed) == {
+        "pool-ac-x-browser": "ac-x-browser",
+        "pool-ac-x-tools": "ac-x-tools",
+        "pool-solo-abcdef-1": "solo-abcdef-1",
+    }
