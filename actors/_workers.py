@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
+from actors import names
 from agentcluster.config import Settings
 from agentcluster.errors import InfrastructureError
 
@@ -24,7 +25,7 @@ __all__ = ["WorkerRole", "start_until_up", "worker_name", "worker_options"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WorkerRole = Literal["relay", "inbound"]
+WorkerRole = names.WorkerRole
 
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
@@ -32,7 +33,7 @@ RETRY_MAX_S = 10.0
 
 def worker_name(settings: Settings, role: WorkerRole) -> str:
     """The actor name of the cluster's ``role`` worker (in ``settings.runtime.namespace``)."""
-    return f"{settings.runtime.host_prefix}-{role}"
+    return names.worker(settings.runtime, role)
 
 
 def worker_options(settings: Settings, role: WorkerRole) -> dict[str, Any]:
