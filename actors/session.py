@@ -23,6 +23,7 @@ message accepted while no host could be woken, a turn of a host that died or was
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -58,7 +59,10 @@ class SessionHost:
         runtime = settings.runtime
         self._isolation = isolation
         self._host_id = host_id
+        self._settings = settings
         self._warming: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[list[str]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._core = SessionHostCore(
             host_id,
             lambda: build_runtime_deps(settings),
@@ -66,15 +70,26 @@ class SessionHost:
             reconcile_interval_s=runtime.reconcile_interval_s,
             recover_own=isolation,
         )
+        # A node being stopped sends its processes SIGTERM; Ray's handler turns it into an
+        # exit of the worker's main thread (an async actor's own code runs on another thread,
+        # where no signal handler can be set): drain on the way out.
+        atexit.register(self._drain_at_exit)
 
     async def ready(self) -> HostStats:
+        self._loop = asyncio.get_running_loop()
+        if self._draining is not None:
+            raise HostStarting(self._host_id, "draining")
         await self._core.start()
         return self._core.stats()
 
     def _serving(self) -> None:
         """Refuse session work while this process still builds its dependencies (a fresh
         start, or Ray's restart after a crash: seconds of imports and connections), starting
-        that build: the router moves the session to a ready host instead of waiting here."""
+        that build, or while it drains: the router moves the session to a ready host instead
+        of waiting here."""
+        self._loop = asyncio.get_running_loop()
+        if self._draining is not None:
+            raise HostStarting(self._host_id, "draining")
         if self._core.warm or self._isolation:
             return  # isolation mode: the session's own actor is the only place it can run
         if self._warming is None or self._warming.done():
@@ -151,12 +166,47 @@ class SessionHost:
         return os.getpid()
 
     async def drain(self) -> list[str]:
-        """Passivate every session (before the host is removed); returns the sessions that had a
-        turn running or queued, for the router to wake on their new host at once."""
-        busy = self._core.busy_session_ids()
-        await self._core.stop()
-        await tracing.flush_tracing()  # the host is killed next
+        """Stop taking work and passivate every session (before the host is removed): running
+        turns are handed over, left open and owned by this process, so a host controller that
+        sees it gone wakes them elsewhere. Returns those sessions, for the caller to wake on their
+        new host at once. Idempotent: a second call waits for the first."""
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return await self._draining
+
+    async def _drain(self) -> list[str]:
+        try:
+            async with asyncio.timeout(self._settings.runtime.drain_timeout_s):
+                busy = await self._core.stop(hand_over=True)
+        except TimeoutError:
+            log.warning("host %s: drain timed out; exiting with turns still open", self._host_id)
+            busy = self._core.busy_session_ids()
+        await tracing.flush_tracing()  # the host is killed or exits next
         return busy
+
+    def _drain_at_exit(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return  # never served anything: nothing to hand over
+        handing = asyncio.run_coroutine_threadsafe(self._drain_and_wake(), loop)
+        try:
+            handing.result(timeout=2 * self._settings.runtime.drain_timeout_s + 1)
+        except Exception as exc:  # exiting anyway: the host controller wakes what is left
+            log.warning("host %s: drain on exit failed: %s", self._host_id, _first_line(exc))
+
+    async def _drain_and_wake(self) -> None:
+        """Drain, then wake the sessions that were busy on the hosts they move to (best effort:
+        the host controller wakes any left once this process is gone)."""
+        busy = await self.drain()
+        if busy and not self._isolation:
+            router = RaySessionRouter(self._settings)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.runtime.drain_timeout_s):
+                    await asyncio.gather(
+                        *(router.notify(session_id) for session_id in busy),
+                        return_exceptions=True,
+                    )
+        log.info("host %s drained (%d sessions handed over)", self._host_id, len(busy))
 
 
 def _rpc(method: str, session_id: str, turn_id: str | None) -> dict[str, Any]:
@@ -259,12 +309,25 @@ class HostController:
             # never this host set's to take.
             excluding=router.session_actor_prefix,
         )
+        if isolation:
+            candidates += await self._orphaned_session_actors(router, store)
         for session_id in candidates:
             try:
                 await router.notify(session_id)
                 self.woken += 1
             except DependencyUnavailable as exc:
                 log.warning("host controller: could not wake session %s: %s", session_id, exc)
+
+    async def _orphaned_session_actors(
+        self, router: RaySessionRouter, store: SqlStateStore
+    ) -> list[str]:
+        # Isolation mode: sessions with open turns whose own actor is gone for good (drained by
+        # `agentcluster down` or a node stop, not restarted by Ray): waking creates it again.
+        owned = await store.sessions_with_open_turns(router.session_actor_prefix, prefix=True)
+        if not owned:
+            return []
+        live = set(router.named_actors())
+        return [sid for sid in owned if router.session_actor_name(sid) not in live]
 
     async def _state_store(self) -> SqlStateStore:
         if self._store is None:
@@ -319,8 +382,24 @@ class RaySessionRouter:
     def session_actor_prefix(self) -> str:
         return f"{self._runtime.host_prefix}-session-"
 
-    def _session_actor_name(self, session_id: str) -> str:
+    def session_actor_name(self, session_id: str) -> str:
+        """The name of a session's own actor (isolation mode)."""
         return f"{self.session_actor_prefix}{session_id}"
+
+    def named_actors(self) -> list[str]:
+        """The live (or restarting) named host actors of this host set: placed hosts, standbys
+        and sessions' own actors."""
+        prefix = f"{self._runtime.host_prefix}-"
+        return [
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == self._runtime.namespace
+            and entry["name"].startswith(prefix)
+            and (
+                entry["name"][len(prefix) :].isdigit()
+                or entry["name"].startswith(self.session_actor_prefix)
+            )
+        ]
 
     def _options(self, name: str, restart: bool = True) -> dict[str, Any]:
         return {
@@ -389,7 +468,7 @@ class RaySessionRouter:
 
     async def _targets(self, session_id: str) -> list[tuple[str, Any]]:
         if self._runtime.sessions_per_host == 1:
-            name = self._session_actor_name(session_id)
+            name = self.session_actor_name(session_id)
             return [(name, self._handle(name, name, isolation=True))]
         names = self._live(self._ranked(session_id, await self._host_count()))
         return [(name, self._handle(name, name, isolation=False)) for name in names]
@@ -433,7 +512,7 @@ class RaySessionRouter:
         """The first of the session's hosts to answer ``ready`` (each started or replaced as
         needed), or None when every one fails."""
         if self._runtime.sessions_per_host == 1:
-            names = [self._session_actor_name(session_id)]
+            names = [self.session_actor_name(session_id)]
         else:
             names = self._ranked(session_id, await self._host_count())
         isolation = self._runtime.sessions_per_host == 1
@@ -641,6 +720,26 @@ class RaySessionRouter:
             with contextlib.suppress(DependencyUnavailable):
                 await self.notify(session_id)
 
+    async def drain_all(self) -> int:
+        """Drain every host of this host set and every session's own actor, without creating
+        any (``agentcluster down``): running turns are handed over, left open, and resume on
+        the next start. Returns how many sessions were handed over."""
+        handles = []
+        for name in self.named_actors():
+            with contextlib.suppress(ValueError):
+                handles.append(ray.get_actor(name, namespace=self._runtime.namespace))
+        timeout_s = self._runtime.drain_timeout_s + 5.0
+        drained = await asyncio.gather(
+            *(asyncio.wait_for(_call_host(_once(h.drain).remote()), timeout_s) for h in handles),
+            return_exceptions=True,
+        )
+        for answer in drained:
+            if isinstance(answer, BaseException) and not isinstance(
+                answer, (ray.exceptions.RayError, TimeoutError, HostStarting)
+            ):
+                raise answer
+        return sum(len(answer) for answer in drained if isinstance(answer, list))
+
     async def set_host_count(self, count: int) -> int:
         self._count = int(await self._controller_handle().set_count.remote(count))
         self._count_at = time.monotonic()
@@ -657,7 +756,7 @@ class RaySessionRouter:
         """The isolation-mode actor of a session, or the host it maps to while every host is up
         (for tests and benchmarks)."""
         if self._runtime.sessions_per_host == 1:
-            name = self._session_actor_name(session_id)
+            name = self.session_actor_name(session_id)
             return self._handle(name, name, isolation=True)
         name = self._ranked(session_id, self._count)[0]
         return self._handle(name, name, isolation=False)

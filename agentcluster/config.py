@@ -444,7 +444,10 @@ class RuntimeSettings(BaseSettings):
     the next live host at once, and with a small host set that is a standby."""
     host_down_s: float = Field(default=10.0, gt=0, le=3600)
     """How long a router skips a host whose call failed because it died, before trying it again
-    (Ray restarts it meanwhile)."""
+    (its replacement is started meanwhile; the skip ends as soon as that one is ready)."""
+    drain_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a host that is drained (scale-in, ``agentcluster down``, SIGTERM) waits for its
+    sessions to stop and hand over their running turns before it exits anyway."""
     notify_timeout_s: float = Field(default=2.0, gt=0, le=600)
     """How long accepting a message waits to wake its session's host; past it (or with no live
     host) the message is still accepted and the host controller wakes the session later."""

@@ -192,10 +192,11 @@ class DependencyUnavailable(InfrastructureError):
 
 class HostStarting(DependencyUnavailable):
     """A session host is still building its dependencies (a fresh process, or one Ray just
-    restarted after a crash); the router moves the session to a host that is ready."""
+    restarted after a crash) or is draining; the router moves the session to a host that is
+    ready."""
 
-    def __init__(self, host_id: str) -> None:
-        super().__init__("ray", f"session host {host_id} is starting")
+    def __init__(self, host_id: str, state: str = "starting") -> None:
+        super().__init__("ray", f"session host {host_id} is {state}")
         self.host_id = host_id
 
 

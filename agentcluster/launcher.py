@@ -90,10 +90,25 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
         print(banner(launch), flush=True)
         _wait_for_signal()
     finally:
-        serve.shutdown()
+        serve.shutdown()  # no new requests; then hand the running turns over before Ray goes
+        _drain_hosts(settings)
         ray.shutdown()
         if demo_server is not None:
             demo_server.stop()
+
+
+def _drain_hosts(settings: Settings) -> None:
+    """Drain the session hosts (``agentcluster down``, Ctrl-C): running turns are left open and
+    owned by hosts that are gone, so the host controller resumes them on the next start."""
+    from actors.session import RaySessionRouter
+
+    try:
+        handed_over = asyncio.run(RaySessionRouter(settings).drain_all())
+    except Exception as exc:  # never block stopping: turns left running resume anyway
+        print(f"agentcluster: draining the session hosts failed: {exc}", flush=True)
+        return
+    if handed_over:
+        print(f"agentcluster: {handed_over} running turn(s) handed over", flush=True)
 
 
 def _start_kafka_workers(settings: Settings) -> None:

@@ -228,13 +228,14 @@ class SessionHostCore:
 
     # -- passivation ------------------------------------------------------------------------
 
-    async def passivate(self, session_id: str) -> bool:
-        """Stop and forget an activation, releasing ownership; False if it is not here."""
+    async def passivate(self, session_id: str, *, release: bool = True) -> bool:
+        """Stop and forget an activation, releasing ownership (unless ``release`` is False);
+        False if it is not here."""
         activation = self._activations.pop(session_id, None)
         if activation is None:
             return False
         await activation.stop()
-        if not activation.stale and self._deps is not None:
+        if release and not activation.stale and self._deps is not None:
             await self._deps.store.release_session(session_id, activation.epoch)
         self.passivations_total += 1
         metrics.record_session_passivated(self.host_id)
@@ -282,14 +283,24 @@ class SessionHostCore:
         """Sessions with a turn running or waiting here."""
         return [session_id for session_id, a in self._activations.items() if a.busy]
 
-    async def stop(self) -> None:
-        """Passivate everything (ownership released) and stop the reconciler."""
+    async def stop(self, *, hand_over: bool = False) -> list[str]:
+        """Passivate everything and stop the reconciler; returns the sessions that had a turn
+        running or queued.
+
+        Args:
+            hand_over: leave those sessions owned by this process (their running turn stopped
+                at once and left open, not recorded cancelled), so whichever host controller
+                sees the process gone wakes them on a live host without waiting; the others are
+                released. Without it every session is released.
+        """
+        busy = self.busy_session_ids()
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconciler
         for session_id in list(self._activations):
-            await self.passivate(session_id)
+            await self.passivate(session_id, release=not (hand_over and session_id in busy))
+        return busy
 
 
 def _ends(item: StreamItem, until_turn: str | None) -> bool:

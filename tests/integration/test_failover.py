@@ -225,3 +225,81 @@ async def test_retiring_a_host_hands_its_running_turn_over(
     # hand, beside the controller's own ticks, which may claim it once more: attempt >= 2.)
     assert await _outcome(runtime, tenant_id, submission.turn_id) == "completed"
     assert (await runtime.store.get_turn(tenant_id, submission.turn_id)).attempt >= 2
+
+
+async def _slow_turn(runtime: Runtime, fake_llm: FakeLLM, reply: str) -> tuple[str, str, str]:
+    """A session whose turn is running (its first LLM answer takes a minute); its ids."""
+    token = uuid.uuid4().hex
+    slow = Rule(when=_mentions(f"{token} slow"), reply=Reply(content="late", ttft_s=60), times=1)
+    fake_llm.script.add_rule(slow)
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content=reply)))
+    tenant_id, session_id = await _session(runtime)
+    submission = await runtime.send_message(tenant_id, session_id, f"{token} slow")
+    await _until_running(runtime, tenant_id, submission.turn_id)
+    return tenant_id, session_id, submission.turn_id
+
+
+async def _types(runtime: Runtime, tenant_id: str, session_id: str) -> list[str]:
+    return [e.type for e in await runtime.store.list_events(tenant_id, session_id)]
+
+
+async def test_a_sigtermed_host_hands_its_running_turn_over_and_exits(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM, settings: Settings
+) -> None:
+    tenant_id, session_id, turn_id = await _slow_turn(runtime, fake_llm, "after sigterm")
+    owner_id = (await runtime.store.get_session(tenant_id, session_id)).owner_host
+    owner = await _owner(runtime.store, tenant_id, session_id)
+    assert owner is not None
+    host = ray.get_actor(owner, namespace=settings.runtime.namespace)
+    os.kill(int(await host.pid.remote()), signal.SIGTERM)  # what stopping its node does
+    # Resumed on another host with no call from us, never recorded cancelled.
+    assert await _outcome(runtime, tenant_id, turn_id) == "completed"
+    assert "turn.cancelled" not in await _types(runtime, tenant_id, session_id)
+    # Another process (another host, or this one's replacement) owns it now.
+    assert (await runtime.store.get_session(tenant_id, session_id)).owner_host != owner_id
+
+    async def exited() -> bool:
+        try:
+            await host.pid.remote()
+        except ray.exceptions.RayActorError:
+            return True
+        return False
+
+    await eventually(exited, timeout=60, message="the drained host exited")
+
+
+async def test_drain_all_leaves_running_turns_to_the_next_start(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM, settings: Settings
+) -> None:
+    tenant_id, session_id, turn_id = await _slow_turn(runtime, fake_llm, "after restart")
+    owner_id = (await runtime.store.get_session(tenant_id, session_id)).owner_host
+    assert await router.drain_all() >= 1  # what `agentcluster down` does before Ray stops
+    turn = await runtime.store.get_turn(tenant_id, turn_id)
+    assert turn.status == "running"  # handed over: left open, not cancelled
+    assert (await runtime.store.get_session(tenant_id, session_id)).owner_host == owner_id
+    # The cluster stops (its hosts gone) and starts again: the host controller resumes the turn.
+    for name in router.named_actors():
+        ray.kill(ray.get_actor(name, namespace=settings.runtime.namespace), no_restart=True)
+    assert await _outcome(runtime, tenant_id, turn_id) == "completed"
+    assert "turn.cancelled" not in await _types(runtime, tenant_id, session_id)
+
+
+async def test_a_sigtermed_session_actor_resumes_its_turn_when_restarted(
+    store: SqlStateStore, fake_llm: FakeLLM, settings: Settings, ray_cluster: None
+) -> None:
+    isolated = settings.model_copy(
+        update={
+            "runtime": settings.runtime.model_copy(
+                update={"sessions_per_host": 1, "host_prefix": f"i{uuid.uuid4().hex[:6]}"}
+            )
+        }
+    )
+    router = RaySessionRouter(isolated)
+    runtime = Runtime(store, router, notify_timeout_s=isolated.runtime.notify_timeout_s)
+    tenant_id, session_id, turn_id = await _slow_turn(runtime, fake_llm, "isolated again")
+    actor = router.actor(session_id)
+    pid = int(await actor.pid.remote())
+    os.kill(pid, signal.SIGTERM)
+    assert await _outcome(runtime, tenant_id, turn_id) == "completed"
+    assert "turn.cancelled" not in await _types(runtime, tenant_id, session_id)
+    assert int(await actor.pid.remote()) != pid  # Ray restarted the session's own actor
