@@ -466,7 +466,7 @@ class SqlStateStore:
         except OperationalError as exc:
             raise InfrastructureError(self.dependency, f"{self.description}: {exc.orig}") from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if exc.connection_invalidated or _unreachable(exc):
                 raise DependencyUnavailable(
                     self.dependency, f"{self.description}: {exc.orig}"
                 ) from exc
@@ -1014,3 +1014,16 @@ class SqlStateStore:
                 select(func.count()).select_from(EventRow).where(EventRow.published_at.is_(None))
             )
         return int(count or 0)
+
+
+# SQLSTATE classes of a server that cannot serve now: connection exception (08), insufficient
+# resources (53: too many connections), operator intervention (57: shutting down, starting up,
+# terminated by the administrator).
+_UNREACHABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    """Whether a driver error means the database cannot serve now (a restart, an outage), not
+    that the statement was wrong."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES

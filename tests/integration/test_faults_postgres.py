@@ -99,3 +99,32 @@ async def test_a_silent_database_fails_calls_in_bounded_time_then_recovers(
         assert isinstance(outcome, DependencyUnavailable), repr(outcome)
         assert outcome.dependency == "postgresql"
     assert (await store.get_tenant(tenant.tenant_id)).name == "before"
+
+
+async def test_a_database_shutting_down_is_dependency_unavailable_naming_it(
+    postgres: PrivatePostgres, store: SqlStateStore
+) -> None:
+    """A smart shutdown waits for open sessions while refusing new ones ("the database system
+    is shutting down", SQLSTATE 57P03): a new connection in that window is an outage, not a bug."""
+    import os
+    import signal
+
+    import asyncpg
+
+    tenant = await store.create_tenant("before")
+    held = await asyncpg.connect(postgres.url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        pid = postgres.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)  # smart shutdown: the held session keeps it waiting
+        await store.engine.dispose()  # the next call needs a new connection
+        try:
+            await asyncio.wait_for(store.get_tenant(tenant.tenant_id), HANG_GUARD_S)
+        except DependencyUnavailable as exc:
+            assert exc.dependency == "postgresql"
+            assert "shutting down" in exc.message
+        else:
+            pytest.fail("a call succeeded on a database that refuses new connections")
+    finally:
+        await held.close()
+    await asyncio.to_thread(postgres.stop)  # it ends the shutdown once the session is gone
