@@ -110,10 +110,16 @@ async def _post(client: httpx.AsyncClient, send: Send, timeout_s: float) -> http
 def _problem(response: httpx.Response) -> str:
     """``<status> <problem type>`` of an error answer (its body may not be problem+json)."""
     try:
-        kind = str(response.json().get("type", "?")).rsplit("/", 1)[-1]
+        body = response.json()
+        kind = str(body.get("type", "?")).rsplit("/", 1)[-1]
     except ValueError:
-        kind = "not json"
-    return f"{response.status_code} {kind}"
+        return f"{response.status_code} not json"
+    if response.status_code != 503:
+        return f"{response.status_code} {kind}"
+    # What a client needs to wait well: the dependency named first in the detail, Retry-After.
+    named = str(body.get("detail", "")).split(":", 1)[0] or "?"
+    retry = response.headers.get("Retry-After")
+    return f"503 {kind} ({named}, " + (f"Retry-After {retry})" if retry else "no Retry-After)")
 
 
 async def deliver(

@@ -60,3 +60,7 @@ def test_a_postgres_restart_loses_and_doubles_nothing(
     assert figures["faults"] == 1
     _assert_nothing_lost(figures)
     assert figures["recovered_turns"] == 1, json.dumps(figures)
+    # While it was down: 503 problem+json naming the database with Retry-After, never a 500.
+    problems = figures["problems"]
+    assert problems, json.dumps(figures)  # the outage was seen
+    assert set(problems) == {"503 dependency-unavailable (postgresql, Retry-After 1)"}, problems
