@@ -19,12 +19,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from agentcluster import metrics
 from agentcluster.config import RelaySettings
 from agentcluster.domain import OutboxRecord
 from agentcluster.errors import InfrastructureError
+from agentcluster.store import OutboxBacklog, OutboxSource
 
 __all__ = [
     "LAG_PROBE_INTERVAL_S",
@@ -54,21 +55,6 @@ class EventPublisher(Protocol):
     async def stop(self) -> None: ...
 
     async def publish(self, records: Sequence[OutboxRecord]) -> list[bool]: ...
-
-
-class OutboxSource(Protocol):
-    """Port: the part of the state store the relay reads and marks."""
-
-    async def fetch_unpublished(self, limit: int) -> list[OutboxRecord]: ...
-
-    async def mark_published(self, positions: Sequence[int]) -> None: ...
-
-
-@runtime_checkable
-class OutboxBacklog(Protocol):
-    """Optional port of an outbox source: the size of the whole backlog (for metrics)."""
-
-    async def outbox_lag(self) -> int: ...
 
 
 def acknowledged_prefix(records: Sequence[OutboxRecord], sent: Sequence[bool]) -> list[int]:

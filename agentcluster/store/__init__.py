@@ -1,14 +1,43 @@
-"""The durable state store port and its SQLAlchemy adapter (PostgreSQL or embedded SQLite)."""
+"""The durable state store: small role ports and their SQLAlchemy adapter (PostgreSQL or
+embedded SQLite).
+
+Callers type against the role they use (:class:`SessionStore`, :class:`ActivationStore`, ...);
+:class:`SqlStateStore` implements them all and :func:`open_store` opens it. :class:`StateStore`
+is the union of the roles.
+"""
 
 from agentcluster.store._migrate import current_revision, head_revision, upgrade
-from agentcluster.store._sql import SessionWriter, SqlStateStore, hash_api_key, open_store
-
-StateStore = SqlStateStore
+from agentcluster.store._ports import (
+    ActivationStore,
+    AttachmentStore,
+    HistoryReader,
+    JournalWriter,
+    OutboxBacklog,
+    OutboxSource,
+    SessionStore,
+    SharedDatabase,
+    StateStore,
+    StoreHealth,
+    TenantStore,
+)
+from agentcluster.store._sql import SqlStateStore, open_store
+from agentcluster.store._sql_tenants import hash_api_key
+from agentcluster.store._sql_writer import SessionWriter
 
 __all__ = [
+    "ActivationStore",
+    "AttachmentStore",
+    "HistoryReader",
+    "JournalWriter",
+    "OutboxBacklog",
+    "OutboxSource",
+    "SessionStore",
     "SessionWriter",
+    "SharedDatabase",
     "SqlStateStore",
     "StateStore",
+    "StoreHealth",
+    "TenantStore",
     "current_revision",
     "hash_api_key",
     "head_revision",

@@ -1,0 +1,252 @@
+"""The fenced unit of work every write to a session goes through.
+
+:class:`SessionWriter`
+
+* fences: with an epoch, the session row is only updated while ``owner_epoch`` still matches, so a
+  host that lost ownership cannot write (:class:`~agentcluster.errors.StaleEpochError`);
+* serializes: the first statement updates the session row, which locks it until commit (PostgreSQL
+  row lock, SQLite write lock), so per-session sequence numbers never collide;
+* records events in the same transaction as the state change (the transactional outbox).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agentcluster import events as ev
+from agentcluster.domain import MessageRole, TurnStatus
+from agentcluster.errors import NotFoundError, StaleEpochError
+from agentcluster.store._sql_base import SqlStoreBase, new_id
+from agentcluster.store.models import EventRow, MessageRow, SessionRow, ToolCallRow, TurnRow, utcnow
+
+__all__ = ["SessionWriter", "SqlWriting"]
+
+
+class SessionWriter:
+    """A fenced unit of work on one session; obtain it from :meth:`SqlWriting.writer`."""
+
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        tenant_id: str,
+        session_id: str,
+        seq: int,
+        status: str = "active",
+    ) -> None:
+        self._connection = connection
+        self.tenant_id = tenant_id
+        self.session_id = session_id
+        self.status = status
+        self._next_seq = seq
+        self.emitted: list[ev.Event] = []
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The transaction's connection, for store-internal statements."""
+        return self._connection
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    async def emit(self, event: ev.Event) -> ev.Event:
+        """Record ``event`` in the outbox with the next sequence number; returns it with its seq."""
+        if event.session_id != self.session_id or event.tenant_id != self.tenant_id:
+            raise ValueError("event belongs to another session")
+        stamped: ev.Event = event.model_copy(update={"seq": self._next_seq})
+        self._next_seq += 1
+        await self._connection.execute(
+            insert(EventRow).values(
+                event_id=stamped.event_id,
+                tenant_id=self.tenant_id,
+                session_id=self.session_id,
+                seq=stamped.seq,
+                type=stamped.type,
+                payload=ev.dump_event(stamped).decode(),
+                created_at=stamped.ts,
+            )
+        )
+        self.emitted.append(stamped)
+        return stamped
+
+    async def add_message(
+        self,
+        role: MessageRole,
+        content: str,
+        *,
+        turn_id: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        idempotency_key: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Append a message to the session's history; returns its id."""
+        message_id = message_id or new_id()
+        await self._connection.execute(
+            insert(MessageRow).values(
+                message_id=message_id,
+                tenant_id=self.tenant_id,
+                session_id=self.session_id,
+                turn_id=turn_id,
+                role=role,
+                content=content,
+                tool_calls=tool_calls,
+                tool_call_id=tool_call_id,
+                idempotency_key=idempotency_key,
+                created_at=utcnow(),
+            )
+        )
+        return message_id
+
+    async def add_turn(self, turn_id: str, message_id: str) -> None:
+        """Queue a turn answering ``message_id``."""
+        await self._connection.execute(
+            insert(TurnRow).values(
+                turn_id=turn_id,
+                tenant_id=self.tenant_id,
+                session_id=self.session_id,
+                message_id=message_id,
+                status="queued",
+                attempt=0,
+                usage={},
+                created_at=utcnow(),
+            )
+        )
+
+    async def start_turn(self, turn_id: str) -> int:
+        """Mark a turn running and count the attempt; returns the attempt number."""
+        result = await self._connection.execute(
+            update(TurnRow)
+            .where(TurnRow.turn_id == turn_id, TurnRow.session_id == self.session_id)
+            .values(status="running", attempt=TurnRow.attempt + 1, started_at=utcnow())
+            .returning(TurnRow.attempt)
+        )
+        attempt = result.scalar_one_or_none()
+        if attempt is None:
+            raise NotFoundError(f"turn {turn_id} not found in session {self.session_id}")
+        return int(attempt)
+
+    async def finish_turn(
+        self,
+        turn_id: str,
+        status: TurnStatus,
+        *,
+        usage: dict[str, Any] | None = None,
+        answer_message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a turn's outcome."""
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+        if usage is not None:
+            values["usage"] = usage
+        if answer_message_id is not None:
+            values["answer_message_id"] = answer_message_id
+        await self._connection.execute(
+            update(TurnRow)
+            .where(TurnRow.turn_id == turn_id, TurnRow.session_id == self.session_id)
+            .values(**values)
+        )
+
+    async def record_tool_call(
+        self, tool_call_id: str, turn_id: str, tool: str, arguments: dict[str, Any]
+    ) -> None:
+        """Record that the model asked for a tool call."""
+        await self._connection.execute(
+            insert(ToolCallRow).values(
+                row_id=new_id(),
+                tool_call_id=tool_call_id,
+                tenant_id=self.tenant_id,
+                session_id=self.session_id,
+                turn_id=turn_id,
+                tool=tool,
+                arguments=arguments,
+                status="requested",
+                created_at=utcnow(),
+            )
+        )
+
+    async def finish_tool_call(
+        self,
+        turn_id: str,
+        tool_call_id: str,
+        *,
+        status: str,
+        decision: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the decision and/or result of the turn's unfinished call with this id."""
+        values: dict[str, Any] = {"status": status, "decision": decision, "result": result}
+        if status in {"completed", "failed", "denied"}:
+            values["finished_at"] = utcnow()
+        await self._connection.execute(
+            update(ToolCallRow)
+            .where(
+                ToolCallRow.turn_id == turn_id,
+                ToolCallRow.tool_call_id == tool_call_id,
+                ToolCallRow.session_id == self.session_id,
+                ToolCallRow.finished_at.is_(None),
+            )
+            .values(**{k: v for k, v in values.items() if v is not None})
+        )
+
+
+class SqlWriting(SqlStoreBase):
+    """Opens :class:`SessionWriter` units of work (for the sessions and activation roles)."""
+
+    @asynccontextmanager
+    async def writer(
+        self, session_id: str, *, epoch: int | None = None, tenant_id: str | None = None
+    ) -> AsyncIterator[SessionWriter]:
+        """A fenced, serialized unit of work on a session; commits on exit, rolls back on error.
+
+        Args:
+            session_id: the session to write.
+            epoch: the writer's owner epoch; when given, the write is rejected unless it is current.
+            tenant_id: when given, the session must belong to this tenant.
+
+        Raises:
+            StaleEpochError: ``epoch`` is no longer the session's owner epoch.
+            NotFoundError: no such session (for this tenant).
+        """
+        conditions = [SessionRow.session_id == session_id]
+        if epoch is not None:
+            conditions.append(SessionRow.owner_epoch == epoch)
+        if tenant_id is not None:
+            conditions.append(SessionRow.tenant_id == tenant_id)
+        async with self.transaction() as connection:
+            locked = (
+                await connection.execute(
+                    update(SessionRow)
+                    .where(*conditions)
+                    .values(updated_at=utcnow())
+                    .returning(SessionRow.tenant_id, SessionRow.next_seq, SessionRow.status)
+                )
+            ).one_or_none()
+            if locked is None:
+                await self._explain_missing(connection, session_id, epoch, tenant_id)
+            writer = SessionWriter(
+                connection, locked.tenant_id, session_id, seq=locked.next_seq, status=locked.status
+            )
+            yield writer
+            if writer.next_seq != locked.next_seq:
+                await connection.execute(
+                    update(SessionRow)
+                    .where(SessionRow.session_id == session_id)
+                    .values(next_seq=writer.next_seq)
+                )
+
+    async def _explain_missing(
+        self, connection: AsyncConnection, session_id: str, epoch: int | None, tenant_id: str | None
+    ) -> NoReturn:
+        query = select(SessionRow.owner_epoch).where(SessionRow.session_id == session_id)
+        if tenant_id is not None:
+            query = query.where(SessionRow.tenant_id == tenant_id)
+        current = await connection.scalar(query)
+        if current is None:
+            raise NotFoundError(f"session {session_id} not found")
+        raise StaleEpochError(session_id, epoch)
