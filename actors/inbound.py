@@ -16,6 +16,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors._workers import start_until_up, worker_options
+from actors.compose import connect_runtime
 from agentcluster.config import Settings
 from agentcluster.errors import ConfigError
 from agentcluster.eventlog import (
@@ -77,7 +78,7 @@ class InboundWorker:
 
     async def _open(self) -> None:
         kafka = self._settings.kafka
-        runtime = await Runtime.connect(self._settings)
+        runtime = await connect_runtime(self._settings)
         # The checks of the HTTP API: the same policy and the same per-tenant rate counters.
         policy = build_policy_engine(self._settings)
         limits = open_tenant_limits(self._settings, runtime.store)

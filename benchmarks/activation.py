@@ -39,9 +39,10 @@ from typing import Any, TypeVar
 import ray
 from sqlalchemy import insert, text
 
+from actors.compose import build_runtime_deps
 from actors.session import RaySessionRouter
 from agentcluster.config import Settings, load_settings
-from agentcluster.runtime import RuntimeDeps, SessionHostCore, build_runtime_deps
+from agentcluster.runtime import RuntimeDeps, SessionHostCore
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.store.models import Base
 from benchmarks._common import (

@@ -557,9 +557,9 @@ async def _measure_handle(command: InClusterCommand) -> LoadRun:
 
 
 async def _measure_runtime(settings: Settings, command: InClusterCommand) -> LoadRun:
-    from agentcluster.runtime import Runtime
+    from actors.compose import connect_runtime
 
-    runtime = await Runtime.connect(settings)
+    runtime = await connect_runtime(settings)
     try:
         tenant = await runtime.store.create_tenant(f"bench-runtime-{uuid.uuid4().hex[:8]}")
 

@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 from ray import serve
 from ray.serve import Application
 
+from actors.compose import connect_runtime
 from agentcluster import api
 from agentcluster.client import ApiError
 from agentcluster.client._errors import error_from_problem
@@ -204,7 +205,7 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
     resolved = settings or load_settings()
     merged = DEFAULT_OPTIONS | options
     check_stream_capacity(resolved, int(merged["max_ongoing_requests"]))
-    app = create_app(resolved)
+    app = create_app(resolved, connect_runtime)
 
     class Gateway(HandleMethods):
         """One gateway replica; FastAPI's lifespan connects it to the runtime."""

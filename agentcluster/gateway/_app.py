@@ -409,14 +409,13 @@ class TraceRequests:
             request.end()
 
 
-def create_app(
-    settings: Settings, connect: Callable[[Settings], Awaitable[Runtime]] | None = None
-) -> FastAPI:
-    """The gateway app; ``connect`` builds the runtime at startup (default: Runtime.connect)."""
+def create_app(settings: Settings, connect: Callable[[Settings], Awaitable[Runtime]]) -> FastAPI:
+    """The gateway app; ``connect`` builds the runtime at startup (injected by the edge: the
+    Serve deployment passes ``actors.compose.connect_runtime``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await (connect or Runtime.connect)(settings)
+        runtime = await connect(settings)
         policy = build_policy_engine(settings)
         limits = open_tenant_limits(settings, runtime.store)
         app.state.service = GatewayService(runtime, settings, profiles, policy, limits)

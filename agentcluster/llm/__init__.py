@@ -20,6 +20,7 @@ from agentcluster.llm._tokens import (
     count_tools,
     encoding_name_for,
     trim_history,
+    trim_to_window,
 )
 from agentcluster.llm._types import (
     LLM,
@@ -62,6 +63,7 @@ __all__ = [
     "count_tools",
     "encoding_name_for",
     "trim_history",
+    "trim_to_window",
 ]
 
 _LAZY = frozenset({"RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep"})

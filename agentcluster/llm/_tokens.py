@@ -38,6 +38,7 @@ __all__ = [
     "count_tools",
     "encoding_name_for",
     "trim_history",
+    "trim_to_window",
 ]
 
 O200K_BASE = "o200k_base"
@@ -164,6 +165,15 @@ def trim_history(
         kept.discard(index)
         used -= sizes[index]
     return [messages[i] for i in sorted(kept)], len(messages) - len(kept), used
+
+
+def trim_to_window(
+    messages: list[ChatMessage], context_window: int, reserve: int, tools: list[ToolSchema]
+) -> list[ChatMessage]:
+    """The agent loop's Trimmer: :func:`trim_history`'s kept messages (tiktoken counts, system
+    prompt and latest turns kept)."""
+    kept, _dropped, _tokens = trim_history(messages, context_window, reserve, tools)
+    return kept
 
 
 def _required_indices(messages: Sequence[ChatMessage]) -> set[int]:

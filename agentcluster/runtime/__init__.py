@@ -1,6 +1,5 @@
 """The agent runtime: sessions as virtual actors on hosts, and the in-cluster API to reach them."""
 
-from agentcluster.config import Settings
 from agentcluster.runtime._activation import Activation, history_from_messages
 from agentcluster.runtime._api import Runtime, SessionRouter
 from agentcluster.runtime._feed import Delta, LiveFeed, Overflow, StreamItem
@@ -18,14 +17,6 @@ __all__ = [
     "SessionHostCore",
     "SessionRouter",
     "StreamItem",
-    "build_runtime_deps",
     "history_from_messages",
     "plan_host_count",
 ]
-
-
-async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
-    """Store, LLM, tools and agent loops for this process (imports LiteLLM lazily: it is slow)."""
-    from agentcluster.runtime._deps import build_runtime_deps as build
-
-    return await build(settings)

@@ -12,13 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from agentcluster import events as ev
-from agentcluster.bootstrap import open_state_store
-from agentcluster.config import Settings, load_settings
 from agentcluster.domain import Session, Submission
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SqlStateStore
-from agentcluster.tracing import configure_tracing
 
 __all__ = ["Runtime", "SessionRouter"]
 
@@ -52,6 +49,9 @@ class SessionRouter(Protocol):
 class Runtime:
     """Sessions, messages and their event streams, scoped by tenant.
 
+    The router is injected: in the cluster, ``actors.compose.connect_runtime`` builds the runtime
+    with the Ray session router (the core never imports the Ray edge).
+
     Args:
         store: the state store.
         router: reaches the sessions' hosts.
@@ -67,23 +67,6 @@ class Runtime:
         self.router = router
         self._notify_timeout_s = notify_timeout_s
         self._retries: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    async def connect(cls, settings: Settings | None = None) -> Runtime:
-        """The runtime of the Ray cluster this process is connected to (``ray.init`` first).
-
-        Opens the state store (running migrations) and routes to SessionHost actors. Configures
-        this process's tracing unless something did before (a gateway replica does), so calls
-        to the hosts continue the caller's trace.
-        """
-        from actors.session import RaySessionRouter  # the Ray edge, imported only when used
-
-        settings = settings or load_settings()
-        configure_tracing(settings.tracing, "runtime")
-        store = await open_state_store(settings)
-        router = RaySessionRouter(settings)
-        router.warm_up()
-        return cls(store, router, notify_timeout_s=settings.runtime.notify_timeout_s)
 
     async def close(self) -> None:
         await self.store.close()

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RuntimeDeps:
-    """What a host needs, built once per process (see agentcluster.runtime.build_runtime_deps)."""
+    """What a host needs, built once per process (at the edge, by
+    ``actors.compose.build_runtime_deps``)."""
 
     store: SqlStateStore
     loops: dict[str, AgentLoop]

@@ -13,10 +13,11 @@ import pytest
 import ray
 import yaml
 
+from actors.compose import build_runtime_deps
 from actors.session import RaySessionRouter
 from agentcluster import events as ev
 from agentcluster.config import Settings, load_settings
-from agentcluster.runtime import Delta, Runtime, SessionHostCore, build_runtime_deps
+from agentcluster.runtime import Delta, Runtime, SessionHostCore
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
 from tests.conftest import eventually

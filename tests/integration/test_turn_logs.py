@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from actors.compose import build_runtime_deps
 from agentcluster.config import load_settings
 from agentcluster.logs import configure_logging
-from agentcluster.runtime import SessionHostCore, build_runtime_deps
+from agentcluster.runtime import SessionHostCore
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from tests.conftest import eventually
 

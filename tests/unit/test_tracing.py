@@ -19,13 +19,14 @@ from fastapi import FastAPI, HTTPException
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 
+from actors.compose import build_runtime_deps
 from agentcluster import tracing
 from agentcluster.config import LlmSettings, TracingSettings, load_settings
 from agentcluster.errors import ConfigError
 from agentcluster.gateway._app import TraceRequests
 from agentcluster.llm import ChatMessage, LiteLLMClient, LlmRequest
 from agentcluster.logs import configure_logging
-from agentcluster.runtime import SessionHostCore, build_runtime_deps
+from agentcluster.runtime import SessionHostCore
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from agentcluster.tools import StaticPolicy
 from tests.conftest import eventually
