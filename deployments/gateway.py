@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve import Application
 
 from actors.compose import connect_runtime
+from actors.console_probe import ray_cluster_probe
 from agentcluster import api
 from agentcluster.client import ApiError
 from agentcluster.client._errors import error_from_problem
@@ -205,7 +206,7 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
     resolved = settings or load_settings()
     merged = DEFAULT_OPTIONS | options
     check_stream_capacity(resolved, int(merged["max_ongoing_requests"]))
-    app = create_app(resolved, connect_runtime)
+    app = create_app(resolved, connect_runtime, ray_cluster_probe)
 
     class Gateway(HandleMethods):
         """One gateway replica; FastAPI's lifespan connects it to the runtime."""

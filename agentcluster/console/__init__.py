@@ -23,8 +23,9 @@ from agentcluster.console._models import (
     WhoAmI,
 )
 from agentcluster.console._probe import (
+    PART_TIMEOUT_S,
     ClusterProbe,
-    RayClusterProbe,
+    NoClusterProbe,
     breakers_from_metrics,
     read_cluster,
 )
@@ -34,15 +35,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
+    "PART_TIMEOUT_S",
     "BreakerOut",
     "BreakerState",
     "ClusterOut",
     "ClusterProbe",
     "ConsoleAssets",
     "HostOut",
+    "NoClusterProbe",
     "PoolOut",
     "ProbeFactory",
-    "RayClusterProbe",
     "WhoAmI",
     "breakers_from_metrics",
     "cluster_router",
@@ -60,11 +62,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def include_console(app: FastAPI, assets: ConsoleAssets | None = None) -> FastAPI:
+def include_console(
+    app: FastAPI, assets: ConsoleAssets | None = None, probe: ProbeFactory | None = None
+) -> FastAPI:
     """Add the console (``/ui``) and its API routes to a gateway app from ``create_app``; returns
-    the app. ``assets`` defaults to the files shipped with the package."""
+    the app. ``assets`` defaults to the files shipped with the package; ``probe`` reads the
+    cluster for ``GET /v1/cluster`` (injected by the Ray edge: ``actors.console_probe``; without
+    one, each part is named in the answer's problems)."""
     from agentcluster.console._routes import cluster_router
 
-    app.include_router(cluster_router())
+    app.include_router(cluster_router(probe) if probe is not None else cluster_router())
     app.include_router(ui_router(assets))
     return app

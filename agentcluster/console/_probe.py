@@ -1,22 +1,19 @@
-"""The cluster view's port and its Ray adapter: session hosts through the runtime's session
-router, actor pools through their manager actors, LLM breakers from this node's Ray metrics.
+"""The cluster view's port (session hosts, actor pools, LLM breakers) and how it is read.
 
-A part that cannot be read is left empty and named in ``problems``, so one slow pool does not hide
-the hosts.
+Its Ray adapter lives at the edge (``actors/console_probe.py``) and is injected where the app is
+built (``deployments/gateway.py``). A part that cannot be read is left empty and named in
+``problems``, so one slow pool does not hide the hosts.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel
 
 from agentcluster import metrics
-from agentcluster.config import Settings
 from agentcluster.console._models import (
     BreakerOut,
     BreakerState,
@@ -24,10 +21,15 @@ from agentcluster.console._models import (
     HostOut,
     PoolOut,
 )
-from agentcluster.errors import AgentClusterError
-from agentcluster.runtime import HostStats
+from agentcluster.errors import AgentClusterError, ConfigError
 
-__all__ = ["ClusterProbe", "RayClusterProbe", "breakers_from_metrics", "read_cluster"]
+__all__ = [
+    "PART_TIMEOUT_S",
+    "ClusterProbe",
+    "NoClusterProbe",
+    "breakers_from_metrics",
+    "read_cluster",
+]
 
 PART_TIMEOUT_S = 5.0
 BREAKER_METRIC = "ray_agentcluster_llm_breaker_state"
@@ -42,13 +44,6 @@ class ClusterProbe(Protocol):
     async def pools(self) -> list[PoolOut]: ...
 
     async def breakers(self) -> list[BreakerOut]: ...
-
-
-@runtime_checkable
-class _HostLoads(Protocol):
-    """What the Ray session router offers beyond the runtime's SessionRouter port."""
-
-    async def host_loads(self) -> list[HostStats]: ...
 
 
 async def _part(
@@ -101,50 +96,15 @@ def breakers_from_metrics(text: str) -> list[BreakerOut]:
     ]
 
 
-class RayClusterProbe:
-    """The cluster as Ray sees it. All Ray calls of the console are made here."""
-
-    def __init__(self, settings: Settings, router: object) -> None:
-        self._namespace = settings.runtime.namespace
-        self._router = router
+class NoClusterProbe:
+    """The probe of an app given none (a bare app in tests, the core without the Ray edge):
+    there is nothing to read, so each part is named in ``problems``."""
 
     async def hosts(self) -> list[HostOut]:
-        if not isinstance(self._router, _HostLoads):
-            return []  # not a Ray router (e.g. an in-process runtime): no hosts to show
-        loads = await self._router.host_loads()
-        return list(loads)
+        raise ConfigError("no cluster probe in this app (the Ray edge injects one)")
 
     async def pools(self) -> list[PoolOut]:
-        from actors.pool import ActorPool  # the Ray edge, imported when used
-
-        # Listing and looking up actors ask the GCS and block: keep them off the event loop.
-        managers = await asyncio.to_thread(self._pool_managers)
-        clients = [ActorPool(handle, name) for name, handle in managers]
-        stats = await asyncio.gather(*(client.stats() for client in clients))
-        return [PoolOut.model_validate(_pick(PoolOut, s.model_dump())) for s in stats]
+        raise ConfigError("no cluster probe in this app (the Ray edge injects one)")
 
     async def breakers(self) -> list[BreakerOut]:
-        port = await metrics.node_metrics_port()
-        async with httpx.AsyncClient(timeout=PART_TIMEOUT_S) as client:
-            text = await metrics.scrape_node_metrics(client, port)
-        return breakers_from_metrics(text)
-
-    def _pool_managers(self) -> list[tuple[str, Any]]:
-        """(pool name, manager handle) of every pool in the namespace (blocking)."""
-        import ray
-
-        from actors import names  # the one module that knows how actors are named
-
-        listed: list[dict[str, str]] = ray.util.list_named_actors(all_namespaces=True)
-        named = [a["name"] for a in listed if a.get("namespace") == self._namespace]
-        found = []
-        for name, pool in names.pool_managers(named).items():
-            try:
-                found.append((pool, ray.get_actor(name, namespace=self._namespace)))
-            except ValueError:  # gone since it was listed
-                continue
-        return found
-
-
-def _pick(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
-    return {name: values[name] for name in model.model_fields if name in values}
+        raise ConfigError("no cluster probe in this app (the Ray edge injects one)")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from fastapi import APIRouter
 
 from agentcluster.console._models import ClusterOut, WhoAmI
-from agentcluster.console._probe import ClusterProbe, RayClusterProbe, read_cluster
+from agentcluster.console._probe import ClusterProbe, NoClusterProbe, read_cluster
 from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._service import GatewayService
 
@@ -19,12 +19,13 @@ __all__ = ["ProbeFactory", "cluster_router"]
 ProbeFactory = Callable[[GatewayService], ClusterProbe]
 
 
-def _ray_probe(service: GatewayService) -> ClusterProbe:
-    return RayClusterProbe(service.settings, service.runtime.router)
+def _no_probe(service: GatewayService) -> ClusterProbe:
+    del service  # nothing to read without the Ray edge
+    return NoClusterProbe()
 
 
-def cluster_router(probe: ProbeFactory = _ray_probe) -> APIRouter:
-    """``GET /v1/whoami`` and the admin key's ``GET /v1/cluster``."""
+def cluster_router(probe: ProbeFactory = _no_probe) -> APIRouter:
+    """``GET /v1/whoami`` and the admin key's ``GET /v1/cluster`` (read through ``probe``)."""
     router = APIRouter(tags=["console"])
 
     @router.get("/v1/whoami", response_model=WhoAmI)

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 from fastapi import APIRouter, FastAPI, Header, Query, Response
@@ -49,6 +49,9 @@ from agentcluster.gateway._streams import LeasedEventSource, release_on_error
 from agentcluster.limits import open_tenant_limits
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
+
+if TYPE_CHECKING:
+    from agentcluster.console import ProbeFactory
 
 __all__ = ["create_app", "current_service", "replica_id"]
 
@@ -409,9 +412,14 @@ class TraceRequests:
             request.end()
 
 
-def create_app(settings: Settings, connect: Callable[[Settings], Awaitable[Runtime]]) -> FastAPI:
-    """The gateway app; ``connect`` builds the runtime at startup (injected by the edge: the
-    Serve deployment passes ``actors.compose.connect_runtime``)."""
+def create_app(
+    settings: Settings,
+    connect: Callable[[Settings], Awaitable[Runtime]],
+    probe: ProbeFactory | None = None,
+) -> FastAPI:
+    """The gateway app; ``connect`` builds the runtime at startup and ``probe`` reads the cluster
+    for the console (both injected by the edge: the Serve deployment passes
+    ``actors.compose.connect_runtime`` and ``actors.console_probe.ray_cluster_probe``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -455,5 +463,5 @@ def create_app(settings: Settings, connect: Callable[[Settings], Awaitable[Runti
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))
-    include_console(app)  # the web console at /ui, /v1/whoami and /v1/cluster
+    include_console(app, probe=probe)  # the web console at /ui, /v1/whoami and /v1/cluster
     return app

@@ -21,6 +21,7 @@ from ray.serve import Application
 from starlette.routing import Match
 
 from actors.compose import connect_runtime
+from actors.console_probe import ray_cluster_probe
 from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.gateway import create_app
@@ -52,7 +53,7 @@ def console_gateway(settings: Settings) -> Application:
     """The gateway app with the console, as a Serve application: the composition
     ``include_console(create_app(settings))`` of the gateway's wiring (skipped once
     ``create_app`` includes the console itself)."""
-    app = create_app(settings, connect_runtime)
+    app = create_app(settings, connect_runtime, ray_cluster_probe)
     if not _serves(app, CLUSTER_PATH):
         include_console(app)
 

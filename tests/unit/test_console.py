@@ -19,6 +19,7 @@ from agentcluster.console import (
     ClusterOut,
     ConsoleAssets,
     HostOut,
+    NoClusterProbe,
     PoolOut,
     breakers_from_metrics,
     cluster_router,
@@ -184,6 +185,13 @@ async def test_a_part_that_fails_or_hangs_is_named_and_the_rest_still_shows() ->
     assert len(broken.problems) == 2
     assert any(p.startswith("pools: ") and "unreachable" in p for p in broken.problems)
     assert "breakers: no answer within 0.05 s" in broken.problems
+
+
+async def test_without_an_injected_probe_each_part_is_named_in_problems() -> None:
+    cluster = await read_cluster(NoClusterProbe())
+    assert (cluster.hosts, cluster.pools, cluster.breakers) == ([], [], [])
+    assert sorted(p.partition(":")[0] for p in cluster.problems) == ["breakers", "hosts", "pools"]
+    assert all("no cluster probe" in p for p in cluster.problems)
 
 
 class FakeStore:
