@@ -31,7 +31,7 @@ from agentcluster.agent import AgentProfile
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, ToolError
 from agentcluster.llm import ToolSchema
-from agentcluster.store import SqlStateStore
+from agentcluster.store import AttachmentStore
 from agentcluster.tools import ToolInvocation, ToolOutcome, builtin_registry
 from agentcluster.tools._browser import BROWSER_TOOL_NAMES, BrowserLlm, browser_schemas
 from agentcluster.tools._registry import select_schemas
@@ -108,7 +108,7 @@ class ActorToolExecutor:
         settings: Settings,
         schemas: Mapping[str, ToolSchema],
         browser_llms: Mapping[str, BrowserLlm],
-        store: SqlStateStore | None = None,
+        store: AttachmentStore | None = None,
     ) -> None:
         self._settings = settings
         self._schemas = dict(schemas)
@@ -122,7 +122,7 @@ class ActorToolExecutor:
         cls,
         settings: Settings,
         profiles: Iterable[AgentProfile],
-        store: SqlStateStore | None = None,
+        store: AttachmentStore | None = None,
     ) -> ActorToolExecutor:
         """An executor knowing the schemas of every tool the profiles name.
 

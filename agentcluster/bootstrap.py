@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agentcluster.config import Settings
 from agentcluster.eventlog import KafkaPublisher, OutboxRelay, ensure_topics, load_topics
-from agentcluster.store import SqlStateStore, open_store
+from agentcluster.store import OutboxSource, SqlStateStore, open_store
 
 __all__ = ["build_relay", "open_state_store"]
 
@@ -22,7 +22,7 @@ async def open_state_store(settings: Settings, *, migrate: bool = True) -> SqlSt
     )
 
 
-async def build_relay(settings: Settings, store: SqlStateStore) -> OutboxRelay | None:
+async def build_relay(settings: Settings, store: OutboxSource) -> OutboxRelay | None:
     """The outbox relay to Kafka, or None when SA01_KAFKA_BOOTSTRAP_SERVERS is unset.
 
     Creates missing topics first.

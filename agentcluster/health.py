@@ -30,7 +30,7 @@ from agentcluster.redact import mask_url, scrub
 from agentcluster.redisconn import Redis, open_redis, redis_errors
 
 if TYPE_CHECKING:
-    from agentcluster.store import SqlStateStore
+    from agentcluster.store import SqlStateStore, StoreHealth
 
 __all__ = ["DependencyStatus", "Readiness", "ReadinessProbe", "probe_all", "require_all"]
 
@@ -70,7 +70,7 @@ def _down(name: str, url: str, exc: BaseException) -> DependencyUnavailable:
 class _Clients:
     """The probe's long-lived clients, opened on first use and reopened after a failure."""
 
-    def __init__(self, settings: Settings, timeout_s: float, store: SqlStateStore | None) -> None:
+    def __init__(self, settings: Settings, timeout_s: float, store: StoreHealth | None) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
         self.shared_store = store
@@ -167,7 +167,7 @@ class ReadinessProbe:
         self,
         settings: Settings,
         *,
-        store: SqlStateStore | None = None,
+        store: StoreHealth | None = None,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,

@@ -17,14 +17,14 @@ from fastapi.responses import JSONResponse
 from agentcluster import api
 from agentcluster.config import Settings
 from agentcluster.health import Readiness, ReadinessProbe
-from agentcluster.store import SqlStateStore
+from agentcluster.store import StoreHealth
 
 __all__ = ["include_ready", "ready_body", "start_ready", "stop_ready"]
 
 router = APIRouter(tags=["system"])
 
 
-def start_ready(app: FastAPI, settings: Settings, store: SqlStateStore) -> None:
+def start_ready(app: FastAPI, settings: Settings, store: StoreHealth) -> None:
     """Give the app its readiness probe (at startup, once the runtime's store is open)."""
     app.state.readiness = ReadinessProbe(settings, store=store)
     app.state.ready_admin_key = settings.auth.admin_key

@@ -32,7 +32,7 @@ from agentcluster.providers import (
     open_provider_service,
 )
 from agentcluster.providers._models import NAME_PATTERN
-from agentcluster.store import SqlStateStore
+from agentcluster.store import SharedDatabase
 
 __all__ = ["include_settings_api", "settings_router", "start_settings_api", "stop_settings_api"]
 
@@ -81,7 +81,7 @@ async def start_settings_api(
     app: FastAPI,
     settings: Settings,
     *,
-    state_store: SqlStateStore | None = None,
+    state_store: SharedDatabase | None = None,
     known_agents: Collection[str] | None = None,
     probe: Probe | None = None,
 ) -> ProviderService:

@@ -46,7 +46,7 @@ from agentcluster.limits._service import (
     budget_exceeded,
     estimate_prompt_tokens,
 )
-from agentcluster.limits._sql import SqlOverridesStore, SqlUsageCounter
+from agentcluster.limits._sql import LimitsDatabase, SqlOverridesStore, SqlUsageCounter
 from agentcluster.limits._streams import STREAM_RETRY_AFTER_S, StreamLease, open_stream_lease
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "BudgetName",
     "DailyUsage",
     "LimitOverrides",
+    "LimitsDatabase",
     "LimitsResolver",
     "MemoryRateLimiter",
     "MemoryStreamSlots",

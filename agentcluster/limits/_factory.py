@@ -10,8 +10,7 @@ from agentcluster.limits._models import TenantLimits
 from agentcluster.limits._ports import RateLimiter, StreamSlots, UsageCounter
 from agentcluster.limits._redis import RedisLimiter
 from agentcluster.limits._service import BudgetGuard, LimitsResolver, TenantLimitsService
-from agentcluster.limits._sql import SqlOverridesStore, SqlUsageCounter
-from agentcluster.store import SqlStateStore
+from agentcluster.limits._sql import LimitsDatabase, SqlOverridesStore, SqlUsageCounter
 
 __all__ = ["open_budget_guard", "open_tenant_limits"]
 
@@ -26,7 +25,7 @@ def _redis(settings: Settings) -> RedisLimiter | None:
     )
 
 
-def _resolver(settings: Settings, state_store: SqlStateStore) -> LimitsResolver:
+def _resolver(settings: Settings, state_store: LimitsDatabase) -> LimitsResolver:
     return LimitsResolver(
         TenantLimits.defaults(settings.limits),
         SqlOverridesStore(state_store),
@@ -34,7 +33,7 @@ def _resolver(settings: Settings, state_store: SqlStateStore) -> LimitsResolver:
     )
 
 
-def open_tenant_limits(settings: Settings, state_store: SqlStateStore) -> TenantLimitsService:
+def open_tenant_limits(settings: Settings, state_store: LimitsDatabase) -> TenantLimitsService:
     """The gateway's limits (close with ``aclose``; the state store stays open)."""
     redis = _redis(settings)
     rate: RateLimiter = redis if redis is not None else MemoryRateLimiter()
@@ -50,7 +49,7 @@ def open_tenant_limits(settings: Settings, state_store: SqlStateStore) -> Tenant
     )
 
 
-def open_budget_guard(settings: Settings, state_store: SqlStateStore) -> BudgetGuard:
+def open_budget_guard(settings: Settings, state_store: LimitsDatabase) -> BudgetGuard:
     """A session host's budget guard (close with ``aclose``; the state store stays open)."""
     redis = _redis(settings)
     usage: UsageCounter = redis if redis is not None else SqlUsageCounter(state_store)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -32,15 +32,20 @@ from agentcluster.errors import InfrastructureError
 from agentcluster.limits._math import budget_verdict
 from agentcluster.limits._models import DailyUsage, LimitOverrides, TenantLimits
 from agentcluster.limits._ports import Admission
-from agentcluster.store import SqlStateStore
+from agentcluster.store import SharedDatabase, TenantStore
 from agentcluster.store.models import SettingRow, utcnow
 
-__all__ = ["SqlOverridesStore", "SqlUsageCounter"]
+__all__ = ["LimitsDatabase", "SqlOverridesStore", "SqlUsageCounter"]
 
 OVERRIDES_KEY = "limits.overrides"
 USAGE_PREFIX = "limits.usage/"
 _INSERT_ATTEMPTS = 3
 T = TypeVar("T")
+
+
+class LimitsDatabase(SharedDatabase, TenantStore, Protocol):
+    """What the limits keep in the state store: rows of its ``settings`` table, and the tenant
+    an override is written for (which must exist)."""
 
 
 def usage_key(day: str) -> str:
@@ -50,9 +55,8 @@ def usage_key(day: str) -> str:
 class _SettingsRows:
     """Transactions on the ``settings`` table whose driver errors become ours."""
 
-    def __init__(self, store: SqlStateStore) -> None:
+    def __init__(self, store: SharedDatabase) -> None:
         self._store = store
-        self._engine = store.engine
         self._dependency = store.dependency
         self.description = f"settings table of {store.description}"
 
@@ -163,6 +167,10 @@ class SqlOverridesStore(_SettingsRows):
     """Every tenant's :class:`~agentcluster.limits.LimitOverrides`, in every mode: they are
     configuration (durable, like the tenant), not counters."""
 
+    def __init__(self, store: LimitsDatabase) -> None:
+        super().__init__(store)
+        self._tenants = store
+
     async def read(self, tenant_id: str) -> LimitOverrides:
         query = select(SettingRow.value).where(
             SettingRow.tenant_id == tenant_id, SettingRow.key == OVERRIDES_KEY
@@ -174,7 +182,7 @@ class SqlOverridesStore(_SettingsRows):
         return LimitOverrides.model_validate(known)
 
     async def write(self, tenant_id: str, overrides: LimitOverrides) -> None:
-        await self._store.get_tenant(tenant_id)  # NotFoundError for an unknown tenant
+        await self._tenants.get_tenant(tenant_id)  # NotFoundError for an unknown tenant
         value = overrides.model_dump(exclude_none=True)
 
         async def work(connection: AsyncConnection) -> None:

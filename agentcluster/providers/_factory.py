@@ -12,13 +12,13 @@ from agentcluster.providers._resolver import ProviderResolver
 from agentcluster.providers._secrets import key_source
 from agentcluster.providers._service import ProviderService
 from agentcluster.providers._store import RedisSettingsStore, SettingsStore, SqlSettingsStore
-from agentcluster.store import SqlStateStore
+from agentcluster.store import SharedDatabase
 
 __all__ = ["open_provider_resolver", "open_provider_service", "open_settings_store"]
 
 
 async def open_settings_store(
-    settings: Settings, *, state_store: SqlStateStore | None = None
+    settings: Settings, *, state_store: SharedDatabase | None = None
 ) -> SettingsStore:
     """Redis when ``SA01_REDIS_URL`` is set, else the state store's ``settings`` table.
 
@@ -37,7 +37,7 @@ async def open_settings_store(
 async def open_provider_service(
     settings: Settings,
     *,
-    state_store: SqlStateStore | None = None,
+    state_store: SharedDatabase | None = None,
     known_agents: Collection[str] | None = None,
     probe: Probe | None = None,
 ) -> ProviderService:
@@ -52,7 +52,7 @@ async def open_provider_service(
 
 
 async def open_provider_resolver(
-    settings: Settings, *, state_store: SqlStateStore | None = None
+    settings: Settings, *, state_store: SharedDatabase | None = None
 ) -> ProviderResolver:
     """The LLM client's view of the provider settings (close it with ``aclose``)."""
     return ProviderResolver(

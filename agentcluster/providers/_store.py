@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster.errors import ConflictError
 from agentcluster.redisconn import open_redis, redis_errors
-from agentcluster.store import SqlStateStore
+from agentcluster.store import SharedDatabase
 from agentcluster.store.models import SettingRow, utcnow
 
 __all__ = ["RedisSettingsStore", "SettingsStore", "SqlSettingsStore", "StoredDocument"]
@@ -164,10 +164,9 @@ class SqlSettingsStore:
         owns_store: close ``store`` with this one (it was opened for it).
     """
 
-    def __init__(self, store: SqlStateStore, *, owns_store: bool = False) -> None:
+    def __init__(self, store: SharedDatabase, *, owns_store: bool = False) -> None:
         self._store = store
         self._owns_store = owns_store
-        self._engine = store.engine
         self._dependency = store.dependency
         self.description = f"settings table of {store.description}"
 

@@ -22,7 +22,7 @@ from agentcluster.llm._types import ChatMessage, ToolCallSpec
 from agentcluster.logs import bound
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.runtime._journal import StoreJournal
-from agentcluster.store import SqlStateStore
+from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier
 
 __all__ = ["Activation", "history_from_messages"]
@@ -79,7 +79,7 @@ class Activation:
         session: Session,
         epoch: int,
         history: list[ChatMessage],
-        store: SqlStateStore,
+        store: ActivationStore,
         loop: AgentLoop,
     ) -> None:
         self.session = session

@@ -13,7 +13,7 @@ from agentcluster.domain import TurnStatus
 from agentcluster.events import Usage
 from agentcluster.llm._types import LlmResult, ToolCallSpec
 from agentcluster.runtime._feed import LiveFeed
-from agentcluster.store import SessionWriter, SqlStateStore
+from agentcluster.store import ActivationStore, JournalWriter
 from agentcluster.tools._base import PolicyDecision, ToolOutcome
 
 __all__ = ["StoreJournal"]
@@ -26,7 +26,7 @@ class StoreJournal(TurnJournal):
 
     def __init__(
         self,
-        store: SqlStateStore,
+        store: ActivationStore,
         tenant_id: str,
         session_id: str,
         epoch: int,
@@ -47,7 +47,7 @@ class StoreJournal(TurnJournal):
         self._started: dict[str, float] = {}
         self._decisions: dict[str, Literal["allowed", "denied", "none"]] = {}
 
-    async def _write(self, change: Callable[[SessionWriter], Awaitable[None]]) -> None:
+    async def _write(self, change: Callable[[JournalWriter], Awaitable[None]]) -> None:
         async with self._store.writer(self._session_id, epoch=self._epoch) as writer:
             await change(writer)
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
@@ -68,7 +68,7 @@ class StoreJournal(TurnJournal):
         return {"tenant_id": self._tenant_id, "session_id": self._session_id}
 
     async def turn_started(self, turn_id: str, attempt: int) -> None:
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             recorded = await writer.start_turn(turn_id)
             await writer.emit(ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded))
 
@@ -81,7 +81,7 @@ class StoreJournal(TurnJournal):
     async def llm_completed(self, turn_id: str, step: int, result: LlmResult) -> None:
         calls = [call.model_dump() for call in result.tool_calls]
 
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             self._last_answer = await writer.add_message(
                 "assistant", result.content or "", turn_id=turn_id, tool_calls=calls or None
             )
@@ -103,7 +103,7 @@ class StoreJournal(TurnJournal):
     async def tool_requested(
         self, turn_id: str, call: ToolCallSpec, arguments: dict[str, Any]
     ) -> None:
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             await writer.record_tool_call(call.id, turn_id, call.name, arguments)
             await writer.emit(
                 ev.ToolRequested(
@@ -120,7 +120,7 @@ class StoreJournal(TurnJournal):
     async def tool_decided(
         self, turn_id: str, call: ToolCallSpec, decision: PolicyDecision
     ) -> None:
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             verdict = "allow" if decision.allowed else "deny"
             status = "allowed" if decision.allowed else "denied"
             await writer.finish_tool_call(turn_id, call.id, status=status, decision=verdict)
@@ -148,7 +148,7 @@ class StoreJournal(TurnJournal):
             )
             content = redact.scrub(content)
 
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             await writer.add_message("tool", content, turn_id=turn_id, tool_call_id=call.id)
             await writer.finish_tool_call(
                 turn_id,
@@ -176,7 +176,7 @@ class StoreJournal(TurnJournal):
         metrics.record_tool_call(call.name, decision, outcome.ok, seconds)
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None:
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             answer = self._last_answer or await writer.add_message(
                 "assistant", content, turn_id=turn_id
             )
@@ -221,7 +221,7 @@ class StoreJournal(TurnJournal):
     async def _finish(
         self, turn_id: str, status: TurnStatus, usage: Usage, error: str, event: ev.Event
     ) -> None:
-        async def change(writer: SessionWriter) -> None:
+        async def change(writer: JournalWriter) -> None:
             await writer.finish_turn(turn_id, status, usage=usage.model_dump(), error=error)
             await writer.emit(event)
 

@@ -33,8 +33,7 @@ from agentcluster.llm import LLM, ChatMessage, LlmRequest, LlmResult, ResponseSc
 from agentcluster.tools._browser import BrowserLlm
 
 if TYPE_CHECKING:
-    from agentcluster.limits import BudgetGuard
-    from agentcluster.store import SqlStateStore
+    from agentcluster.limits import BudgetGuard, LimitsDatabase
 
 __all__ = ["LlmBudget", "PortChatModel", "SettingsBudget"]
 
@@ -219,7 +218,7 @@ class SettingsBudget:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._guard: BudgetGuard | None = None
-        self._store: SqlStateStore | None = None
+        self._store: LimitsDatabase | None = None
         self._lock: asyncio.Lock | None = None
 
     async def reserve(self, tenant_id: str, request: LlmRequest) -> Any:
