@@ -37,6 +37,7 @@ from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._inputs import JsonDepthLimit, parse_event_id
 from agentcluster.gateway._limits_api import include_limits_api
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
+from agentcluster.gateway._openai import openai_router
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._ready import include_ready, start_ready, stop_ready
 from agentcluster.gateway._service import GatewayService
@@ -455,7 +456,7 @@ def create_app(
     app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
 
-    for router in (sessions, agents, keys, system):
+    for router in (sessions, agents, keys, system, openai_router):
         app.include_router(router)
     include_settings_api(app)
     include_limits_api(app)

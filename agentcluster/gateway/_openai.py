@@ -1,0 +1,427 @@
+"""The OpenAI-compatible API: ``/v1/models``, ``/v1/chat/completions`` and ``/v1/responses``,
+a thin adapter over :class:`GatewayService` (same keys, tenants, policy, limits, idempotency and
+events as the native API; no session model of its own).
+
+``model`` is an agent's name; the agent's tools run server side and the answer is the turn's.
+
+Continuity of chat completions: with an ``X-Session-Id`` header the request's last user message
+is sent to that session, whose stored history is the context (the earlier messages of the
+request are not sent again). Without it each request opens a new session (its id comes back in
+the ``X-Session-Id`` response header) and its one user message carries the earlier messages of
+the request as a plain transcript (``role: text`` lines under a header), followed by the last
+user message: the agent sees them as text in one message, not as turns of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+from sse_starlette.sse import ServerSentEvent
+
+from agentcluster import api
+from agentcluster import events as ev
+from agentcluster.domain import Submission
+from agentcluster.gateway._callers import CallerDep, ServiceDep
+from agentcluster.gateway._openai_errors import (
+    ERROR_RESPONSES,
+    OpenAIApiError,
+    OpenAIRoute,
+    openai_error_body,
+)
+from agentcluster.gateway._openai_models import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatChunkDelta,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionIn,
+    ChatMessageIn,
+    ChatMessageOut,
+    CompletionUsage,
+    InputMessage,
+    ModelList,
+    ModelOut,
+    ResponseCreateIn,
+    ResponseObject,
+    TextPart,
+)
+from agentcluster.gateway._openai_responses import (
+    STORE_KEY,
+    ResponseOptions,
+    load_response,
+    pending_response,
+    response_events,
+    response_of_turn,
+    session_of_response,
+)
+from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._streams import LeasedEventSource, release_on_error, release_shielded
+from agentcluster.runtime import Delta, StreamItem
+
+__all__ = ["SESSION_HEADER", "openai_router"]
+
+SESSION_HEADER = "X-Session-Id"
+HEARTBEAT_S = 15
+CANCEL_WAIT_S = 5.0
+EARLIER = "[Earlier messages of this conversation, sent by the client]"
+CURRENT = "[Current message]"
+_NO_RETRY = {"x-should-retry": "false"}  # the openai SDK would resend a failed turn otherwise
+
+SessionHeader = Annotated[
+    str | None,
+    Header(
+        alias=SESSION_HEADER,
+        max_length=200,
+        description="continue this session (ours, not OpenAI's); answered on every response",
+    ),
+]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x20-\x7e]{1,200}$",
+        description="a resend to the same session returns the first turn (with X-Session-Id "
+        "or previous_response_id; a request that opens a session opens a new one)",
+    ),
+]
+
+openai_router = APIRouter(
+    prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=ERROR_RESPONSES
+)
+
+_SSE_OR_JSON = {
+    "description": "The object, or with ``stream: true`` its events (text/event-stream)",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def _text(content: str | list[TextPart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+def _transcript(earlier: list[tuple[str, str]], current: str) -> str:
+    """One message carrying the client's earlier messages as text, then the current one."""
+    if not earlier:
+        return current
+    lines = [EARLIER, *(f"{role}: {text}" for role, text in earlier), "", CURRENT, current]
+    return "\n".join(lines)
+
+
+def _last_user_text(messages: list[ChatMessageIn] | list[InputMessage], param: str) -> str:
+    last = messages[-1]
+    text = _text(last.content)
+    if last.role != "user" or not text:
+        raise OpenAIApiError(400, "the last message must be the user's, with text", param=param)
+    return text
+
+
+def _require_agent(service: GatewayService, model: str) -> None:
+    if model not in service.profiles:
+        message = f"The model {model!r} does not exist (models are this cluster's agents)"
+        raise OpenAIApiError(404, message, code="model_not_found", param="model")
+
+
+async def _session(
+    service: GatewayService,
+    caller: Caller,
+    model: str,
+    session_id: str | None,
+    metadata: dict[str, Any],
+) -> str:
+    """The given session (of the caller's tenant, talking to ``model``), or a new one."""
+    if session_id is None:
+        body = api.SessionCreateIn(agent=model, metadata=metadata)
+        return (await service.create_session(caller, body)).session_id
+    session = await service.get_session(caller, session_id)
+    if session.agent != model:
+        message = f"session {session_id} talks to {session.agent!r}, not {model!r}"
+        raise OpenAIApiError(400, message, code="model_mismatch", param="model")
+    return session_id
+
+
+def _message(content: str) -> api.MessageIn:
+    return api.MessageIn(content=content)  # its length limit: 400 through the route's errors
+
+
+def _turn_error(turn: api.TurnOut) -> OpenAIApiError:
+    if turn.status == "failed":
+        message = f"the agent's turn failed: {turn.error}"
+        return OpenAIApiError(500, message, code="turn_failed", headers=_NO_RETRY)
+    if turn.status == "cancelled":
+        return OpenAIApiError(409, f"the turn was cancelled: {turn.error or ''}".strip(": "))
+    message = f"turn {turn.turn_id} is still {turn.status}; see session {turn.session_id}"
+    return OpenAIApiError(504, message, code="turn_timeout", headers=_NO_RETRY)
+
+
+async def _started(items: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+    """``items`` with its first item received: the session is subscribed and woken before the
+    response starts, so the turn runs even if the client leaves at once."""
+    first = await anext(items, None)
+
+    async def chained() -> AsyncIterator[StreamItem]:
+        if first is None:
+            return
+        yield first
+        async for item in items:
+            yield item
+
+    return chained()
+
+
+async def _submit_streamed(
+    service: GatewayService,
+    caller: Caller,
+    session_id: str,
+    content: str,
+    key: str | None,
+    body: Callable[[AsyncIterator[StreamItem], Submission], AsyncIterator[ServerSentEvent]],
+) -> LeasedEventSource:
+    """Commit the message holding an open-stream slot; ``body(items, submission)`` turns the
+    turn's items into the response's events."""
+    lease = await service.open_stream(caller)  # before the commit: a 429 leaves nothing
+    async with release_on_error(lease):
+        submission = await service.submit(caller, session_id, _message(content), key, notify=False)
+        items = await _started(service.turn_items(caller, session_id, submission))
+        events = body(items, submission)
+    headers = {SESSION_HEADER: session_id}
+    return LeasedEventSource(events, lease, ping=HEARTBEAT_S, headers=headers)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+@openai_router.get("/models", response_model=ModelList)
+async def list_models(caller: CallerDep, service: ServiceDep) -> ModelList:
+    """The agents, as models."""
+    return ModelList(data=[ModelOut(id=agent.name) for agent in service.agents(caller).items])
+
+
+@openai_router.get("/models/{model}", response_model=ModelOut)
+async def get_model(model: str, caller: CallerDep, service: ServiceDep) -> ModelOut:
+    """One agent, as a model."""
+    _require_agent(service, model)
+    return ModelOut(id=model)
+
+
+# -- chat completions -------------------------------------------------------------------------
+
+
+def _chat_input(body: ChatCompletionIn, continued: bool) -> str:
+    current = _last_user_text(body.messages, "messages")
+    if continued:
+        return current
+    earlier = [(str(m.role), _text(m.content)) for m in body.messages[:-1]]
+    return _transcript(earlier, current)
+
+
+def _completion_usage(usage: ev.Usage) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+class _Chunks:
+    """The chunks of one streamed chat completion."""
+
+    def __init__(self, turn_id: str, model: str) -> None:
+        self.head = {"id": f"chatcmpl-{turn_id}", "created": _now(), "model": model}
+
+    def sse(self, chunk: ChatCompletionChunk) -> ServerSentEvent:
+        return ServerSentEvent(data=chunk.model_dump_json())
+
+    def choice(self, delta: ChatChunkDelta, finish: bool = False) -> ServerSentEvent:
+        choice = ChatChunkChoice(delta=delta, finish_reason="stop" if finish else None)
+        return self.sse(ChatCompletionChunk(**self.head, choices=[choice]))
+
+    def usage(self, usage: ev.Usage) -> ServerSentEvent:
+        chunk = ChatCompletionChunk(**self.head, choices=[], usage=_completion_usage(usage))
+        return self.sse(chunk)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+async def _chat_chunks(
+    items: AsyncIterator[StreamItem], submission: Submission, model: str, include_usage: bool
+) -> AsyncIterator[ServerSentEvent]:
+    chunks = _Chunks(submission.turn_id, model)
+    yield chunks.choice(ChatChunkDelta(role="assistant", content=""))
+    streamed = ""
+    async for item in items:
+        if isinstance(item, Delta):
+            streamed += item.text
+            yield chunks.choice(ChatChunkDelta(content=item.text))
+        elif isinstance(item, ev.TurnCompleted):
+            rest = item.content[len(streamed) :] if item.content.startswith(streamed) else ""
+            if rest:  # what the deltas did not carry (a missed or unstreamed answer)
+                yield chunks.choice(ChatChunkDelta(content=rest))
+            yield chunks.choice(ChatChunkDelta(), finish=True)
+            if include_usage:
+                yield chunks.usage(item.usage)
+        elif isinstance(item, ev.TurnFailed | ev.TurnCancelled):
+            reason = item.error if isinstance(item, ev.TurnFailed) else item.reason
+            error = openai_error_body(500, f"the agent's turn ended: {reason}", item.type)
+            yield ServerSentEvent(data=error.model_dump_json())
+    yield ServerSentEvent(data="[DONE]")
+
+
+@openai_router.post(
+    "/chat/completions", response_model=ChatCompletion, responses={200: _SSE_OR_JSON}
+)
+async def create_chat_completion(
+    body: ChatCompletionIn,
+    caller: CallerDep,
+    service: ServiceDep,
+    session_id: SessionHeader = None,
+    idempotency_key: IdempotencyHeader = None,
+) -> Response:
+    """A turn of the agent ``model``: the answer as a chat completion (or its chunks)."""
+    _require_agent(service, body.model)
+    content = _chat_input(body, continued=session_id is not None)
+    session_id = await _session(
+        service, caller, body.model, session_id, {"openai": "chat.completions"}
+    )
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return await _submit_streamed(
+            service,
+            caller,
+            session_id,
+            content,
+            idempotency_key,
+            lambda items, sub: _chat_chunks(items, sub, body.model, usage),
+        )
+    turn = await service.ask(caller, session_id, _message(content), idempotency_key)
+    if turn.status != "completed":
+        raise _turn_error(turn)
+    completion = ChatCompletion(
+        id=f"chatcmpl-{turn.turn_id}",
+        created=_now(),
+        model=body.model,
+        choices=[ChatChoice(message=ChatMessageOut(content=turn.content))],
+        usage=_completion_usage(turn.usage),
+    )
+    return JSONResponse(completion.model_dump(mode="json"), headers={SESSION_HEADER: session_id})
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+def _response_input(body: ResponseCreateIn) -> str:
+    if isinstance(body.input, str):
+        current, earlier = body.input, list[tuple[str, str]]()
+        if not current:
+            raise OpenAIApiError(400, "input must not be empty", param="input")
+    else:
+        if not body.input:
+            raise OpenAIApiError(400, "input must not be empty", param="input")
+        current = _last_user_text(body.input, "input")
+        earlier = [(str(m.role), _text(m.content)) for m in body.input[:-1]]
+    if body.instructions:
+        earlier.insert(0, ("instructions", body.instructions))
+    return _transcript(earlier, current)
+
+
+async def _response_session(service: GatewayService, caller: Caller, body: ResponseCreateIn) -> str:
+    if body.previous_response_id is None:
+        metadata = {"openai": "responses", STORE_KEY: body.store}
+        return await _session(service, caller, body.model, None, metadata)
+    session, _turn = await session_of_response(
+        service, caller, body.previous_response_id, "previous_response_id"
+    )
+    return await _session(service, caller, body.model, session.session_id, {})
+
+
+def _options(body: ResponseCreateIn) -> ResponseOptions:
+    return ResponseOptions(
+        store=body.store,
+        background=body.background,
+        instructions=body.instructions,
+        previous_response_id=body.previous_response_id,
+        metadata=body.metadata or {},
+    )
+
+
+async def _ask_response(
+    service: GatewayService, caller: Caller, session_id: str, content: str, key: str | None
+) -> Submission:
+    """Send and wait for the turn's end, holding an open-stream slot (as ``?wait=true``)."""
+    lease = await service.open_stream(caller)
+    try:
+        submission = await service.submit(caller, session_id, _message(content), key, notify=False)
+        await service.wait(caller, session_id, submission)
+        return submission
+    finally:
+        await release_shielded(lease)
+
+
+@openai_router.post("/responses", response_model=ResponseObject, responses={200: _SSE_OR_JSON})
+async def create_response(
+    body: ResponseCreateIn,
+    caller: CallerDep,
+    service: ServiceDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> Response:
+    """A turn of the agent ``model`` as a response (streamed, in the background, or waited)."""
+    _require_agent(service, body.model)
+    content = _response_input(body)
+    session_id = await _response_session(service, caller, body)
+    session = await service.runtime.store.get_session(caller.tenant(), session_id)
+    options = _options(body)
+
+    async def finish(submission: Submission) -> ResponseObject:
+        after = max(submission.seq - 1, 0)
+        return await response_of_turn(service, session, submission.turn_id, options, after)
+
+    if body.stream:
+
+        def events(
+            items: AsyncIterator[StreamItem], sub: Submission
+        ) -> AsyncIterator[ServerSentEvent]:
+            pending = pending_response(sub.turn_id, body.model, options)
+            return response_events(items, pending, sub.turn_id, lambda: finish(sub))
+
+        return await _submit_streamed(service, caller, session_id, content, idempotency_key, events)
+    if body.background:
+        message = _message(content)
+        submission = await service.submit(caller, session_id, message, idempotency_key)
+    else:
+        submission = await _ask_response(service, caller, session_id, content, idempotency_key)
+    response = await finish(submission)
+    return JSONResponse(response.model_dump(mode="json"), headers={SESSION_HEADER: session_id})
+
+
+@openai_router.get("/responses/{response_id}", response_model=ResponseObject)
+async def get_response(response_id: str, caller: CallerDep, service: ServiceDep) -> ResponseObject:
+    """A stored response of the caller's tenant, as it stands now."""
+    return await load_response(service, caller, response_id)
+
+
+@openai_router.post("/responses/{response_id}/cancel", response_model=ResponseObject)
+async def cancel_response(
+    response_id: str, caller: CallerDep, service: ServiceDep
+) -> ResponseObject:
+    """Cancel the response's turn (queued or running) and answer the response once the turn has
+    ended (or after CANCEL_WAIT_S, still in progress); an ended turn is answered as it is."""
+    session, turn = await session_of_response(service, caller, response_id)
+    if turn.status in ("queued", "running"):
+        await service.cancel(caller, session.session_id, turn.turn_id)
+        submission = Submission(message_id=turn.message_id, turn_id=turn.turn_id, created=False)
+        await service.runtime.wait_turn(
+            session.tenant_id, session.session_id, submission, CANCEL_WAIT_S
+        )
+    return await response_of_turn(service, session, turn.turn_id, ResponseOptions())
