@@ -25,7 +25,7 @@ from agentcluster.errors import ConfigError, NotFoundError
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.runtime._activation import Activation, history_from_messages
 from agentcluster.runtime._feed import StreamItem
-from agentcluster.store import SqlStateStore
+from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier
 
 __all__ = ["HostStats", "RuntimeDeps", "SessionHostCore"]
@@ -38,7 +38,7 @@ class RuntimeDeps:
     """What a host needs, built once per process (at the edge, by
     ``actors.compose.build_runtime_deps``)."""
 
-    store: SqlStateStore
+    store: ActivationStore
     loops: dict[str, AgentLoop]
 
 
