@@ -280,7 +280,10 @@ class HostController:
                     self._settings.runtime,
                 )
                 await self._resize(router, target)
-            await router.ensure_hosts(self._count)
+            try:
+                await router.ensure_hosts(self._count)
+            except DependencyUnavailable as exc:  # sessions still get woken on the live ones
+                log.warning("host controller: %s", exc)
             await self._wake(router, {stats.owner_id for stats in loads})
             return self._count
 
@@ -667,9 +670,20 @@ class RaySessionRouter:
         return [(name, self._handle(name, name, False)) for name in names]
 
     async def ensure_hosts(self, count: int | None = None) -> list[HostStats]:
-        """Create (if needed) and start hosts 0..count-1 and the standbys; their stats."""
+        """Create (if needed, replacing dead ones) and start hosts 0..count-1 and the standbys;
+        their stats."""
         hosts = await self._host_set(count)
-        return list(await asyncio.gather(*(_call(host.ready.remote()) for _, host in hosts)))
+        return list(await asyncio.gather(*(self._ensure(name) for name, _ in hosts)))
+
+    async def _ensure(self, name: str) -> HostStats:
+        for delay_s in _WATCH_BACKOFF_S[:4]:
+            await asyncio.sleep(delay_s)
+            try:
+                stats: HostStats = await _call_host(self._handle(name, name, False).ready.remote())
+                return stats
+            except ray.exceptions.RayActorError:
+                self._handles.pop(name, None)  # dead: the next attempt creates its replacement
+        raise DependencyUnavailable("ray", f"session host {name} could not be started")
 
     def warm_up(self) -> None:
         """Start the host set in the background (a new cluster's first calls then find ready
