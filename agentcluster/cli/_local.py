@@ -24,6 +24,7 @@ from agentcluster.config import Settings
 from agentcluster.datadir import create_private_file, make_private_dir, write_private_text
 
 __all__ = [
+    "SERVE_MODULE",
     "LocalFiles",
     "Probe",
     "is_alive",
@@ -37,6 +38,10 @@ __all__ = [
 
 Probe = Callable[[], Literal["ready", "degraded"] | None]
 """Asks the gateway ``/v1/ready``: "ready" (200), "degraded" (503), None when it does not answer."""
+
+SERVE_MODULE = "deployments.launcher"
+"""The module ``agentcluster serve`` runs as its process (the Ray edge's launcher: the CLI, in
+the core, never imports it)."""
 
 _POLL_S = 0.5
 _TERM_GRACE_S = 10.0
@@ -118,10 +123,13 @@ def process_cmdline(pid: int) -> list[str] | None:
 
 def is_serve_cmdline(argv: Sequence[str]) -> bool:
     """Whether a command line runs ``agentcluster serve`` (the console script, possibly through
-    its interpreter, or ``python -m agentcluster.cli serve`` as ``up`` starts it)."""
+    its interpreter, or ``python -m agentcluster.cli serve`` as ``up`` starts it), or the
+    launcher that ``serve`` then runs in its place (``python -m deployments.launcher``)."""
     args = list(argv)
     if args and Path(args[0]).name.startswith("python"):
         args = args[1:]
+        if args[:2] == ["-m", SERVE_MODULE]:
+            return True
         if args[:2] == ["-m", "agentcluster.cli"]:
             return args[2:3] == ["serve"]
     return bool(args) and Path(args[0]).name == "agentcluster" and args[1:2] == ["serve"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from agentcluster import redact
 from agentcluster.bootstrap import build_relay, open_state_store
 from agentcluster.cli._chat import Console, run_chat
-from agentcluster.cli._local import LocalFiles, run_down, run_up, serve_pid
+from agentcluster.cli._local import SERVE_MODULE, LocalFiles, run_down, run_up, serve_pid
 from agentcluster.cli._remote import (
     local_url,
     ready_probe,
@@ -108,10 +109,13 @@ def _config(settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from agentcluster.launcher import serve_forever
-
-    serve_forever(settings, ray_address=args.address)
-    return 0
+    """Become the launcher (``python -m deployments.launcher``): the same process (the PID that
+    ``up`` wrote), environment and terminal; the settings are read again from the environment."""
+    del settings  # read (and checked) by main() already; the launcher reads them again
+    argv = [sys.executable, "-m", SERVE_MODULE, "--address", args.address]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:

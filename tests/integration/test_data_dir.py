@@ -26,9 +26,9 @@ from agentcluster.datadir import (
     write_private_text,
 )
 from agentcluster.errors import ConfigError
-from agentcluster.launcher import _demo_api_key
 from agentcluster.providers import key_source
 from agentcluster.tools._files import SessionWorkspaces
+from deployments.launcher import _demo_api_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

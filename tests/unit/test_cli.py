@@ -22,6 +22,7 @@ from agentcluster.api import CancelOut, SessionOut
 from agentcluster.cli import main, parse_args
 from agentcluster.cli._chat import ChatRenderer, Console, run_chat
 from agentcluster.cli._local import (
+    SERVE_MODULE,
     LocalFiles,
     is_alive,
     is_serve_cmdline,
@@ -392,6 +393,26 @@ def test_serve_command_lines() -> None:
     assert not is_serve_cmdline(["python3", "-c", "pass", "agentcluster", "serve"])
     assert not is_serve_cmdline([sys.executable, "-m", "pytest"])
     assert not is_serve_cmdline([])
+
+
+def test_the_launcher_that_serve_becomes_is_a_serve_command_line() -> None:
+    # `agentcluster serve` execs the edge's launcher in the same process (the PID `up` wrote).
+    assert is_serve_cmdline([sys.executable, "-m", SERVE_MODULE, "--address", "local"])
+    assert is_serve_cmdline(["/v/bin/python3", "-m", "deployments.launcher"])
+    assert not is_serve_cmdline(["/v/bin/python3", "-m", "deployments.gateway"])
+    assert not is_serve_cmdline(["/usr/bin/vim", "-m", "deployments.launcher"])
+
+
+def test_the_launcher_module_answers_as_agentcluster_serve() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", SERVE_MODULE, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: agentcluster serve [-h] [--address ADDRESS]")
 
 
 def test_read_pid_ignores_garbage(tmp_path: Path) -> None:

@@ -1,21 +1,37 @@
 """Start agentcluster on this machine: a local Ray, the Serve gateway, and, when no LLM is
-configured, the bundled fake LLM in a clearly labelled demo mode (``agentcluster serve``)."""
+configured, the bundled fake LLM in a clearly labelled demo mode.
+
+``agentcluster serve`` runs this module as its process (``python -m deployments.launcher
+[--address ADDRESS]``): the CLI belongs to the core, which never imports the Ray edge.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import signal
+import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentcluster.bootstrap import open_state_store
-from agentcluster.config import Settings
-from agentcluster.datadir import secure_data_dir, write_private_text
-from agentcluster.errors import AgentClusterError
-from agentcluster.testing.fake_llm import FakeLLM
+import ray
+from ray import serve
 
-__all__ = ["Launch", "prepare_demo", "serve_forever"]
+from actors.inbound import start_inbound
+from actors.relay import start_relay
+from actors.session import RaySessionRouter
+from agentcluster import redact
+from agentcluster.bootstrap import open_state_store
+from agentcluster.config import Settings, load_settings
+from agentcluster.datadir import secure_data_dir, write_private_text
+from agentcluster.errors import AgentClusterError, ConfigError, UserError
+from agentcluster.testing.fake_llm import FakeLLM
+from deployments.gateway import build_gateway
+
+__all__ = ["Launch", "main", "prepare_demo", "serve_forever"]
 
 DEMO_TENANT = "demo"
 
@@ -66,11 +82,6 @@ def prepare_demo(settings: Settings) -> tuple[Settings, str | None, FakeLLM | No
 
 def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
     """Start Ray and the gateway, print how to use them, and block until interrupted."""
-    import ray
-    from ray import serve
-
-    from deployments.gateway import build_gateway
-
     secure_data_dir(settings)
     settings, demo_url, demo_server = prepare_demo(settings)
     api_key = asyncio.run(_demo_api_key(settings)) if demo_url else None
@@ -100,8 +111,6 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
 def _drain_hosts(settings: Settings) -> None:
     """Drain the session hosts (``agentcluster down``, Ctrl-C): running turns are left open and
     owned by hosts that are gone, so the host controller resumes them on the next start."""
-    from actors.session import RaySessionRouter
-
     try:
         handed_over = asyncio.run(RaySessionRouter(settings).drain_all())
     except Exception as exc:  # never block stopping: turns left running resume anyway
@@ -115,9 +124,6 @@ def _start_kafka_workers(settings: Settings) -> None:
     """With Kafka configured: the outbox relay and the inbound consumer, one actor each."""
     if settings.kafka.bootstrap_servers is None:
         return
-    from actors.inbound import start_inbound
-    from actors.relay import start_relay
-
     start_relay(settings)
     try:
         asyncio.run(start_inbound(settings))
@@ -159,3 +165,52 @@ def banner(launch: Launch) -> str:
         "  Ctrl-C stops it.",
     ]
     return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentcluster serve",
+        description="Run Ray and the gateway on this machine until interrupted.",
+    )
+    parser.add_argument(
+        "--address", default="local", help="Ray address: 'local' starts a new Ray (default)"
+    )
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    # As the CLI's server commands do: the settings' level, secrets scrubbed from every record.
+    redact.remember_settings(settings)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[redact.scrub_handler(logging.StreamHandler())],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m deployments.launcher`` (what ``agentcluster serve`` runs).
+
+    Returns:
+        0 once stopped; 2 for a configuration or usage error, 1 for another failure, 130 when
+        interrupted before the cluster was up (each error printed as one line).
+    """
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        _configure_logging(settings)
+        serve_forever(settings, ray_address=args.address)
+    except (ConfigError, UserError) as exc:
+        print(f"agentcluster: {exc.message}", file=sys.stderr)
+        return 2
+    except AgentClusterError as exc:
+        print(f"agentcluster: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
