@@ -17,6 +17,7 @@ is signalled by the PID we started, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -133,13 +134,16 @@ class PrivateService:
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its connections and port but answers nothing."""
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: int) -> None:
         for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just exited
+                os.kill(pid, signum)
 
     def _pids(self) -> list[int]:
         return [self.pid] if self.pid is not None else []
@@ -318,15 +322,13 @@ class PrivatePostgres(PrivateService):
             return
         self.resume()
         if kill:
-            for pid in self._pids():
-                os.kill(pid, signal.SIGKILL)
+            self._signal_all(signal.SIGKILL)
         else:
             process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            for pid in self._pids():
-                os.kill(pid, signal.SIGKILL)
+            self._signal_all(signal.SIGKILL)
             process.wait(timeout=10)
         _wait_until(lambda: not _port_open(self.port), f"postgres port {self.port} closed")
 
