@@ -96,6 +96,12 @@ openai_router = APIRouter(
 _SSE_OR_JSON = {
     "description": "The object, or with ``stream: true`` its events (text/event-stream)",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "headers": {
+        SESSION_HEADER: {
+            "description": "the session the turn ran in (send it back to continue)",
+            "schema": {"type": "string"},
+        }
+    },
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -240,3 +240,68 @@ async def test_a_background_response_is_cancelled_and_other_tenants_get_404(
         client.responses.retrieve(unstored.id)
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="tester", input=[])
+
+
+async def test_a_streamed_response_shows_the_tool_calls_as_output_items(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"streamed 42 {token}")
+    client = _sync(gateway_url, tenant_key)
+    with client.responses.create(model="tester", input=f"compute {token}", stream=True) as stream:
+        events = list(stream)
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    assert added == ["function_call", "function_call_output", "message"]
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert done[0].type == "function_call" and done[0].name == "calculator"
+    assert done[1].type == "function_call_output" and "42" in str(done[1].output)
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.output_text == f"streamed 42 {token}"
+    assert [item.type for item in final.response.output] == added
+
+
+async def test_idempotency_rate_limits_and_budgets_reach_the_sdk(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # A spent daily token budget fails the turn: a 500 the SDK does not retry.
+    budget_tenant, budget_key = await new_tenant(http, "openai-budget")
+    limits = await http.put(
+        f"/v1/tenants/{budget_tenant}/limits", json={"tokens_per_day": 1}, headers=admin
+    )
+    assert limits.status_code == 200, limits.text
+    with pytest.raises(openai.InternalServerError) as failed:  # the prompt alone is over it
+        _sync(gateway_url, budget_key).chat.completions.create(
+            model="tester", messages=[{"role": "user", "content": "over budget"}]
+        )
+    assert failed.value.code == "turn_failed" and "budget" in failed.value.message
+
+    tenant_id, key = await new_tenant(http, "openai-limits")
+    client = _sync(gateway_url, key)
+    token = uuid.uuid4().hex
+    _answer(fake_llm, token, f"once {token}")
+    session = await http.post(
+        "/v1/sessions", json={"agent": "tester"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    session_id = session.json()["session_id"]
+    sent = [
+        client.chat.completions.create(
+            model="tester",
+            messages=[{"role": "user", "content": token}],
+            extra_headers={"X-Session-Id": session_id, "Idempotency-Key": f"k-{token}"},
+        )
+        for _ in range(2)
+    ]
+    assert sent[0].id == sent[1].id  # the resend is the same turn
+    assert len([r for r in fake_llm.requests if token in str(r.messages)]) == 1
+
+    limits = await http.put(
+        f"/v1/tenants/{tenant_id}/limits", json={"requests_per_minute": 2}, headers=admin
+    )
+    assert limits.status_code == 200, limits.text
+    with pytest.raises(openai.RateLimitError) as limited:
+        for _ in range(30):  # the other replica applies the new limit within its refresh
+            client.models.list()
+    assert int(limited.value.response.headers["retry-after"]) >= 1
