@@ -277,6 +277,11 @@ async def test_idempotency_rate_limits_and_budgets_reach_the_sdk(
             model="tester", messages=[{"role": "user", "content": "over budget"}]
         )
     assert failed.value.code == "turn_failed" and "budget" in failed.value.message
+    stream = _sync(gateway_url, budget_key).chat.completions.create(
+        model="tester", messages=[{"role": "user", "content": "over budget"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="budget"):  # an error event inside the stream
+        list(stream)
 
     tenant_id, key = await new_tenant(http, "openai-limits")
     client = _sync(gateway_url, key)
