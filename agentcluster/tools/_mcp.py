@@ -130,7 +130,11 @@ def _client(
         )
     else:
         transport = StreamableHttpTransport(config.url, headers=dict(config.headers))
-    return Client(transport, timeout=timeout_s, init_timeout=connect_timeout_s)
+    # The client's default request timeout covers listing tools while connecting (a server
+    # starting on a busy node may take seconds); each call passes the call timeout itself.
+    return Client(
+        transport, timeout=max(timeout_s, connect_timeout_s), init_timeout=connect_timeout_s
+    )
 
 
 class McpServerConnection:
