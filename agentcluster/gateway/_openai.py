@@ -52,6 +52,8 @@ from agentcluster.gateway._openai_models import (
 from agentcluster.gateway._openai_responses import (
     STORE_KEY,
     ResponseOptions,
+    SessionRef,
+    TurnState,
     load_response,
     pending_response,
     response_events,
@@ -150,10 +152,14 @@ async def _session(
         body = api.SessionCreateIn(agent=model, metadata=metadata)
         return (await service.create_session(caller, body)).session_id
     session = await service.get_session(caller, session_id)
-    if session.agent != model:
-        message = f"session {session_id} talks to {session.agent!r}, not {model!r}"
-        raise OpenAIApiError(400, message, code="model_mismatch", param="model")
+    _check_agent(session.agent, model, session_id)
     return session_id
+
+
+def _check_agent(agent: str, model: str, session_id: str) -> None:
+    if agent != model:
+        message = f"session {session_id} talks to {agent!r}, not {model!r}"
+        raise OpenAIApiError(400, message, code="model_mismatch", param="model")
 
 
 def _message(content: str) -> api.MessageIn:
@@ -342,14 +348,20 @@ def _response_input(body: ResponseCreateIn) -> str:
     return _transcript(earlier, current)
 
 
-async def _response_session(service: GatewayService, caller: Caller, body: ResponseCreateIn) -> str:
+async def _response_session(
+    service: GatewayService, caller: Caller, body: ResponseCreateIn
+) -> SessionRef:
+    """A new session, or the session of ``previous_response_id`` (read once: its lookup is
+    tenant-scoped and authorized, and submitting authorizes the message)."""
     if body.previous_response_id is None:
         metadata = {"openai": "responses", STORE_KEY: body.store}
-        return await _session(service, caller, body.model, None, metadata)
+        session_id = await _session(service, caller, body.model, None, metadata)
+        return SessionRef(caller.tenant(), session_id, body.model, body.store)
     session, _turn = await session_of_response(
         service, caller, body.previous_response_id, "previous_response_id"
     )
-    return await _session(service, caller, body.model, session.session_id, {})
+    _check_agent(session.agent, body.model, session.session_id)
+    return SessionRef.of(session)
 
 
 def _options(body: ResponseCreateIn) -> ResponseOptions:
@@ -364,13 +376,12 @@ def _options(body: ResponseCreateIn) -> ResponseOptions:
 
 async def _ask_response(
     service: GatewayService, caller: Caller, session_id: str, content: str, key: str | None
-) -> Submission:
+) -> tuple[Submission, TurnState]:
     """Send and wait for the turn's end, holding an open-stream slot (as ``?wait=true``)."""
     lease = await service.open_stream(caller)
     try:
         submission = await service.submit(caller, session_id, _message(content), key, notify=False)
-        await service.wait(caller, session_id, submission)
-        return submission
+        return submission, TurnState.of(await service.wait(caller, session_id, submission))
     finally:
         await release_shielded(lease)
 
@@ -385,13 +396,14 @@ async def create_response(
     """A turn of the agent ``model`` as a response (streamed, in the background, or waited)."""
     _require_agent(service, body.model)
     content = _response_input(body)
-    session_id = await _response_session(service, caller, body)
-    session = await service.runtime.store.get_session(caller.tenant(), session_id)
+    session = await _response_session(service, caller, body)
+    session_id = session.session_id
     options = _options(body)
 
-    async def finish(submission: Submission) -> ResponseObject:
+    async def finish(submission: Submission, known: TurnState | None = None) -> ResponseObject:
         after = max(submission.seq - 1, 0)
-        return await response_of_turn(service, session, submission.turn_id, options, after)
+        turn_id = submission.turn_id
+        return await response_of_turn(service, session, turn_id, options, after, known)
 
     if body.stream:
 
@@ -402,12 +414,15 @@ async def create_response(
             return response_events(items, pending, sub.turn_id, lambda: finish(sub))
 
         return await _submit_streamed(service, caller, session_id, content, idempotency_key, events)
+    known: TurnState | None = None
     if body.background:
         message = _message(content)
         submission = await service.submit(caller, session_id, message, idempotency_key)
     else:
-        submission = await _ask_response(service, caller, session_id, content, idempotency_key)
-    response = await finish(submission)
+        submission, known = await _ask_response(
+            service, caller, session_id, content, idempotency_key
+        )
+    response = await finish(submission, known)
     return JSONResponse(response.model_dump(mode="json"), headers={SESSION_HEADER: session_id})
 
 
@@ -430,4 +445,4 @@ async def cancel_response(
         await service.runtime.wait_turn(
             session.tenant_id, session.session_id, submission, CANCEL_WAIT_S
         )
-    return await response_of_turn(service, session, turn.turn_id, ResponseOptions())
+    return await response_of_turn(service, SessionRef.of(session), turn.turn_id, ResponseOptions())

@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 from sse_starlette.sse import ServerSentEvent
 
+from agentcluster import api
 from agentcluster import events as ev
-from agentcluster.domain import Session, Turn
+from agentcluster.domain import Session, Turn, TurnStatus
 from agentcluster.errors import NotFoundError
 from agentcluster.gateway._openai_errors import OpenAIApiError
 from agentcluster.gateway._openai_models import (
@@ -45,6 +46,8 @@ from agentcluster.runtime import Delta, StreamItem
 __all__ = [
     "STORE_KEY",
     "ResponseOptions",
+    "SessionRef",
+    "TurnState",
     "load_response",
     "response_events",
     "response_id",
@@ -75,6 +78,39 @@ class ResponseOptions:
     instructions: str | None = None
     previous_response_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """What a response needs of its session."""
+
+    tenant_id: str
+    session_id: str
+    agent: str
+    store: bool = True
+
+    @classmethod
+    def of(cls, session: Session) -> SessionRef:
+        stored = session.metadata.get(STORE_KEY) is not False
+        return cls(session.tenant_id, session.session_id, session.agent, stored)
+
+
+@dataclass(frozen=True)
+class TurnState:
+    """A turn as a response shows it: from the store, or from the outcome a wait returned."""
+
+    turn_id: str
+    status: TurnStatus
+    created_at: int
+    usage: ev.Usage
+    answer: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, turn: api.TurnOut) -> TurnState:
+        return cls(
+            turn.turn_id, turn.status, int(time.time()), turn.usage, turn.content, turn.error
+        )
 
 
 def response_id(turn_id: str) -> str:
@@ -136,7 +172,7 @@ class _TurnEvents:
 
 
 async def _turn_events(
-    service: GatewayService, session: Session, turn_id: str, after_seq: int
+    service: GatewayService, session: SessionRef, turn_id: str, after_seq: int
 ) -> _TurnEvents:
     """The turn's persisted events (and the turn before it when read from the start)."""
     found = _TurnEvents()
@@ -155,8 +191,7 @@ async def _turn_events(
         after_seq = page[-1].seq
 
 
-def _usage(turn: Turn) -> ResponseUsage:
-    usage = ev.Usage.model_validate(turn.usage or {})
+def _usage(usage: ev.Usage) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
@@ -164,50 +199,55 @@ def _usage(turn: Turn) -> ResponseUsage:
     )
 
 
-def _error(turn: Turn) -> ResponseError | None:
+def _error(turn: TurnState) -> ResponseError | None:
     if turn.status == "failed":
         return ResponseError(code="server_error", message=turn.error or "the turn failed")
     return None
 
 
-async def _answer(service: GatewayService, turn: Turn, events: list[ev.Event]) -> str | None:
-    for event in events:
-        if isinstance(event, ev.TurnCompleted):
-            return event.content
-    if turn.answer_message_id is None:
-        return None
-    return (await service.runtime.store.get_message(turn.tenant_id, turn.answer_message_id)).content
+async def _stored_turn(service: GatewayService, turn: Turn, events: list[ev.Event]) -> TurnState:
+    """The turn as the store has it (its answer from its events, else its answer message)."""
+    answer = next((e.content for e in events if isinstance(e, ev.TurnCompleted)), None)
+    if answer is None and turn.answer_message_id is not None:
+        store = service.runtime.store
+        answer = (await store.get_message(turn.tenant_id, turn.answer_message_id)).content
+    usage = ev.Usage.model_validate(turn.usage or {})
+    created_at = int(turn.created_at.timestamp())
+    return TurnState(turn.turn_id, turn.status, created_at, usage, answer, turn.error)
 
 
 async def response_of_turn(
     service: GatewayService,
-    session: Session,
+    session: SessionRef,
     turn_id: str,
     options: ResponseOptions,
     after_seq: int = 0,
+    known: TurnState | None = None,
 ) -> ResponseObject:
-    """The response of ``turn_id`` as the store has it now."""
-    turn = await service.runtime.store.get_turn(session.tenant_id, turn_id)
+    """The response of ``turn_id``: its tool calls from the session's events (after
+    ``after_seq``), the rest from ``known`` when given, else from the store."""
     found = await _turn_events(service, session, turn_id, after_seq)
+    if known is None:
+        stored = await service.runtime.store.get_turn(session.tenant_id, turn_id)
+        known = await _stored_turn(service, stored, found.events)
     output = [item for item in map(_tool_item, found.events) if item is not None]
-    answer = await _answer(service, turn, found.events)
-    if answer is not None:
-        output.append(_message_item(turn_id, len(output), answer))
+    if known.answer is not None:
+        output.append(_message_item(turn_id, len(output), known.answer))
     previous = options.previous_response_id
     if previous is None and after_seq == 0 and found.previous_turn_id is not None:
         previous = response_id(found.previous_turn_id)
     return ResponseObject(
         id=response_id(turn_id),
-        created_at=int(turn.created_at.timestamp()),
-        status=_STATUS[turn.status],
+        created_at=known.created_at,
+        status=_STATUS[known.status],
         model=session.agent,
         output=output,
-        usage=_usage(turn) if turn.status != "queued" else None,
-        error=_error(turn),
+        usage=_usage(known.usage) if known.status != "queued" else None,
+        error=_error(known),
         instructions=options.instructions,
         metadata=options.metadata,
         previous_response_id=previous,
-        store=session.metadata.get(STORE_KEY) is not False,
+        store=session.store,
         background=options.background,
     )
 
@@ -215,7 +255,7 @@ async def response_of_turn(
 async def load_response(service: GatewayService, caller: Caller, value: str) -> ResponseObject:
     """``GET /v1/responses/{id}``: a stored response of the caller's tenant."""
     session, turn = await session_of_response(service, caller, value)
-    return await response_of_turn(service, session, turn.turn_id, ResponseOptions())
+    return await response_of_turn(service, SessionRef.of(session), turn.turn_id, ResponseOptions())
 
 
 def pending_response(turn_id: str, model: str, options: ResponseOptions) -> ResponseObject:
