@@ -102,7 +102,8 @@ test-integration: install deps-up ## Integration tests only
 bench: install deps-up ## Run the benchmarks (results go to docs/benchmarks.md)
 	set -a && source .data/services.env && set +a && $(BIN)/python -m benchmarks.activation && \
 	  $(BIN)/python -m benchmarks.turn_overhead && $(BIN)/python -m benchmarks.pool && \
-	  $(BIN)/python -m benchmarks.browser_egress && $(BIN)/python -m benchmarks.python_exec
+	  $(BIN)/python -m benchmarks.browser_egress && $(BIN)/python -m benchmarks.python_exec && \
+	  $(BIN)/python -m benchmarks.facades
 
 chaos: install deps-up ## Chaos suite on a private stack (faults, checks); tables to docs/reliability.md
 	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
