@@ -71,10 +71,19 @@ class SessionHost:
             reconcile_interval_s=runtime.reconcile_interval_s,
             recover_own=isolation,
         )
+        # Start building dependencies now: a replacement or a restarted actor is warm sooner,
+        # and a restarted session actor (isolation mode) resumes its turns with no call.
+        with contextlib.suppress(RuntimeError):  # no running loop: the first call starts it
+            self._warming = asyncio.get_running_loop().create_task(self._core.start())
+            self._warming.add_done_callback(self._warmed)
         # A node being stopped sends its processes SIGTERM; Ray's handler turns it into an
         # exit of the worker's main thread (an async actor's own code runs on another thread,
         # where no signal handler can be set): drain on the way out.
         atexit.register(self._drain_at_exit)
+
+    def _warmed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("host %s: not ready yet: %s", self._host_id, task.exception())
 
     async def ready(self) -> HostStats:
         self._loop = asyncio.get_running_loop()
@@ -273,6 +282,9 @@ class HostController:
         self._ensure_loop()
         async with self._lock:
             router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
+            if self._settings.runtime.sessions_per_host == 1:
+                await self._wake(router, set())  # isolation mode: no host set to keep
+                return self._count
             loads, complete = await router.live_loads()
             if complete:  # plan only on a full picture: a dead host is not an idle one
                 target = plan_host_count(
@@ -693,6 +705,9 @@ class RaySessionRouter:
 
     async def _warm_up(self) -> None:
         try:
+            if self._runtime.sessions_per_host == 1:
+                await self._host_count()  # isolation mode: only the controller's sweep
+                return
             await self.ensure_hosts()
         except (ray.exceptions.RayError, DependencyUnavailable) as exc:
             log.warning("session hosts not started ahead of traffic: %s", _first_line(exc))
