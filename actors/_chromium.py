@@ -37,7 +37,7 @@ import psutil
 
 from agentcluster.config import BrowserSettings
 from agentcluster.errors import ConfigError
-from agentcluster.tools._ssrf import IPAddress
+from agentcluster.tools import IPAddress
 
 __all__ = [
     "DROPPED_SWITCHES",

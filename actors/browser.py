@@ -80,31 +80,33 @@ from agentcluster.config import (
 from agentcluster.errors import ConfigError, ToolError
 from agentcluster.llm import ToolSchema
 from agentcluster.tools import (
-    LlmBudget,
-    PolicyDecision,
-    PortChatModel,
-    SettingsBudget,
-    ToolInvocation,
-    ToolOutcome,
-)
-from agentcluster.tools._browser import (
     BROWSER_TOOL_NAMES,
     BrowserLlm,
     ClickArgs,
+    DefaultNetworkPolicy,
+    EgressLease,
+    EgressProxy,
     ExtractArgs,
+    LlmBudget,
     NavigateArgs,
+    NetworkPolicy,
+    PolicyDecision,
+    PortChatModel,
+    Resolver,
     ScreenshotArgs,
     ScrollArgs,
     SelectArgs,
+    SettingsBudget,
+    SsrfGuard,
     StateArgs,
     TaskArgs,
+    ToolInvocation,
+    ToolOutcome,
     TypeArgs,
     browser_schemas,
     navigation_target,
     parse_browser_arguments,
 )
-from agentcluster.tools._egress_proxy import EgressLease, EgressProxy
-from agentcluster.tools._ssrf import DefaultNetworkPolicy, NetworkPolicy, Resolver, SsrfGuard
 from agentcluster.tracing import Carrier
 
 __all__ = [

@@ -32,9 +32,15 @@ from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, ToolError
 from agentcluster.llm import ToolSchema
 from agentcluster.store import AttachmentStore
-from agentcluster.tools import ToolInvocation, ToolOutcome, builtin_registry
-from agentcluster.tools._browser import BROWSER_TOOL_NAMES, BrowserLlm, browser_schemas
-from agentcluster.tools._registry import select_schemas
+from agentcluster.tools import (
+    BROWSER_TOOL_NAMES,
+    BrowserLlm,
+    ToolInvocation,
+    ToolOutcome,
+    browser_schemas,
+    builtin_registry,
+    select_schemas,
+)
 
 __all__ = ["ActorToolExecutor", "BrowserUrlPolicy", "tool_pool_spec"]
 
@@ -52,7 +58,7 @@ class BrowserUrlPolicy:
 
     async def __call__(self, url: str, invocation: ToolInvocation | None) -> str | None:
         from agentcluster.policy import build_policy_engine
-        from agentcluster.tools._ssrf import SsrfGuard
+        from agentcluster.tools import SsrfGuard
 
         if self._guard is None:
             self._guard = SsrfGuard(build_policy_engine(self._settings))

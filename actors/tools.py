@@ -24,23 +24,26 @@ from agentcluster.config import Settings, load_settings
 from agentcluster.llm import ToolSchema
 from agentcluster.logs import configure_logging
 from agentcluster.tools import (
+    HttpFetchTool,
     InProcessToolExecutor,
+    McpConfig,
+    McpToolset,
+    NetworkPolicy,
+    PythonExecTool,
+    PythonSandbox,
+    Resolver,
+    SandboxLimits,
+    SandboxRuntime,
+    SessionWorkspaces,
+    SsrfGuard,
     Tool,
     ToolInvocation,
     ToolOutcome,
     ToolRegistry,
+    file_tools,
+    load_mcp_config,
 )
 from agentcluster.tools import builtin_registry as _builtin_registry
-from agentcluster.tools._files import SessionWorkspaces, file_tools
-from agentcluster.tools._http import HttpFetchTool
-from agentcluster.tools._mcp import McpConfig, McpToolset, load_mcp_config
-from agentcluster.tools._sandbox import (
-    PythonExecTool,
-    PythonSandbox,
-    SandboxLimits,
-    SandboxRuntime,
-)
-from agentcluster.tools._ssrf import NetworkPolicy, Resolver, SsrfGuard
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["NetworkPolicyFactory", "ToolActor", "start_tool_actor"]

@@ -21,7 +21,7 @@ from agentcluster import tracing
 from agentcluster.agent._profiles import AgentProfile
 from agentcluster.errors import AgentClusterError, InfrastructureError, StaleEpochError
 from agentcluster.events import Usage
-from agentcluster.llm._types import (
+from agentcluster.llm import (
     LLM,
     ChatMessage,
     LlmRequest,
@@ -29,7 +29,7 @@ from agentcluster.llm._types import (
     ToolCallSpec,
     ToolSchema,
 )
-from agentcluster.tools._base import (
+from agentcluster.tools import (
     PolicyDecision,
     PolicyEngine,
     ToolExecutor,

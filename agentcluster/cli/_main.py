@@ -69,7 +69,7 @@ async def _check(settings: Settings) -> int:
 
 async def _check_sandbox(settings: Settings) -> bool:
     # python_exec's isolation on this node, probed the way a tool actor here would.
-    from agentcluster.tools._sandbox import PythonSandbox, SandboxLimits, SandboxRuntime
+    from agentcluster.tools import PythonSandbox, SandboxLimits, SandboxRuntime
 
     tools = settings.tools
     sandbox = PythonSandbox(SandboxLimits.from_settings(tools), SandboxRuntime.from_settings(tools))

@@ -13,7 +13,7 @@ from agentcluster.policy._inputs import (
     network_input,
     tool_input,
 )
-from agentcluster.tools._base import PolicyDecision, ToolInvocation
+from agentcluster.tools import PolicyDecision, ToolInvocation
 
 __all__ = ["RegoPolicyEngine"]
 

@@ -13,9 +13,8 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from agentcluster.tools._base import PolicyDecision, ToolInvocation
-from agentcluster.tools._ssrf import AddressCategory
-from agentcluster.tools._ssrf import classify_address as classify
+from agentcluster.tools import AddressCategory, PolicyDecision, ToolInvocation
+from agentcluster.tools import classify_address as classify
 
 __all__ = [
     "ApiAction",

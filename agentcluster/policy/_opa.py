@@ -11,7 +11,7 @@ import httpx
 from agentcluster.policy._bundle import ENTRYPOINT
 from agentcluster.policy._engine import RegoPolicyEngine
 from agentcluster.policy._inputs import decision_from_result
-from agentcluster.tools._base import PolicyDecision
+from agentcluster.tools import PolicyDecision
 
 __all__ = ["OpaServerPolicy"]
 

@@ -12,7 +12,7 @@ from agentcluster.errors import ConfigError
 from agentcluster.policy._bundle import ENTRYPOINT, WasmBundle, load_bundle
 from agentcluster.policy._engine import RegoPolicyEngine
 from agentcluster.policy._inputs import decision_from_result
-from agentcluster.tools._base import PolicyDecision
+from agentcluster.tools import PolicyDecision
 
 __all__ = ["WasmPolicy", "merge_data"]
 

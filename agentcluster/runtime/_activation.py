@@ -18,7 +18,7 @@ from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext
 from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import StaleEpochError
 from agentcluster.events import TurnOutcome, Usage
-from agentcluster.llm._types import ChatMessage, ToolCallSpec
+from agentcluster.llm import ChatMessage, ToolCallSpec
 from agentcluster.logs import bound
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.runtime._journal import StoreJournal

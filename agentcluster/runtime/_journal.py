@@ -11,10 +11,10 @@ from agentcluster import metrics, redact
 from agentcluster.agent import TurnJournal
 from agentcluster.domain import TurnStatus
 from agentcluster.events import Usage
-from agentcluster.llm._types import LlmResult, ToolCallSpec
+from agentcluster.llm import LlmResult, ToolCallSpec
 from agentcluster.runtime._feed import LiveFeed
 from agentcluster.store import ActivationStore, JournalWriter
-from agentcluster.tools._base import PolicyDecision, ToolOutcome
+from agentcluster.tools import PolicyDecision, ToolOutcome
 
 __all__ = ["StoreJournal"]
 

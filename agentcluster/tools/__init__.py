@@ -17,8 +17,18 @@ from agentcluster.tools._base import (
 from agentcluster.tools._browser import (
     BROWSER_TOOL_NAMES,
     BrowserLlm,
+    ClickArgs,
+    ExtractArgs,
+    NavigateArgs,
+    ScreenshotArgs,
+    ScrollArgs,
+    SelectArgs,
+    StateArgs,
+    TaskArgs,
+    TypeArgs,
     browser_schemas,
     navigation_problem,
+    navigation_target,
     parse_browser_arguments,
 )
 from agentcluster.tools._browser_llm import LlmBudget, PortChatModel, SettingsBudget
@@ -28,10 +38,22 @@ from agentcluster.tools._builtins import (
     builtin_registry,
     evaluate_arithmetic,
 )
+from agentcluster.tools._egress_proxy import EgressLease, EgressProxy
+from agentcluster.tools._files import SessionWorkspaces, file_tools
+from agentcluster.tools._http import HttpFetchTool
+from agentcluster.tools._mcp import McpConfig, McpToolset, load_mcp_config
 from agentcluster.tools._policy import AllowAllPolicy, StaticPolicy
-from agentcluster.tools._registry import InProcessToolExecutor, ToolRegistry, validate_arguments
+from agentcluster.tools._registry import (
+    InProcessToolExecutor,
+    ToolRegistry,
+    select_schemas,
+    validate_arguments,
+)
+from agentcluster.tools._sandbox import PythonExecTool, PythonSandbox, SandboxLimits, SandboxRuntime
 from agentcluster.tools._ssrf import (
+    AddressCategory,
     DefaultNetworkPolicy,
+    IPAddress,
     NetworkPolicy,
     Resolver,
     SsrfGuard,
@@ -41,32 +63,57 @@ from agentcluster.tools._ssrf import (
 
 __all__ = [
     "BROWSER_TOOL_NAMES",
+    "AddressCategory",
     "AllowAllPolicy",
     "BrowserLlm",
     "CalculatorTool",
+    "ClickArgs",
     "CurrentTimeTool",
     "DefaultNetworkPolicy",
+    "EgressLease",
+    "EgressProxy",
+    "ExtractArgs",
+    "HttpFetchTool",
+    "IPAddress",
     "InProcessToolExecutor",
     "LlmBudget",
+    "McpConfig",
+    "McpToolset",
+    "NavigateArgs",
     "NetworkPolicy",
     "PolicyDecision",
     "PolicyEngine",
     "PortChatModel",
+    "PythonExecTool",
+    "PythonSandbox",
     "Resolver",
+    "SandboxLimits",
+    "SandboxRuntime",
+    "ScreenshotArgs",
+    "ScrollArgs",
+    "SelectArgs",
+    "SessionWorkspaces",
     "SettingsBudget",
     "SsrfGuard",
+    "StateArgs",
     "StaticPolicy",
     "SystemResolver",
+    "TaskArgs",
     "Tool",
     "ToolExecutor",
     "ToolInvocation",
     "ToolOutcome",
     "ToolRegistry",
+    "TypeArgs",
     "browser_schemas",
     "builtin_registry",
     "classify_address",
     "evaluate_arithmetic",
+    "file_tools",
+    "load_mcp_config",
     "navigation_problem",
+    "navigation_target",
     "parse_browser_arguments",
+    "select_schemas",
     "validate_arguments",
 ]

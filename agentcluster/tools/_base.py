@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 
 __all__ = [
     "PolicyDecision",

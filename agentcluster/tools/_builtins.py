@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentcluster.errors import ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._registry import ToolRegistry
 

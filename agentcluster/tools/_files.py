@@ -24,7 +24,7 @@ from typing import Any
 
 from agentcluster.datadir import make_private_dir
 from agentcluster.errors import ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._workspace_archive import WorkspaceQuota, workspace_usage
 

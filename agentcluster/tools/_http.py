@@ -19,7 +19,7 @@ import httpx
 
 from agentcluster.config import ToolSettings
 from agentcluster.errors import ConfigError, ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._ssrf import CheckedTarget, IPAddress, SsrfGuard
 from agentcluster.tools._urls import parse_web_url

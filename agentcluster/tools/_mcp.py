@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentcluster.errors import ConfigError, ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools._base import ToolInvocation
 
 __all__ = [

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentcluster.errors import ConfigError, ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools._base import Tool, ToolInvocation, ToolOutcome
 
 __all__ = ["InProcessToolExecutor", "ToolRegistry", "select_schemas", "validate_arguments"]

@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Literal
 
 from agentcluster.config import ToolSettings
 from agentcluster.errors import ConfigError, ToolError
-from agentcluster.llm._types import ToolSchema
+from agentcluster.llm import ToolSchema
 from agentcluster.tools import _sandbox_runner as runner
 from agentcluster.tools._base import ToolInvocation
 from agentcluster.tools._files import SessionWorkspaces
