@@ -41,8 +41,7 @@ from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
-from agentcluster.runtime import HostStats, SessionHostCore, StreamItem
-from agentcluster.runtime._hostset import plan_host_count
+from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, plan_host_count
 from agentcluster.store import SqlStateStore
 from agentcluster.tracing import Carrier, SpanKind
 

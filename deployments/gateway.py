@@ -17,8 +17,7 @@ from ray.serve import Application
 from actors.compose import connect_runtime
 from actors.console_probe import ray_cluster_probe
 from agentcluster import api
-from agentcluster.client import ApiError
-from agentcluster.client._errors import error_from_problem
+from agentcluster.client import ApiError, error_from_problem
 from agentcluster.config import Settings, load_settings
 from agentcluster.errors import ConfigError
 from agentcluster.gateway import (

@@ -27,10 +27,10 @@ from agentcluster.providers import (
     SecretBox,
     key_source,
     open_settings_store,
+    read_key_file,
     rotate_secrets,
     write_key_file,
 )
-from agentcluster.providers._secrets import read_key_file
 
 __all__ = ["NEW_KEY_VARIABLE", "run_secrets_rotate"]
 

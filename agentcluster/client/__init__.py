@@ -31,6 +31,7 @@ from agentcluster.client._errors import (
     ServerError,
     Unauthorized,
     Unavailable,
+    error_from_problem,
 )
 from agentcluster.client._handle import HandleClient, connect
 from agentcluster.client._sse import ServerSentEvent, SSEDecoder, StreamItem
@@ -59,4 +60,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "connect",
+    "error_from_problem",
 ]

@@ -10,8 +10,7 @@ from fastapi import APIRouter
 
 from agentcluster.console._models import ClusterOut, WhoAmI
 from agentcluster.console._probe import ClusterProbe, NoClusterProbe, read_cluster
-from agentcluster.gateway._callers import CallerDep, ServiceDep
-from agentcluster.gateway._service import GatewayService
+from agentcluster.gateway import CallerDep, GatewayService, ServiceDep
 
 __all__ = ["ProbeFactory", "cluster_router"]
 

@@ -23,6 +23,7 @@ from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import AdminDep
 from agentcluster.providers import (
+    NAME_PATTERN,
     Probe,
     ProviderService,
     ProviderSettingsIn,
@@ -31,7 +32,6 @@ from agentcluster.providers import (
     ProviderTestResult,
     open_provider_service,
 )
-from agentcluster.providers._models import NAME_PATTERN
 from agentcluster.store import SharedDatabase
 
 __all__ = ["include_settings_api", "settings_router", "start_settings_api", "stop_settings_api"]

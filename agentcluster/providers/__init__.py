@@ -14,6 +14,7 @@ from agentcluster.providers._factory import (
     open_settings_store,
 )
 from agentcluster.providers._models import (
+    NAME_PATTERN,
     AgentModels,
     ProviderIn,
     ProviderOut,
@@ -39,6 +40,7 @@ from agentcluster.providers._secrets import (
     key_file_path,
     key_source,
     mask_secret,
+    read_key_file,
     write_key_file,
 )
 from agentcluster.providers._service import ProviderService, RotationReport, rotate_secrets
@@ -52,6 +54,7 @@ from agentcluster.providers._store import (
 __all__ = [
     "KEY_VARIABLE",
     "MASK",
+    "NAME_PATTERN",
     "AgentModels",
     "KeyFile",
     "KeySource",
@@ -85,6 +88,7 @@ __all__ = [
     "open_provider_service",
     "open_settings_store",
     "probe_with_litellm",
+    "read_key_file",
     "rotate_secrets",
     "scrub",
     "split_reference",

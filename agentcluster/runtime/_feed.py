@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agentcluster.api._stream import Delta, Overflow, StreamItem
+from agentcluster.api import Delta, Overflow, StreamItem
 
 __all__ = ["Delta", "LiveFeed", "Overflow", "StreamItem"]
 
