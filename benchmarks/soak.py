@@ -65,6 +65,13 @@ class StreamStats:
     events: int = 0
     errors: list[str] = field(default_factory=list)
 
+    def error(self, text: str) -> None:
+        """Count an error; the first ones are printed as they happen (a run that dies before
+        its report still tells what went wrong)."""
+        self.errors.append(text)
+        if len(self.errors) <= 20:
+            print(f"soak: stream error: {text}", file=sys.stderr, flush=True)
+
 
 @dataclass
 class Sample:
@@ -89,7 +96,7 @@ async def _hold_stream(
         ) as response:
             if response.status_code != 200:
                 body = (await response.aread())[:200]
-                stats.errors.append(f"open: {response.status_code} {body!r}")
+                stats.error(f"open: {response.status_code} {body!r}")
                 return
             stats.opened += 1
             stats.open_now += 1
@@ -100,7 +107,7 @@ async def _hold_stream(
                 if line is None:
                     if not stop.is_set():
                         held = time.monotonic() - opened_at
-                        stats.errors.append(
+                        stats.error(
                             f"stream ended by the server after {held:.0f} s "
                             f"(last event: {last_event})"
                         )
@@ -110,7 +117,7 @@ async def _hold_stream(
                     last_event = line.removeprefix("event:").strip()
     except httpx.HTTPError as exc:
         if not stop.is_set():
-            stats.errors.append(f"{type(exc).__name__}: {exc}")
+            stats.error(f"{type(exc).__name__}: {exc}")
     finally:
         if counted:
             stats.open_now -= 1
