@@ -566,18 +566,9 @@ class RaySessionRouter:
         task.add_done_callback(lambda _: self._watching.pop(name, None))
 
     async def _watch(self, name: str) -> None:
-        for delay_s in _WATCH_BACKOFF_S:
-            await asyncio.sleep(delay_s)
-            try:
-                # Gets the host, or creates it once the dead one's name is free.
-                await _call_host(_once(self._handle(name, name, False).ready).remote())
-            except ray.exceptions.RayActorError:
-                self._handles.pop(name, None)  # dead: the next attempt creates a new one
-                continue
-            except (ray.exceptions.RayError, HostStarting, DependencyUnavailable):
-                continue  # e.g. its database is down: it will be ready later
+        with contextlib.suppress(DependencyUnavailable):
+            await self._ensure(name, _WATCH_BACKOFF_S, patient=True)
             self._down.pop(name, None)
-            return
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -686,14 +677,23 @@ class RaySessionRouter:
         hosts = await self._host_set(count)
         return list(await asyncio.gather(*(self._ensure(name) for name, _ in hosts)))
 
-    async def _ensure(self, name: str) -> HostStats:
-        for delay_s in _WATCH_BACKOFF_S[:4]:
+    async def _ensure(
+        self, name: str, delays: tuple[float, ...] = _WATCH_BACKOFF_S[:4], *, patient: bool = False
+    ) -> HostStats:
+        """Host ``name``'s stats once it is ready, created again after each of ``delays`` while
+        it is dead (once the dead one's name is free); ``patient``: also while it cannot get
+        ready yet (e.g. its database is down) instead of raising that."""
+        for delay_s in delays:
             await asyncio.sleep(delay_s)
             try:
-                stats: HostStats = await _call_host(self._handle(name, name, False).ready.remote())
+                ready = _once(self._handle(name, name, False).ready)
+                stats: HostStats = await _call_host(ready.remote())
                 return stats
             except ray.exceptions.RayActorError:
                 self._handles.pop(name, None)  # dead: the next attempt creates its replacement
+            except (ray.exceptions.RayError, HostStarting, DependencyUnavailable):
+                if not patient:
+                    raise
         raise DependencyUnavailable("ray", f"session host {name} could not be started")
 
     def warm_up(self) -> None:

@@ -146,18 +146,11 @@ async def test_a_dead_hosts_session_answers_from_the_standby(
 async def test_a_turn_running_on_a_dead_host_resumes_elsewhere_without_a_call(
     runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM, settings: Settings
 ) -> None:
-    token = uuid.uuid4().hex
-    slow = Rule(when=_mentions(f"{token} slow"), reply=Reply(content="late", ttft_s=60), times=1)
-    fake_llm.script.add_rule(slow)
-    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="resumed")))
-    tenant_id, session_id = await _session(runtime)
-    submission = await runtime.send_message(tenant_id, session_id, f"{token} slow")
-
-    await _until_running(runtime, tenant_id, submission.turn_id)
+    tenant_id, session_id, turn_id = await _slow_turn(runtime, fake_llm, "resumed")
     await _kill(router.actor(session_id))
     # Nobody calls the session again: the host controller wakes it on a live host.
-    assert await _outcome(runtime, tenant_id, submission.turn_id) == "completed"
-    turn = await runtime.store.get_turn(tenant_id, submission.turn_id)
+    assert await _outcome(runtime, tenant_id, turn_id) == "completed"
+    turn = await runtime.store.get_turn(tenant_id, turn_id)
     events = await runtime.store.list_events(tenant_id, session_id)
     assert turn.attempt == 2, [(e.type, getattr(e, "attempt", None)) for e in events]
 
@@ -209,22 +202,15 @@ async def test_a_stream_goes_on_from_the_next_host_without_gap_or_duplicate(
 async def test_retiring_a_host_hands_its_running_turn_over(
     runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM, settings: Settings
 ) -> None:
-    token = uuid.uuid4().hex
-    slow = Rule(when=_mentions(f"{token} slow"), reply=Reply(content="late", ttft_s=60), times=1)
-    fake_llm.script.add_rule(slow)
-    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="handed over")))
-    tenant_id, session_id = await _session(runtime)
-    submission = await runtime.send_message(tenant_id, session_id, f"{token} slow")
-
-    await _until_running(runtime, tenant_id, submission.turn_id)
+    tenant_id, session_id, turn_id = await _slow_turn(runtime, fake_llm, "handed over")
     owner = await _owner(runtime.store, tenant_id, session_id)
     assert owner is not None
     index = int(owner.rsplit("-", 1)[1])
     await router.retire(index)
     # Handed over, not cancelled: resumed with no further call from us. (Retired here by
     # hand, beside the controller's own ticks, which may claim it once more: attempt >= 2.)
-    assert await _outcome(runtime, tenant_id, submission.turn_id) == "completed"
-    assert (await runtime.store.get_turn(tenant_id, submission.turn_id)).attempt >= 2
+    assert await _outcome(runtime, tenant_id, turn_id) == "completed"
+    assert (await runtime.store.get_turn(tenant_id, turn_id)).attempt >= 2
 
 
 async def _slow_turn(runtime: Runtime, fake_llm: FakeLLM, reply: str) -> tuple[str, str, str]:
