@@ -330,7 +330,9 @@ class HostController:
             try:
                 await router.notify(session_id)
                 self.woken += 1
-            except DependencyUnavailable as exc:
+            except Exception as exc:  # one session's failure never stops the others' wake
+                # (a dependency down, or a session whose agent this host set has no profile for
+                # on a shared database): logged, retried next tick.
                 log.warning("host controller: could not wake session %s: %s", session_id, exc)
 
     async def _orphaned_session_actors(
