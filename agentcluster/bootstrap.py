@@ -15,6 +15,7 @@ async def open_state_store(settings: Settings, *, migrate: bool = True) -> SqlSt
     return await open_store(
         settings.db_dsn,
         pool_size=settings.db.pool_size,
+        max_overflow=settings.db.max_overflow,
         connect_timeout_s=settings.db.connect_timeout_s,
         command_timeout_s=settings.db.command_timeout_s,
         migrate=migrate,

@@ -144,7 +144,12 @@ class DbSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SA01_DB_", **_SECTION)
 
     dsn: str | None = None
-    pool_size: int = Field(default=10, ge=1, le=200)
+    pool_size: int = Field(default=5, ge=1, le=200)
+    max_overflow: int = Field(default=5, ge=0, le=200)
+    """PostgreSQL: connections past ``pool_size`` a process may open under a burst (closed when
+    returned). Every process with a store holds at most ``pool_size + max_overflow``: keep
+    (gateway replicas + session hosts + standbys + 4) x that below the server's
+    ``max_connections`` (100 by default), or a burst gets 503s naming the database."""
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
     command_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """PostgreSQL: the longest one statement, or the wait for a pooled connection, may take

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -213,8 +213,16 @@ async def _sample(samples: list[Sample], stats: StreamStats, started: float) -> 
     samples.append(Sample(time.monotonic() - started, gateway, hosts, stats.open_now))
 
 
-async def run_soak(config: SoakConfig) -> tuple[StreamStats, list[Sample], Ledger]:
-    """Hold the streams for ``minutes`` with turns running; sample memory all along."""
+Finish = Callable[[StreamStats, list[Sample], Ledger], None]
+
+
+async def run_soak(
+    config: SoakConfig, finish: Finish | None = None
+) -> tuple[StreamStats, list[Sample], Ledger]:
+    """Hold the streams for ``minutes`` with turns running; sample memory all along.
+
+    ``finish`` gets the results before the stack stops (Ray's teardown has ended the
+    process before a report written after it)."""
     stack_config = StackConfig(
         replicas=REPLICAS,
         kafka=False,
@@ -240,6 +248,8 @@ async def run_soak(config: SoakConfig) -> tuple[StreamStats, list[Sample], Ledge
             await _sample(samples, stats, started)
             stop.set()
             await asyncio.gather(senders, *streams)
+        if finish is not None:
+            finish(stats, samples, ledger)
     return stats, samples, ledger
 
 
@@ -349,8 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SoakConfig(
         streams=args.streams, minutes=args.minutes, senders=args.senders, warmup_s=args.warmup_s
     )
-    stats, samples, ledger = asyncio.run(run_soak(config))
-    publish(report(config, stats, samples, ledger), args.out, SECTION, TITLE)
+
+    def finish(stats: StreamStats, samples: list[Sample], ledger: Ledger) -> None:
+        publish(report(config, stats, samples, ledger), args.out, SECTION, TITLE)
+
+    stats, samples, _ledger = asyncio.run(run_soak(config, finish))
     first, last = samples[0], samples[-1]
     flat = all(
         abs(b - a) <= FLAT * a

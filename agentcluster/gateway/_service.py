@@ -3,12 +3,13 @@ DeploymentHandle methods both call this, so the two clients get the same behavio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from agentcluster import api
 from agentcluster import events as ev
@@ -85,17 +86,48 @@ def _turn_out(
     return api.TurnOut(**fields, status="cancelled", error=event.reason)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    # Every waiter may have gone: the outcome is still looked at (no "never retrieved").
+    if not task.cancelled():
+        task.exception()
+
+
 class _Recent(Generic[K, V]):
     """What this replica checked lately: values reused for ``ttl_s`` seconds (0: never), at most
-    AUTH_CACHE_SIZE of them (all forgotten when full)."""
+    AUTH_CACHE_SIZE of them (all forgotten when full). Concurrent lookups of one key share one
+    load (a burst of streams opened by one tenant asks the store and the policy once)."""
 
     def __init__(self, ttl_s: float) -> None:
         self._ttl_s = ttl_s
         self._items: dict[K, tuple[V, float]] = {}
+        self._loading: dict[K, asyncio.Future[V]] = {}
 
     def get(self, key: K) -> V | None:
         found = self._items.get(key)
         return found[0] if found is not None and found[1] > time.monotonic() else None
+
+    async def load(self, key: K, load: Callable[[], Awaitable[V]], keep: Callable[[V], bool]) -> V:
+        """The value of ``key``: remembered, or loaded once for all concurrent callers (a
+        value ``keep`` refuses, such as an outage, is shared by those callers only). The load
+        runs as its own task: a caller that goes away does not cancel it for the others."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._load(key, load, keep))
+            task.add_done_callback(_retrieved)
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]], keep: Callable[[V], bool]) -> V:
+        try:
+            value = await load()
+            if keep(value):
+                self.put(key, value)
+            return value
+        finally:
+            del self._loading[key]
 
     def put(self, key: K, value: V) -> None:
         if self._ttl_s <= 0:
@@ -132,7 +164,7 @@ class GatewayService:
         cache_s = settings.auth.cache_s
         self._decisions: _Recent[tuple[str, str, str | None, bool], PolicyDecision]
         self._decisions = _Recent(cache_s)
-        self._callers: _Recent[bytes, Caller] = _Recent(cache_s)
+        self._callers: _Recent[bytes, Caller | None] = _Recent(cache_s)
         self._open_streams = 0  # streams and waits this replica serves now, all tenants
 
     async def authenticate(self, token: str | None) -> Caller:
@@ -146,15 +178,14 @@ class GatewayService:
         if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
             return Caller(tenant_id=None, key_id=None, admin=True)
         digest = hashlib.sha256(token.encode()).digest()
-        cached = self._callers.get(digest)
-        if cached is not None:
-            return cached
-        key = await self.runtime.store.authenticate(token)
-        if key is None:
-            self._callers.forget(digest)
+
+        async def lookup() -> Caller | None:
+            key = await self.runtime.store.authenticate(token)
+            return None if key is None else Caller(tenant_id=key.tenant_id, key_id=key.key_id)
+
+        caller = await self._callers.load(digest, lookup, keep=lambda found: found is not None)
+        if caller is None:
             raise _unauthorized("invalid API key")
-        caller = Caller(tenant_id=key.tenant_id, key_id=key.key_id)
-        self._callers.put(digest, caller)
         return caller
 
     async def admit(self, caller: Caller) -> RateDecision | None:
@@ -217,13 +248,12 @@ class GatewayService:
         if self.policy is None:
             return tenant_id
         key = (tenant_id, action, agent, caller.admin)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = await self.policy.decide_action(
-                tenant_id, action, agent=agent, admin=caller.admin
-            )
-            if not decision.failed:  # an outage is asked about again, not remembered
-                self._decisions.put(key, decision)
+        policy = self.policy
+        decision = await self._decisions.load(
+            key,
+            lambda: policy.decide_action(tenant_id, action, agent=agent, admin=caller.admin),
+            keep=lambda found: not found.failed,  # an outage is asked about again
+        )
         if decision.failed:
             raise DependencyUnavailable("policy", decision.reason)
         if not decision.allowed:

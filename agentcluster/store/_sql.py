@@ -41,6 +41,7 @@ async def open_store(
     dsn: str,
     *,
     pool_size: int = 10,
+    max_overflow: int | None = None,
     connect_timeout_s: float = 5.0,
     command_timeout_s: float = 30.0,
     migrate: bool = True,
@@ -48,6 +49,7 @@ async def open_store(
 ) -> SqlStateStore:
     """Connect to the database (failing fast with the dependency named) and run migrations.
 
+    ``max_overflow`` (default: ``pool_size``) more connections may open under a burst.
     ``command_timeout_s`` bounds each PostgreSQL statement and the wait for a pooled connection.
 
     Raises:
@@ -57,7 +59,8 @@ async def open_store(
         dsn = normalize_dsn(dsn)
     except ValueError as exc:
         raise ConfigError(f"SA01_DB_DSN: {exc}") from None
-    engine = make_engine(dsn, pool_size, connect_timeout_s, command_timeout_s, echo)
+    overflow = pool_size if max_overflow is None else max_overflow
+    engine = make_engine(dsn, (pool_size, overflow), connect_timeout_s, command_timeout_s, echo)
     store = SqlStateStore(engine, description=describe_dsn(dsn))
     try:
         await store.ping()

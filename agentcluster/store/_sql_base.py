@@ -86,13 +86,18 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
 
 
 def make_engine(
-    dsn: str, pool_size: int, connect_timeout_s: float, command_timeout_s: float, echo: bool
+    dsn: str,
+    pool: tuple[int, int],
+    connect_timeout_s: float,
+    command_timeout_s: float,
+    echo: bool,
 ) -> AsyncEngine:
+    """The engine; ``pool`` is (pool_size, max_overflow), for PostgreSQL."""
     if _backend(dsn) == "postgresql":
         engine = create_async_engine(
             dsn,
-            pool_size=pool_size,
-            max_overflow=pool_size,
+            pool_size=pool[0],
+            max_overflow=pool[1],
             # No pre-ping: it doubled every store call's round trips (benchmarks/turn_overhead).
             # _discard_closed replaces connections the server closed, for free; one broken in
             # another way is invalidated (with the whole pool) on its first error, which surfaces

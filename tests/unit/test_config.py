@@ -66,6 +66,7 @@ def test_good_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SA01_DB_DSN", "mysql://u:p@h/db"),
         ("SA01_DB_DSN", "not a url"),
         ("SA01_DB_POOL_SIZE", "0"),
+        ("SA01_DB_MAX_OVERFLOW", "-1"),
         ("SA01_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1"),
         ("SA01_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:notaport"),
         ("SA01_REDIS_URL", "http://127.0.0.1:6379"),
