@@ -18,8 +18,10 @@ asks :func:`pool_managers` here instead of parsing names itself.
 
 from __future__ import annotations
 
+import functools
 import string
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from agentcluster.config import RuntimeSettings
@@ -32,6 +34,7 @@ __all__ = [
     "pool_manager",
     "pool_managers",
     "pool_member",
+    "pool_members",
     "worker",
 ]
 
@@ -59,6 +62,13 @@ def pool_member(pool_name: str, incarnation: str, number: int) -> str:
     """The actor name of member ``number`` started by incarnation ``incarnation`` of a pool's
     manager."""
     return f"{pool_manager(pool_name)}-{incarnation}-{number}"
+
+
+def pool_members(pool_name: str) -> Callable[[int], str]:
+    """The member names of one start of a pool's manager (``number`` -> :func:`pool_member`),
+    under an incarnation new with each call: a restarted manager never reuses a name."""
+    incarnation = uuid.uuid4().hex[:INCARNATION_DIGITS]
+    return functools.partial(pool_member, pool_name, incarnation)
 
 
 def worker(runtime: RuntimeSettings, role: WorkerRole) -> str:

@@ -2,9 +2,10 @@
 
 Three layers (plain classes, Ray at the edge):
 
-* :class:`PoolCore` (in :mod:`actors._pool_core`) keeps the books in plain Python: members,
-  leases, waiters. It talks to its members only through a :class:`MemberFactory` port, so it runs
-  (and is unit-tested) without Ray.
+* :class:`~agentcluster.pools.PoolCore` (the core package's :mod:`agentcluster.pools`) keeps the
+  books in plain Python: members, leases, waiters. It talks to its members only through a
+  :class:`MemberFactory` port, so it runs (and is unit-tested) without Ray. This module is its
+  Ray shell: members as Ray actors, Ray metrics, the manager actor and its client.
 * :class:`PoolManager` is the async Ray actor around one core: one named, detached manager per
   pool kind (named by :func:`actors.names.pool_manager`). It creates the members itself, so they
   share its fate: when the manager is gone, its members are too, and no browser outlives its pool.
@@ -35,7 +36,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.metrics import Gauge, Histogram
 
 from actors import names
-from actors._pool_core import (
+from agentcluster.errors import AgentClusterError, DependencyUnavailable
+from agentcluster.pools import (
     Lease,
     LeaseLost,
     MemberFactory,
@@ -44,9 +46,8 @@ from actors._pool_core import (
     PoolExhausted,
     PoolMetrics,
     PoolStats,
-    _describe,
+    describe_error,
 )
-from agentcluster.errors import AgentClusterError, DependencyUnavailable
 
 __all__ = [
     "ActorPool",
@@ -178,7 +179,10 @@ class PoolManager:
 
     def __init__(self, spec: PoolSpec) -> None:
         self._core: PoolCore[ActorHandle] = PoolCore(
-            spec.config, RayMemberFactory(spec), metrics=RayPoolMetrics(spec.config.name)
+            spec.config,
+            RayMemberFactory(spec),
+            metrics=RayPoolMetrics(spec.config.name),
+            member_names=names.pool_members(spec.config.name),
         )
         # An async actor builds itself inside its event loop: start the loops right away.
         self._core.start()
@@ -264,7 +268,7 @@ class ActorPool:
             raise
         except RayActorError as exc:
             raise DependencyUnavailable(
-                f"pool {self.name}", f"the pool manager is unavailable: {_describe(exc)}"
+                f"pool {self.name}", f"the pool manager is unavailable: {describe_error(exc)}"
             ) from None
 
     async def lease(

@@ -33,3 +33,12 @@ def test_pool_managers_leave_members_and_other_actors_out() -> None:
         "pool-ac-x-tools": "ac-x-tools",
         "pool-solo-abcdef-1": "solo-abcdef-1",
     }
+
+
+def test_pool_members_are_named_under_a_new_incarnation_per_manager_start() -> None:
+    first, second = names.pool_members("ac-x-tools"), names.pool_members("ac-x-tools")
+    assert first(1).startswith("pool-ac-x-tools-") and first(1).endswith("-1")
+    assert first(1) != second(1)
+    assert names.pool_managers([names.pool_manager("ac-x-tools"), first(2)]) == {
+        "pool-ac-x-tools": "ac-x-tools"
+    }

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from actors.pool import (
+from agentcluster.errors import DependencyUnavailable
+from agentcluster.pools import (
     LeaseLost,
     MemberFactory,
     PoolConfig,
@@ -19,7 +20,6 @@ from actors.pool import (
     PoolExhausted,
     PoolStats,
 )
-from agentcluster.errors import DependencyUnavailable
 
 
 @dataclass

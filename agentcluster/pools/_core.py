@@ -1,7 +1,9 @@
 """The bookkeeping of actor pools in plain Python (no Ray): members, leases, waiters, scaling.
 
-:class:`PoolCore` talks to its members only through a :class:`MemberFactory` port, so it runs (and
-is unit-tested) without Ray; :mod:`actors.pool` puts it inside the pool manager actor.
+:class:`PoolCore` talks to its members only through a :class:`MemberFactory` port and is told
+their names by its caller, so it runs (and is unit-tested) without Ray; the Ray shell
+(``actors/pool.py``) puts it inside the pool manager actor, with Ray actors as members named by
+``actors/names.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors import names
 from agentcluster.errors import DependencyUnavailable, InfrastructureError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PoolExhausted",
     "PoolMetrics",
     "PoolStats",
+    "describe_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -238,6 +240,8 @@ class PoolCore(Generic[M]):
         factory: starts, checks, resets and ends members.
         metrics: where gauges and the wait histogram go (none by default).
         clock: monotonic seconds; tests pass a fake one to drive idle and shrink timeouts.
+        member_names: the id of the ``n``-th member this core starts (``n`` from 1): the Ray
+            shell passes actor names; by default ``<pool>-<n>``.
     """
 
     def __init__(
@@ -247,6 +251,7 @@ class PoolCore(Generic[M]):
         *,
         metrics: PoolMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        member_names: Callable[[int], str] | None = None,
     ) -> None:
         self.config = config
         self._factory = factory
@@ -260,7 +265,7 @@ class PoolCore(Generic[M]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
-        self._incarnation = uuid.uuid4().hex[: names.INCARNATION_DIGITS]
+        self._member_names = member_names or (lambda number: f"{config.name}-{number}")
         self._counters = _Counters()
         self._waits_ms: deque[float] = deque(maxlen=_WAIT_SAMPLES_KEPT)
         self._last_start_error: str | None = None
@@ -405,7 +410,7 @@ class PoolCore(Generic[M]):
                 await self._factory.reset(member.ref)
         except Exception as exc:
             # Why broad: whatever broke the reset, this member is not fit to lend again.
-            self._member_failed(member, f"reset failed: {_describe(exc)}")
+            self._member_failed(member, f"reset failed: {describe_error(exc)}")
             return
         if self._members.get(member.member_id) is member:
             self._set_idle(member)
@@ -433,7 +438,7 @@ class PoolCore(Generic[M]):
         self._dispatch()
 
     def _start_member(self) -> None:
-        member_id = names.pool_member(self.config.name, self._incarnation, next(self._ids))
+        member_id = self._member_names(next(self._ids))
         member = _Member[M](member_id, "starting", self._clock())
         self._members[member_id] = member
         self._spawn(self._start(member))
@@ -445,10 +450,10 @@ class PoolCore(Generic[M]):
         except Exception as exc:
             # Why broad: a member that cannot start must not break the pool; waiters time out
             # with the reason in their error and the next reconcile tick tries again.
-            self._last_start_error = _describe(exc)
+            self._last_start_error = describe_error(exc)
             self._counters.start_failures += 1
             self._members.pop(member.member_id, None)
-            log.warning("pool %s: member start failed: %s", self.config.name, _describe(exc))
+            log.warning("pool %s: member start failed: %s", self.config.name, describe_error(exc))
             return
         if self._members.get(member.member_id) is not member:
             await self._factory.destroy(ref)  # the pool stopped while it started
@@ -537,7 +542,7 @@ class PoolCore(Generic[M]):
             return f"health check timed out after {timeout:g} s"
         except Exception as exc:
             # Why broad: any failure to answer health() means the member cannot be trusted.
-            return f"health check failed: {_describe(exc)}"
+            return f"health check failed: {describe_error(exc)}"
         member.isolation = _isolation(member.member_id, health)
         return None
 
@@ -639,7 +644,9 @@ def _quantile(ordered: list[float], q: float) -> float:
     return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 3)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters of it), for logs and the
+    reasons a pool gives."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
