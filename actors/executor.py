@@ -28,19 +28,12 @@ from actors.pool import ActorPool, PoolConfig, PoolExhausted, PoolSpec
 from actors.tools import ToolActor
 from agentcluster import tracing
 from agentcluster.agent import AgentProfile
+from agentcluster.browser import BROWSER_TOOL_NAMES, BrowserLlm, browser_schemas
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, ToolError
 from agentcluster.llm import ToolSchema
 from agentcluster.store import AttachmentStore
-from agentcluster.tools import (
-    BROWSER_TOOL_NAMES,
-    BrowserLlm,
-    ToolInvocation,
-    ToolOutcome,
-    browser_schemas,
-    builtin_registry,
-    select_schemas,
-)
+from agentcluster.tools import ToolInvocation, ToolOutcome, builtin_registry, select_schemas
 
 __all__ = ["ActorToolExecutor", "BrowserUrlPolicy", "tool_pool_spec"]
 

@@ -27,10 +27,10 @@ import ray
 
 from actors.browser import CRASHED, BrowserActor, PooledBrowserTools
 from actors.pool import ActorPool, PoolConfig, PoolSpec
+from agentcluster.browser import BrowserLlm
 from agentcluster.config import BrowserSettings
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Script
 from agentcluster.tools import ToolInvocation, ToolOutcome
-from agentcluster.tools._browser import BrowserLlm
 from agentcluster.tools._ssrf import DefaultNetworkPolicy
 from tests.conftest import eventually
 from tests.support.network import StaticResolver

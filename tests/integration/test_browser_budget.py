@@ -18,11 +18,12 @@ import pytest
 
 from actors.browser import PooledBrowserTools, browser_pool_spec
 from actors.pool import ActorPool
+from agentcluster.browser import BrowserLlm
 from agentcluster.config import Settings, load_settings
 from agentcluster.limits import LimitOverrides, TenantLimitsService, open_tenant_limits
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Script
-from agentcluster.tools import BrowserLlm, ToolInvocation, ToolOutcome
+from agentcluster.tools import ToolInvocation, ToolOutcome
 
 pytestmark = [
     pytest.mark.integration,

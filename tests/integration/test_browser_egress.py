@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 import pytest
 import ray
 
-from actors.browser import BrowserActor, PooledBrowserTools, _agent_tools
+from actors.browser import BrowserActor, PooledBrowserTools
 from actors.pool import ActorPool, PoolConfig, PoolSpec
+from agentcluster.browser import BrowserLlm
+from agentcluster.browser._handlers import agent_tools as _agent_tools
 from agentcluster.config import BrowserSettings
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Script
 from agentcluster.tools import PolicyDecision, ToolInvocation, ToolOutcome
-from agentcluster.tools._browser import BrowserLlm
 from agentcluster.tools._ssrf import AddressCategory, DefaultNetworkPolicy
 from tests.conftest import eventually
 from tests.integration.test_browser import index_of

@@ -11,10 +11,10 @@ from browser_use.llm.exceptions import ModelProviderError
 from browser_use.llm.messages import SystemMessage, UserMessage
 from pydantic import BaseModel
 
+from agentcluster.browser import BrowserLlm, PortChatModel
 from agentcluster.errors import BudgetExceeded, LlmUnavailable
 from agentcluster.events import Usage
 from agentcluster.llm import DeltaSink, LlmRequest, LlmResult
-from agentcluster.tools import BrowserLlm, PortChatModel
 
 
 class Answer(BaseModel):

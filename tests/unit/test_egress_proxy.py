@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from actors._chromium import ChromiumLaunch, is_reserved, register_ports, write_launcher
+from agentcluster.browser._chromium import (
+    ChromiumLaunch,
+    is_reserved,
+    register_ports,
+    write_launcher,
+)
 from agentcluster.tools._egress_proxy import EgressLease, EgressProxy
 from agentcluster.tools._ssrf import DefaultNetworkPolicy, SsrfGuard
 from tests.support.network import StaticResolver

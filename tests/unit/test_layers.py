@@ -66,6 +66,35 @@ def test_the_testing_helpers_import_nothing_from_the_ray_edge() -> None:
     assert violations(CORE / "testing") == []
 
 
+PLAIN_CORES = ("pools", "browser", "tools", "runtime")
+"""The core packages holding the plain logic the Ray shells in ``actors/`` wrap."""
+
+
+def ray_imports(path: Path) -> list[str]:
+    """``file:line module`` of each import of Ray in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        f"{path.relative_to(ROOT)}:{line} {module}"
+        for line, module in imported_modules(tree)
+        if module.partition(".")[0] == "ray"
+    ]
+
+
+def test_the_plain_cores_import_no_ray() -> None:
+    found = [
+        hit for name in PLAIN_CORES for p in (CORE / name).rglob("*.py") for hit in ray_imports(p)
+    ]
+    assert found == []
+
+
+def test_the_plain_cores_are_where_the_contract_looks() -> None:
+    modules = {
+        p.relative_to(CORE).as_posix() for name in PLAIN_CORES for p in (CORE / name).rglob("*.py")
+    }
+    assert {"pools/_core.py", "browser/_worker.py", "runtime/_host.py"} <= modules
+    assert ray_imports(ROOT / "actors" / "pool.py") != []  # the reader finds a Ray import
+
+
 def test_the_core_is_where_the_contract_looks() -> None:
     # Guards against a contract that passes because it reads nothing.
     modules = list(CORE.rglob("*.py"))

@@ -1,7 +1,8 @@
 """The browser tools as the model sees them: schemas, typed arguments, navigation-target checks.
 
-The tools run in browser actors (``actors/browser.py``); this module has no browser in it, so
-executors, policies and tests can use the schemas and argument models without Chromium.
+The tools run in browser actors (:class:`~agentcluster.browser.BrowserWorker` in the pool's
+actors); this module has no browser in it, so executors, policies and tests can use the schemas
+and argument models without Chromium.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentcluster.errors import ToolError
 from agentcluster.llm import ModelRoute, ToolSchema
-from agentcluster.tools._urls import WebUrl, parse_web_url, web_url_problem
+from agentcluster.tools import WebUrl, parse_web_url, web_url_problem
 
 __all__ = [
     "BROWSER_TOOL_NAMES",
@@ -218,7 +219,7 @@ def navigation_problem(url: str) -> str | None:
 def navigation_target(url: str) -> WebUrl:
     """``url`` parsed the way Chromium parses it (WHATWG), refusing every ambiguous form:
     control characters, backslashes, userinfo in the authority, anything but ``http(s)://``
-    (see :func:`agentcluster.tools._urls.parse_web_url`). The host is what the browser will
+    (see :func:`agentcluster.tools.parse_web_url`). The host is what the browser will
     connect to (``http://2130706433/`` is 127.0.0.1).
 
     Raises:

@@ -1,4 +1,4 @@
-"""How a browser actor starts Chromium: as an unprivileged user, sandboxed, behind its proxy.
+"""How a browser worker starts Chromium: as an unprivileged user, sandboxed, behind its proxy.
 
 browser-use starts the executable it is given with its own flags; that executable is a launcher
 written here, which

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from agentcluster.browser._tools import BrowserLlm
 from agentcluster.config import Settings
 from agentcluster.errors import AgentClusterError, BudgetExceeded, TerminalFailure
 from agentcluster.events import Usage
 from agentcluster.llm import LLM, ChatMessage, LlmRequest, LlmResult, ResponseSchema
-from agentcluster.tools._browser import BrowserLlm
 
 if TYPE_CHECKING:
     from agentcluster.limits import BudgetGuard, LimitsDatabase
