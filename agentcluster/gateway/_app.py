@@ -35,6 +35,7 @@ from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._inputs import JsonDepthLimit, parse_event_id
+from agentcluster.gateway._langgraph import langgraph_router
 from agentcluster.gateway._limits_api import include_limits_api
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._openai import openai_router
@@ -456,7 +457,7 @@ def create_app(
     app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
 
-    for router in (sessions, agents, keys, system, openai_router):
+    for router in (sessions, agents, keys, system, openai_router, langgraph_router):
         app.include_router(router)
     include_settings_api(app)
     include_limits_api(app)
