@@ -33,6 +33,7 @@ from agentcluster.agent import load_profiles
 from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
+from agentcluster.gateway._a2a import a2a_router
 from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._inputs import JsonDepthLimit, parse_event_id
 from agentcluster.gateway._langgraph import langgraph_router
@@ -457,7 +458,7 @@ def create_app(
     app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
 
-    for router in (sessions, agents, keys, system, openai_router, langgraph_router):
+    for router in (sessions, agents, keys, system, openai_router, langgraph_router, a2a_router):
         app.include_router(router)
     include_settings_api(app)
     include_limits_api(app)
