@@ -2,8 +2,9 @@
 policies for tests.
 
 See :mod:`agentcluster.tools._base` for the ports the agent loop talks to. The tools that need
-isolation (http_fetch, python_exec, workspace files, MCP tools, the browser) run on pooled actors
-(``actors/tools.py``, ``actors/browser.py``); the modules here are their plain-Python halves.
+isolation (http_fetch, python_exec, workspace files, MCP tools) run on pooled actors:
+:class:`ToolWorker` hosts them in plain Python and ``actors/tools.py`` is its Ray shell (browsers
+likewise: :mod:`agentcluster.browser` and ``actors/browser.py``).
 """
 
 from agentcluster.tools._base import (
@@ -43,6 +44,7 @@ from agentcluster.tools._ssrf import (
     classify_address,
 )
 from agentcluster.tools._urls import WebUrl, parse_web_url, web_url_problem
+from agentcluster.tools._worker import NetworkPolicyFactory, ToolWorker
 
 __all__ = [
     "AddressCategory",
@@ -58,6 +60,7 @@ __all__ = [
     "McpConfig",
     "McpToolset",
     "NetworkPolicy",
+    "NetworkPolicyFactory",
     "PolicyDecision",
     "PolicyEngine",
     "PythonExecTool",
@@ -74,6 +77,7 @@ __all__ = [
     "ToolInvocation",
     "ToolOutcome",
     "ToolRegistry",
+    "ToolWorker",
     "WebUrl",
     "builtin_registry",
     "classify_address",
