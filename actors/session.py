@@ -44,7 +44,7 @@ from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, plan_host_count
-from agentcluster.store import SqlStateStore
+from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
@@ -249,7 +249,7 @@ class HostController:
         self._count = settings.runtime.min_hosts
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._store: SqlStateStore | None = None
+        self._store: ActivationStore | None = None
         self.woken = 0
 
     def _ensure_loop(self) -> None:
@@ -338,7 +338,7 @@ class HostController:
                 log.warning("host controller: could not wake session %s: %s", session_id, exc)
 
     async def _orphaned_session_actors(
-        self, router: RaySessionRouter, store: SqlStateStore
+        self, router: RaySessionRouter, store: ActivationStore
     ) -> list[str]:
         # Isolation mode: sessions with open turns whose own actor is gone for good (drained by
         # `agentcluster down` or a node stop, not restarted by Ray): waking creates it again.
@@ -348,7 +348,7 @@ class HostController:
         live = set(router.named_actors())
         return [sid for sid in owned if router.session_actor_name(sid) not in live]
 
-    async def _state_store(self) -> SqlStateStore:
+    async def _state_store(self) -> ActivationStore:
         if self._store is None:
             from agentcluster.bootstrap import open_state_store
 
