@@ -1,6 +1,9 @@
 """The HTTP API v1 contract shared by the gateway and the Python client."""
 
 from agentcluster.api._models import (
+    CURSOR_PATTERN,
+    ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_CONTENT_CHARS,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -32,6 +35,9 @@ from agentcluster.api._stream import Delta, Overflow, StreamItem
 PROBLEM_BASE = "https://agentcluster.dev/problems/"
 
 __all__ = [
+    "CURSOR_PATTERN",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "ID_PATTERN",
     "MAX_CONTENT_CHARS",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",

@@ -16,6 +16,9 @@ from agentcluster.domain import ApiKey, Message, Session
 from agentcluster.events import Usage
 
 __all__ = [
+    "CURSOR_PATTERN",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "ID_PATTERN",
     "MAX_CONTENT_CHARS",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
@@ -44,6 +47,13 @@ __all__ = [
 ]
 
 MAX_CONTENT_CHARS = 32_000
+CURSOR_PATTERN = r"^[0-9]{1,17}\.[0-9a-f-]{1,36}$"
+"""A page's ``next_cursor``: ``<created_at in microseconds since 1970 UTC>.<session id>``; any
+string of this form is a valid position (a page starts after it)."""
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$"
+"""1-200 printable ASCII characters."""
+ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""Ids of sessions, messages, turns and keys: lowercase UUIDs (any other is unknown)."""
 MAX_METADATA_DEPTH = 16
 """Nesting levels of session metadata (the object itself is level 1)."""
 MAX_METADATA_BYTES = 16 * 1024
@@ -137,7 +147,11 @@ class SessionOut(_Out):
 
 class SessionList(_Out):
     items: list[SessionOut]
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(
+        default=None,
+        pattern=CURSOR_PATTERN,
+        description="pass as ?cursor= for the next page; null on the last page",
+    )
 
 
 class MessageIn(_In):

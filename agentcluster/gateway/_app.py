@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
-from fastapi import APIRouter, FastAPI, Header, Query, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,13 +36,19 @@ from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._a2a import a2a_router
 from agentcluster.gateway._callers import CallerDep, ServiceDep
-from agentcluster.gateway._inputs import JsonDepthLimit, parse_event_id
+from agentcluster.gateway._inputs import MAX_EVENT_ID, JsonDepthLimit, parse_event_id
 from agentcluster.gateway._langgraph import langgraph_router
 from agentcluster.gateway._limits_api import include_limits_api
 from agentcluster.gateway._mcp import MCP_PATH, McpEndpoint
 from agentcluster.gateway._openai import openai_router
 from agentcluster.gateway._problems import BodyLimit, ProblemError, install_problem_handlers
 from agentcluster.gateway._ready import include_ready, start_ready, stop_ready
+from agentcluster.gateway._responses import (
+    digits_at_most,
+    exact_openapi,
+    operations_of,
+    problem_responses,
+)
 from agentcluster.gateway._service import GatewayService
 from agentcluster.gateway._settings_api import (
     include_settings_api,
@@ -144,14 +151,47 @@ def _parse_after(last_event_id: str | None, after: str | None) -> int:
     return from_header if from_header is not None else from_query or 0
 
 
+_IDEMPOTENCY_KEY = re.compile(api.IDEMPOTENCY_KEY_PATTERN)
+EVENT_ID_PATTERN = digits_at_most(MAX_EVENT_ID, padding=" \t")
+"""What ``parse_event_id`` accepts, for the OpenAPI document."""
+
+
 def _idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not 1 <= len(value) <= 200 or not value.isprintable():
+    if _IDEMPOTENCY_KEY.match(value) is None:
         raise ProblemError(
-            400, "invalid-idempotency-key", "Idempotency-Key must be 1-200 printable characters"
+            400,
+            "invalid-idempotency-key",
+            "Idempotency-Key must be 1-200 printable ASCII characters",
         )
     return value
+
+
+SessionId = Annotated[
+    str, Path(description="a session's id", json_schema_extra={"pattern": api.ID_PATTERN})
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="a resend with the same key returns the first answer, never a second turn",
+        json_schema_extra={"pattern": api.IDEMPOTENCY_KEY_PATTERN},  # 400 when not (ours)
+    ),
+]
+EventId = Annotated[
+    str | None,
+    Header(
+        description="resume after this event seq (an SSE id)",
+        json_schema_extra={"pattern": EVENT_ID_PATTERN},
+    ),
+]
+AfterSeq = Annotated[
+    str | None,
+    Query(
+        description="resume after this event seq (Last-Event-ID wins)",
+        json_schema_extra={"pattern": EVENT_ID_PATTERN},
+    ),
+]
 
 
 def _json(model: BaseModel, status: int = 200) -> JSONResponse:
@@ -173,18 +213,25 @@ async def list_sessions(
     caller: CallerDep,
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=api.CURSOR_PATTERN, description="a page's next_cursor: the next page"),
+    ] = None,
 ) -> api.SessionList:
     return await service.list_sessions(caller, limit, cursor)
 
 
-@sessions.get("/{session_id}", response_model=api.SessionOut)
-async def get_session(session_id: str, caller: CallerDep, service: ServiceDep) -> api.SessionOut:
+@sessions.get("/{session_id}", response_model=api.SessionOut, responses=problem_responses(404))
+async def get_session(
+    session_id: SessionId, caller: CallerDep, service: ServiceDep
+) -> api.SessionOut:
     return await service.get_session(caller, session_id)
 
 
-@sessions.delete("/{session_id}", response_model=api.SessionOut)
-async def close_session(session_id: str, caller: CallerDep, service: ServiceDep) -> api.SessionOut:
+@sessions.delete("/{session_id}", response_model=api.SessionOut, responses=problem_responses(404))
+async def close_session(
+    session_id: SessionId, caller: CallerDep, service: ServiceDep
+) -> api.SessionOut:
     return await service.close_session(caller, session_id)
 
 
@@ -192,16 +239,24 @@ async def close_session(session_id: str, caller: CallerDep, service: ServiceDep)
     "/{session_id}/messages",
     status_code=202,
     response_model=api.MessageAccepted,
-    responses={200: {"model": api.TurnOut}},
+    responses={
+        200: {
+            "model": api.TurnOut,
+            "description": "With ?wait=true: the turn's outcome. With Accept: text/event-stream: "
+            "the turn's events and deltas as SSE, until its outcome",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(404, 409),
+    },
 )
 async def send_message(
-    session_id: str,
+    session_id: SessionId,
     body: api.MessageIn,
     caller: CallerDep,
     service: ServiceDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
-    accept: Annotated[str | None, Header()] = None,
-    wait: bool = False,
+    idempotency_key: IdempotencyKey = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    wait: Annotated[bool, Query(description="answer with the turn's outcome")] = False,
 ) -> Response:
     key = _idempotency_key(idempotency_key)
     if accept and "text/event-stream" in accept:
@@ -219,18 +274,28 @@ async def send_message(
     return _json(accepted, 202)
 
 
-@sessions.get("/{session_id}/messages", response_model=api.MessageList)
-async def list_messages(session_id: str, caller: CallerDep, service: ServiceDep) -> api.MessageList:
+@sessions.get(
+    "/{session_id}/messages", response_model=api.MessageList, responses=problem_responses(404)
+)
+async def list_messages(
+    session_id: SessionId, caller: CallerDep, service: ServiceDep
+) -> api.MessageList:
     return await service.messages(caller, session_id)
 
 
 @sessions.get(
     "/{session_id}/attachments/{attachment_id}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "The file's bytes"}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The file's bytes"},
+        **problem_responses(404),
+    },
 )
 async def get_attachment(
-    session_id: str, attachment_id: str, caller: CallerDep, service: ServiceDep
+    session_id: SessionId,
+    attachment_id: Annotated[str, Path(json_schema_extra={"pattern": api.ID_PATTERN})],
+    caller: CallerDep,
+    service: ServiceDep,
 ) -> Response:
     """A file a tool produced in the session, e.g. a browser screenshot."""
     media_type, data = await service.attachment(caller, session_id, attachment_id)
@@ -241,22 +306,34 @@ async def get_attachment(
     )
 
 
-@sessions.get("/{session_id}/events", response_class=EventSourceResponse)
+@sessions.get(
+    "/{session_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "The session's events (SSE), then its live deltas and events",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(400, 404),
+    },
+)
 async def stream_events(
-    session_id: str,
+    session_id: SessionId,
     caller: CallerDep,
     service: ServiceDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(description="resume after this seq")] = None,
+    last_event_id: EventId = None,
+    after: AfterSeq = None,
 ) -> EventSourceResponse:
     items = await service.events(caller, session_id, _parse_after(last_event_id, after))
     lease = await service.open_stream(caller)  # held until the response ends (429 past it)
     return LeasedEventSource(_sse_stream(items), lease, ping=HEARTBEAT_S)
 
 
-@sessions.post("/{session_id}/cancel", response_model=api.CancelOut)
+@sessions.post(
+    "/{session_id}/cancel", response_model=api.CancelOut, responses=problem_responses(404)
+)
 async def cancel(
-    session_id: str, caller: CallerDep, service: ServiceDep, body: api.CancelIn | None = None
+    session_id: SessionId, caller: CallerDep, service: ServiceDep, body: api.CancelIn | None = None
 ) -> api.CancelOut:
     return await service.cancel(caller, session_id, body.turn_id if body is not None else None)
 
@@ -269,15 +346,19 @@ async def list_agents(caller: CallerDep, service: ServiceDep) -> api.AgentList:
     return service.agents(caller)
 
 
-@agents.get("/{name}", response_model=api.AgentOut)
-async def get_agent(name: str, caller: CallerDep, service: ServiceDep) -> api.AgentOut:
+@agents.get("/{name}", response_model=api.AgentOut, responses=problem_responses(404))
+async def get_agent(
+    name: Annotated[str, Path(description="an agent's name")],
+    caller: CallerDep,
+    service: ServiceDep,
+) -> api.AgentOut:
     return service.agent(caller, name)
 
 
 keys = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-@keys.post("", status_code=201, response_model=api.KeyCreated)
+@keys.post("", status_code=201, response_model=api.KeyCreated, responses=problem_responses(404))
 async def create_key(
     body: api.KeyCreateIn, caller: CallerDep, service: ServiceDep
 ) -> api.KeyCreated:
@@ -291,8 +372,12 @@ async def list_keys(
     return await service.list_keys(caller, tenant_id)
 
 
-@keys.delete("/{key_id}", status_code=204)
-async def revoke_key(key_id: str, caller: CallerDep, service: ServiceDep) -> Response:
+@keys.delete("/{key_id}", status_code=204, responses=problem_responses(404))
+async def revoke_key(
+    key_id: Annotated[str, Path(json_schema_extra={"pattern": api.ID_PATTERN})],
+    caller: CallerDep,
+    service: ServiceDep,
+) -> Response:
     await service.revoke_key(caller, key_id)
     return Response(status_code=204)
 
@@ -467,4 +552,5 @@ def create_app(
     mcp = McpEndpoint(current_service)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp))
     include_console(app, probe=probe)  # the web console at /ui, /v1/whoami and /v1/cluster
+    exact_openapi(app, profiles, foreign=operations_of([openai_router, langgraph_router]))
     return app

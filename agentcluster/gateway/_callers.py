@@ -4,11 +4,13 @@
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
 
 __all__ = [
+    "BEARER",
     "AdminDep",
     "CallerDep",
     "ServiceDep",
@@ -17,6 +19,14 @@ __all__ = [
     "request_caller",
     "request_service",
 ]
+
+
+BEARER = HTTPBearer(
+    auto_error=False,  # bearer_token below answers a missing or malformed header itself
+    scheme_name="bearer",
+    description="A tenant's API key, or the admin key (keys, limits and settings)",
+)
+"""The security scheme of every authenticated operation in the OpenAPI document."""
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -44,8 +54,12 @@ ServiceDep = Annotated[GatewayService, Depends(request_service)]
 
 
 async def request_caller(
-    service: ServiceDep, authorization: Annotated[str | None, Header()] = None
+    service: ServiceDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Caller:
+    """The authenticated caller of a request (its key read from the raw header, so that any
+    scheme but Bearer gets a 401 saying so), admitted against its tenant's rate."""
     caller = await service.authenticate(bearer_token(authorization))
     await service.admit(caller)  # the tenant's requests per minute: 429 past it
     return caller

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path
 
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import AdminDep, ServiceDep
+from agentcluster.gateway._responses import problem_responses
 from agentcluster.gateway._service import GatewayService
 from agentcluster.limits import LimitOverrides, TenantLimitsOut, TenantLimitsService
 
@@ -38,7 +39,7 @@ async def _known_tenant(service: GatewayService, tenant_id: str) -> None:
     await service.runtime.store.get_tenant(tenant_id)  # 404 for an unknown tenant
 
 
-@limits_router.get("", response_model=TenantLimitsOut)
+@limits_router.get("", response_model=TenantLimitsOut, responses=problem_responses(404))
 async def get_limits(
     tenant_id: TenantId, _admin: AdminDep, service: ServiceDep, limits: LimitsDep
 ) -> TenantLimitsOut:
@@ -46,7 +47,7 @@ async def get_limits(
     return await limits.read(tenant_id)
 
 
-@limits_router.put("", response_model=TenantLimitsOut)
+@limits_router.put("", response_model=TenantLimitsOut, responses=problem_responses(404))
 async def put_limits(
     tenant_id: TenantId,
     body: LimitOverrides,

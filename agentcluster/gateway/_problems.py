@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentcluster.api import PROBLEM_BASE
@@ -25,7 +26,7 @@ from agentcluster.errors import (
     UserError,
 )
 
-__all__ = ["BodyLimit", "ProblemError", "install_problem_handlers", "problem"]
+__all__ = ["BodyLimit", "ProblemError", "allowed_methods", "install_problem_handlers", "problem"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,32 @@ def _rate_headers(exc: AgentClusterError) -> dict[str, str] | None:
     return headers
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` value of a 405: every method some route serves at the request's path (the
+    router answers with the first route that matched the path only, which may be one of several,
+    e.g. ``GET`` and ``DELETE`` of ``/v1/sessions/{session_id}``)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+def _http_headers(request: Request, exc: StarletteHTTPException) -> dict[str, str] | None:
+    """The exception's headers; a 405 lists the path's methods in ``Allow`` (RFC 9110)."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return headers or None
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error (ours, validation, HTTP, unexpected) to a problem+json response."""
 
@@ -146,7 +173,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         problem_type = _HTTP_TYPES.get(exc.status_code, "http-error")
-        return problem(exc.status_code, problem_type, str(exc.detail), instance=request.url.path)
+        return problem(
+            exc.status_code,
+            problem_type,
+            str(exc.detail),
+            instance=request.url.path,
+            headers=_http_headers(request, exc),
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -70,9 +70,14 @@ def ready_body(readiness: Readiness, *, details: bool) -> api.Ready:
     )
 
 
-@router.get("/v1/ready", response_model=api.Ready, responses={503: {"model": api.Ready}})
+@router.get(
+    "/v1/ready",
+    response_model=api.Ready,
+    responses={503: {"model": api.Ready, "description": "Some dependency is down"}},
+    openapi_extra={"security": [{}, {"bearer": []}]},  # the admin key is optional here
+)
 async def ready(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> JSONResponse:
     """200 when every configured dependency answers, 503 naming the ones that do not. Details
     (``detail``, ``latency_ms``) only with ``Authorization: Bearer <admin key>``."""

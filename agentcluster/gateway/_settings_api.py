@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from agentcluster.config import Settings
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._callers import AdminDep
+from agentcluster.gateway._responses import problem_responses
 from agentcluster.providers import (
     NAME_PATTERN,
     Probe,
@@ -50,19 +51,21 @@ ProviderName = Annotated[str, Path(pattern=NAME_PATTERN)]
 settings_router = APIRouter(prefix="/v1/settings/providers", tags=["settings"])
 
 
-@settings_router.get("", response_model=ProviderSettingsOut)
+@settings_router.get("", response_model=ProviderSettingsOut, responses=problem_responses(500))
 async def get_providers(_admin: AdminDep, providers: ProvidersDep) -> ProviderSettingsOut:
     return await providers.get()
 
 
-@settings_router.put("", response_model=ProviderSettingsOut)
+@settings_router.put("", response_model=ProviderSettingsOut, responses=problem_responses(409, 500))
 async def put_providers(
     body: ProviderSettingsIn, _admin: AdminDep, providers: ProvidersDep
 ) -> ProviderSettingsOut:
     return await providers.put(body)
 
 
-@settings_router.post("/{name}/test", response_model=ProviderTestResult)
+@settings_router.post(
+    "/{name}/test", response_model=ProviderTestResult, responses=problem_responses(404, 500)
+)
 async def test_provider(
     name: ProviderName,
     _admin: AdminDep,

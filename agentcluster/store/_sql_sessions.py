@@ -3,8 +3,8 @@ SQLAlchemy (the :class:`~agentcluster.store.SessionStore` role)."""
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -32,18 +32,24 @@ from agentcluster.store.models import (
 __all__ = ["SqlSessions"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_CURSOR = re.compile(r"([0-9]{1,17})\.([0-9a-f-]{1,36})")
+"""A position in a tenant's sessions: ``<created_at in microseconds since 1970 UTC>.<session
+id>``. Every string of this form is a valid cursor (``agentcluster.api.CURSOR_PATTERN``, in the
+OpenAPI document); a page starts after that position."""
+
+
 def _encode_cursor(created_at: datetime, session_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{session_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    stamp = created_at if created_at.tzinfo is not None else created_at.replace(tzinfo=UTC)
+    return f"{(stamp - _EPOCH) // _MICROSECOND}.{session_id}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, session_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), session_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(f"invalid cursor {cursor!r}") from exc
+    found = _CURSOR.fullmatch(cursor)
+    if found is None:
+        raise ValidationFailed(f"invalid cursor {cursor!r}: <microseconds>.<session id> expected")
+    return _EPOCH + int(found[1]) * _MICROSECOND, found[2]
 
 
 class SqlSessions(SqlWriting):
