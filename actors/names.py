@@ -8,12 +8,14 @@ pool member                 ``pool-<pool>-<incarnation>-<n>`` (:func:`pool_membe
                             manager, ``<incarnation>`` six hex digits new with each manager start
 tool pool / browser pool    ``<host_prefix>-tools`` / ``<host_prefix>-browser`` (pool names)
 detached workers            ``<host_prefix>-relay``, ``<host_prefix>-inbound`` (:func:`worker`)
-session hosts               ``<host_prefix>-<n>``, ``<host_prefix>-session-<id>``,
-                            ``<host_prefix>-controller`` (built in ``actors/session.py``)
+session hosts               ``<host_prefix>-<n>`` (:func:`host`: placed hosts, then standbys)
+session's own actor         ``<host_prefix>-session-<id>`` (:func:`session_actor`, isolation mode)
+host controller             ``<host_prefix>-controller`` (:func:`controller`)
 ==========================  ====================================================================
 
-Whoever needs to tell actors apart by name (the console's cluster view lists the pool managers)
-asks :func:`pool_managers` here instead of parsing names itself.
+Whoever needs to tell actors apart by name (the console's cluster view lists the pool managers,
+the session router its host set's actors) asks :func:`pool_managers` or :func:`host_actors` here
+instead of parsing names itself.
 """
 
 from __future__ import annotations
@@ -30,11 +32,17 @@ __all__ = [
     "INCARNATION_DIGITS",
     "PoolKind",
     "WorkerRole",
+    "controller",
+    "host",
+    "host_actors",
+    "host_set_prefix",
     "pool",
     "pool_manager",
     "pool_managers",
     "pool_member",
     "pool_members",
+    "session_actor",
+    "session_actor_prefix",
     "worker",
 ]
 
@@ -75,6 +83,43 @@ def worker(runtime: RuntimeSettings, role: WorkerRole) -> str:
     """The actor name of the cluster's detached ``role`` worker (the outbox relay, the Kafka
     inbound consumer)."""
     return f"{runtime.host_prefix}-{role}"
+
+
+def host_set_prefix(runtime: RuntimeSettings) -> str:
+    """What every actor name of the host set starts with (hosts, sessions' own actors, the
+    controller), and so every session owner id of it (``<host name>~<incarnation>``)."""
+    return f"{runtime.host_prefix}-"
+
+
+def host(runtime: RuntimeSettings, index: int) -> str:
+    """The actor name of session host ``index`` (placed hosts first, standbys after them)."""
+    return f"{host_set_prefix(runtime)}{index}"
+
+
+def session_actor_prefix(runtime: RuntimeSettings) -> str:
+    """What the names of sessions' own actors (isolation mode) start with."""
+    return f"{host_set_prefix(runtime)}session-"
+
+
+def session_actor(runtime: RuntimeSettings, session_id: str) -> str:
+    """The actor name of a session's own host (isolation mode: one actor per session)."""
+    return f"{session_actor_prefix(runtime)}{session_id}"
+
+
+def controller(runtime: RuntimeSettings) -> str:
+    """The actor name of the host set's controller."""
+    return f"{host_set_prefix(runtime)}controller"
+
+
+def host_actors(runtime: RuntimeSettings, actor_names: Iterable[str]) -> list[str]:
+    """The session hosts and sessions' own actors among ``actor_names`` (one namespace's named
+    actors), in their order: not the controller, the workers or the pools."""
+    prefix, sessions = host_set_prefix(runtime), session_actor_prefix(runtime)
+    return [
+        name
+        for name in actor_names
+        if name.startswith(prefix) and (name[len(prefix) :].isdigit() or name.startswith(sessions))
+    ]
 
 
 def pool_managers(actor_names: Iterable[str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.actor import ActorHandle
@@ -20,9 +20,16 @@ from agentcluster.config import Settings
 from agentcluster.errors import ConfigError, InfrastructureError
 from agentcluster.eventlog import OutboxRelay
 from agentcluster.logs import configure_logging
-from agentcluster.store import SqlStateStore
+from agentcluster.store import OutboxBacklog, OutboxSource
 
-__all__ = ["RelayWorker", "RelayWorkerActor", "start_relay"]
+__all__ = ["RelayStore", "RelayWorker", "RelayWorkerActor", "start_relay"]
+
+
+class RelayStore(OutboxSource, OutboxBacklog, Protocol):
+    """The store roles the relay worker holds: the outbox it relays, its backlog (the lag in
+    :meth:`RelayWorker.stats`) and closing it."""
+
+    async def close(self) -> None: ...
 
 
 class RelayWorker:
@@ -34,7 +41,7 @@ class RelayWorker:
             raise ConfigError("SA01_KAFKA_BOOTSTRAP_SERVERS: the relay needs Kafka")
         self._settings = settings
         self._stop = asyncio.Event()
-        self._store: SqlStateStore | None = None
+        self._store: RelayStore | None = None
         self._relay: OutboxRelay | None = None
         # Built inside the actor's event loop: start at once, and again after a restart.
         self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())

@@ -2,7 +2,8 @@
 
 All Ray API calls of the runtime live in this module: ``ray.remote`` is applied once, to the plain
 :class:`SessionHost` wrapper around :class:`~agentcluster.runtime.SessionHostCore`, and the
-:class:`RaySessionRouter` is the only code that names, creates or looks up host actors.
+:class:`RaySessionRouter` is the only code that creates or looks up host actors (their names come
+from :mod:`actors.names`).
 
 Placement: hosts are named, detached, restartable actors ``<prefix>-<n>``; a session maps to a host
 by rendezvous hashing over the current host count (so growing or shrinking moves only the sessions
@@ -35,6 +36,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
+from actors import names as actor_names
 from actors.compose import build_runtime_deps
 from agentcluster import tracing
 from agentcluster.config import RuntimeSettings, Settings
@@ -42,7 +44,7 @@ from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, plan_host_count
-from agentcluster.store import SqlStateStore
+from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
@@ -247,7 +249,7 @@ class HostController:
         self._count = settings.runtime.min_hosts
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._store: SqlStateStore | None = None
+        self._store: ActivationStore | None = None
         self.woken = 0
 
     def _ensure_loop(self) -> None:
@@ -315,7 +317,7 @@ class HostController:
         isolation = runtime.sessions_per_host == 1
         store = await self._state_store()
         candidates = await store.sessions_to_wake(
-            f"{runtime.host_prefix}-",
+            actor_names.host_set_prefix(runtime),
             None if isolation else live_hosts,
             # The accepting process retries waking for about a minute first; only then is an
             # unowned session this controller's (a database may be shared by host sets).
@@ -336,7 +338,7 @@ class HostController:
                 log.warning("host controller: could not wake session %s: %s", session_id, exc)
 
     async def _orphaned_session_actors(
-        self, router: RaySessionRouter, store: SqlStateStore
+        self, router: RaySessionRouter, store: ActivationStore
     ) -> list[str]:
         # Isolation mode: sessions with open turns whose own actor is gone for good (drained by
         # `agentcluster down` or a node stop, not restarted by Ray): waking creates it again.
@@ -346,7 +348,7 @@ class HostController:
         live = set(router.named_actors())
         return [sid for sid in owned if router.session_actor_name(sid) not in live]
 
-    async def _state_store(self) -> SqlStateStore:
+    async def _state_store(self) -> ActivationStore:
         if self._store is None:
             from agentcluster.bootstrap import open_state_store
 
@@ -393,30 +395,22 @@ class RaySessionRouter:
     # -- names and handles ------------------------------------------------------------------
 
     def _host_name(self, index: int) -> str:
-        return f"{self._runtime.host_prefix}-{index}"
+        return actor_names.host(self._runtime, index)
 
     @property
     def session_actor_prefix(self) -> str:
-        return f"{self._runtime.host_prefix}-session-"
+        return actor_names.session_actor_prefix(self._runtime)
 
     def session_actor_name(self, session_id: str) -> str:
         """The name of a session's own actor (isolation mode)."""
-        return f"{self.session_actor_prefix}{session_id}"
+        return actor_names.session_actor(self._runtime, session_id)
 
     def named_actors(self) -> list[str]:
         """The live (or restarting) named host actors of this host set: placed hosts, standbys
         and sessions' own actors."""
-        prefix = f"{self._runtime.host_prefix}-"
-        return [
-            entry["name"]
-            for entry in ray.util.list_named_actors(all_namespaces=True)
-            if entry["namespace"] == self._runtime.namespace
-            and entry["name"].startswith(prefix)
-            and (
-                entry["name"][len(prefix) :].isdigit()
-                or entry["name"].startswith(self.session_actor_prefix)
-            )
-        ]
+        listed = ray.util.list_named_actors(all_namespaces=True)
+        named = [e["name"] for e in listed if e["namespace"] == self._runtime.namespace]
+        return actor_names.host_actors(self._runtime, named)
 
     def _options(self, name: str, restart: bool = True) -> dict[str, Any]:
         return {
@@ -446,7 +440,7 @@ class RaySessionRouter:
 
     def _controller_handle(self) -> Any:
         if self._controller is None:
-            name = f"{self._runtime.host_prefix}-controller"
+            name = actor_names.controller(self._runtime)
             options = self._options(name) | {"max_concurrency": 16}
             options.pop("scheduling_strategy")
             self._controller = _HostControllerActor.options(**options).remote(self._settings)

@@ -30,7 +30,7 @@ from agentcluster.redact import mask_url, scrub
 from agentcluster.redisconn import Redis, open_redis, redis_errors
 
 if TYPE_CHECKING:
-    from agentcluster.store import SqlStateStore, StoreHealth
+    from agentcluster.store import SharedDatabase, StoreHealth
 
 __all__ = ["DependencyStatus", "Readiness", "ReadinessProbe", "probe_all", "require_all"]
 
@@ -74,7 +74,7 @@ class _Clients:
         self.settings = settings
         self.timeout_s = timeout_s
         self.shared_store = store
-        self.own_store: SqlStateStore | None = None
+        self.own_store: SharedDatabase | None = None
         self.redis: Redis | None = None
         self.kafka: AIOKafkaAdminClient | None = None
         self.http: httpx.AsyncClient | None = None

@@ -42,3 +42,28 @@ def test_pool_members_are_named_under_a_new_incarnation_per_manager_start() -> N
     assert names.pool_managers([names.pool_manager("ac-x-tools"), first(2)]) == {
         "pool-ac-x-tools": "ac-x-tools"
     }
+
+
+def test_names_of_the_host_set() -> None:
+    runtime = RuntimeSettings(host_prefix="ac-x")
+    assert names.host(runtime, 0) == "ac-x-0"
+    assert names.session_actor(runtime, "s-1") == "ac-x-session-s-1"
+    assert names.session_actor(runtime, "s-1").startswith(names.session_actor_prefix(runtime))
+    assert names.controller(runtime) == "ac-x-controller"
+    assert names.host(runtime, 3).startswith(names.host_set_prefix(runtime))
+
+
+def test_host_actors_are_the_hosts_and_sessions_own_actors_only() -> None:
+    runtime = RuntimeSettings(host_prefix="ac-x")
+    listed = [
+        names.host(runtime, 0),
+        names.controller(runtime),
+        names.session_actor(runtime, "s-1"),
+        names.worker(runtime, "relay"),
+        names.pool(runtime, "tools"),
+        names.pool_manager(names.pool(runtime, "tools")),
+        "ac-xy-1",
+        "other-2",
+        names.host(runtime, 12),
+    ]
+    assert names.host_actors(runtime, listed) == ["ac-x-0", "ac-x-session-s-1", "ac-x-12"]
