@@ -1,7 +1,7 @@
 """The agent runtime: sessions as virtual actors on hosts, and the in-cluster API to reach them."""
 
 from agentcluster.runtime._activation import Activation, history_from_messages
-from agentcluster.runtime._api import Runtime, SessionRouter
+from agentcluster.runtime._api import Runtime, RuntimeStore, SessionRouter
 from agentcluster.runtime._feed import Delta, LiveFeed, Overflow, StreamItem
 from agentcluster.runtime._host import HostStats, RuntimeDeps, SessionHostCore
 from agentcluster.runtime._hostset import plan_host_count
@@ -14,6 +14,7 @@ __all__ = [
     "Overflow",
     "Runtime",
     "RuntimeDeps",
+    "RuntimeStore",
     "SessionHostCore",
     "SessionRouter",
     "StreamItem",

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from agentcluster import events as ev
-from agentcluster.domain import Session, Submission
+from agentcluster.domain import Session, Submission, Turn
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
-from agentcluster.store import SqlStateStore
+from agentcluster.store import SessionStore, SharedDatabase, TenantStore
 
-__all__ = ["Runtime", "SessionRouter"]
+__all__ = ["Runtime", "RuntimeStore", "SessionRouter"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,17 @@ class SessionRouter(Protocol):
     ) -> AsyncIterator[StreamItem]: ...
 
 
+class RuntimeStore(SessionStore, TenantStore, SharedDatabase, Protocol):
+    """The store roles a :class:`Runtime` is given: the sessions, messages and turns it reads and
+    writes (:class:`~agentcluster.store.SessionStore`; ``close``), and the roles the API built on
+    it takes from ``runtime.store``: tenants and keys (authentication, the admin routes), the
+    database the settings tables and the readiness probe use; and a session's open turns (is it
+    busy?). Not the session hosts' roles (activation, the journal) nor the relay's (the
+    outbox)."""
+
+    async def open_turns(self, session_id: str) -> list[Turn]: ...
+
+
 class Runtime:
     """Sessions, messages and their event streams, scoped by tenant.
 
@@ -53,7 +64,7 @@ class Runtime:
     with the Ray session router (the core never imports the Ray edge).
 
     Args:
-        store: the state store.
+        store: the state store, by the roles the runtime and the API use (:class:`RuntimeStore`).
         router: reaches the sessions' hosts.
         notify_timeout_s: how long accepting a message waits to wake its host (best effort:
             a message is accepted once committed; a session not woken then is woken by the
@@ -61,7 +72,7 @@ class Runtime:
     """
 
     def __init__(
-        self, store: SqlStateStore, router: SessionRouter, *, notify_timeout_s: float = 2.0
+        self, store: RuntimeStore, router: SessionRouter, *, notify_timeout_s: float = 2.0
     ) -> None:
         self.store = store
         self.router = router
