@@ -53,9 +53,6 @@ class BrowserActor(BrowserWorker):
     methods), named for Ray and the traces (``BrowserActor/execute``)."""
 
 
-# --- pooling ----------------------------------------------------------------------------------
-
-
 def browser_pool_spec(
     settings: Settings,
     *,
