@@ -149,8 +149,8 @@ class SessionList(_Out):
     items: list[SessionOut]
     next_cursor: str | None = Field(
         default=None,
-        pattern=CURSOR_PATTERN,
         description="pass as ?cursor= for the next page; null on the last page",
+        json_schema_extra={"pattern": CURSOR_PATTERN},  # documented; clients keep it opaque
     )
 
 
