@@ -8,10 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "SUPERSEDING",
     "Activated",
     "ApiKey",
     "Message",
     "MessageRole",
+    "MultitaskStrategy",
     "OutboxRecord",
     "Page",
     "Session",
@@ -24,6 +26,11 @@ __all__ = [
 
 SessionStatus = Literal["active", "closed"]
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
+"""What a message does when the session has a turn open (double-texting): ``enqueue`` waits its
+turn; ``reject`` is refused (409); ``interrupt`` cancels the open turns, keeping what they wrote;
+``rollback`` cancels them and hides their messages from the model."""
+SUPERSEDING: frozenset[str] = frozenset({"interrupt", "rollback"})
 MessageRole = Literal["system", "user", "assistant", "tool"]
 
 
@@ -71,6 +78,8 @@ class Message(_Record):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     created_at: datetime
+    rolled_back: bool = False
+    """A later message rolled its turn back: kept for the record, never shown to the model."""
 
 
 class Turn(_Record):
@@ -86,6 +95,8 @@ class Turn(_Record):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    strategy: MultitaskStrategy = "enqueue"
+    """The multitask strategy its message was sent with."""
 
 
 class Submission(_Record):

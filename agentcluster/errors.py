@@ -9,6 +9,7 @@ Hierarchy::
     │   ├── Forbidden                  403: denied (by the policy, for one)
     │   ├── NotFoundError              404: no such session/key/agent *for this tenant*
     │   ├── ConflictError              409: state does not allow it (closed session, ...)
+    │   │   └── TurnInProgress         409: a ``reject`` message while a turn is open
     │   ├── ValidationFailed           422: well-formed but invalid input
     │   └── RateLimited                429: over the tenant's request rate; retryable after
     │       │                          ``retry_after`` seconds
@@ -46,6 +47,7 @@ __all__ = [
     "TerminalFailure",
     "TooManyStreams",
     "ToolError",
+    "TurnInProgress",
     "UserError",
     "ValidationFailed",
 ]
@@ -117,6 +119,13 @@ class ConflictError(UserError):
 
     status = 409
     problem_type = "conflict"
+
+
+class TurnInProgress(ConflictError):
+    """A message sent with the ``reject`` multitask strategy while the session has a turn open
+    (running, queued or waiting); nothing was written."""
+
+    problem_type = "turn-in-progress"
 
 
 class ValidationFailed(UserError):

@@ -89,6 +89,9 @@ class MessageReceived(EventBase):
     message_id: str
     turn_id: str
     content: str
+    multitask_strategy: Literal["enqueue", "interrupt", "rollback"] = "enqueue"
+    """What the message does to turns open when it arrived (``interrupt`` and ``rollback``
+    cancel them; a ``reject`` message that was accepted found none open and is ``enqueue``)."""
 
 
 class TurnStarted(EventBase):
@@ -157,6 +160,11 @@ class TurnCancelled(EventBase):
     type: Literal["turn.cancelled"] = "turn.cancelled"
     turn_id: str
     reason: str = ""
+    superseded_by: str | None = None
+    """The turn of the ``interrupt`` or ``rollback`` message that cancelled this one."""
+    rolled_back: bool = False
+    """The turn's messages are hidden from the model from now on (``rollback``); the events keep
+    them."""
 
 
 class SessionClosed(EventBase):

@@ -45,6 +45,7 @@ __all__ = [
     "Trimmer",
     "TurnContext",
     "TurnJournal",
+    "TurnNotOpen",
     "TurnResult",
     "add_usage",
     "dangling_calls",
@@ -84,10 +85,20 @@ class TurnResult(BaseModel):
     steps: int = 0
 
 
+class TurnNotOpen(Exception):
+    """Raised by :meth:`TurnJournal.turn_started`: the turn ended before it could start (it was
+    cancelled or superseded meanwhile); nothing was written and the turn must not run."""
+
+
 class TurnJournal(Protocol):
     """Port: durable record of a turn's steps (each call commits before returning)."""
 
-    async def turn_started(self, turn_id: str, attempt: int) -> None: ...
+    async def turn_started(self, turn_id: str, attempt: int) -> None:
+        """Record the turn running (a new attempt).
+
+        Raises:
+            TurnNotOpen: it ended meanwhile (cancelled, superseded).
+        """
 
     async def delta(self, turn_id: str, step: int, text: str) -> None: ...
 

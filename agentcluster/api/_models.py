@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentcluster.domain import ApiKey, Message, Session
+from agentcluster.domain import ApiKey, Message, MultitaskStrategy, Session
 from agentcluster.events import Usage
 
 __all__ = [
@@ -156,6 +156,16 @@ class SessionList(_Out):
 
 class MessageIn(_In):
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    multitask_strategy: MultitaskStrategy = Field(
+        default="enqueue",
+        description=(
+            "What the message does when the session has a turn open (double-texting): "
+            "`enqueue` runs it after them; `reject` refuses it with 409 `turn-in-progress` "
+            "(nothing is stored); `interrupt` cancels the open turns at once, keeping what they "
+            "wrote, then runs it; `rollback` cancels them and hides their messages from the "
+            "model (the events and `GET /messages` keep them, marked `rolled_back`)."
+        ),
+    )
 
 
 class MessageAccepted(_Out):
@@ -186,6 +196,7 @@ class MessageOut(_Out):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     created_at: datetime
+    rolled_back: bool = False
 
     @classmethod
     def of(cls, message: Message) -> MessageOut:
@@ -197,6 +208,7 @@ class MessageOut(_Out):
             tool_calls=message.tool_calls,
             tool_call_id=message.tool_call_id,
             created_at=message.created_at,
+            rolled_back=message.rolled_back,
         )
 
 

@@ -29,6 +29,7 @@ from agentcluster.client import _calls as calls
 from agentcluster.client._calls import Call, RetryPolicy, new_idempotency_key
 from agentcluster.client._sse import StreamItem
 from agentcluster.client._streams import EventTail, TurnTail
+from agentcluster.domain import MultitaskStrategy
 
 __all__ = ["AsyncClient"]
 
@@ -182,15 +183,22 @@ class AsyncClient:
     # --- messages and turns -------------------------------------------------------------------
 
     async def send_message(
-        self, session_id: str, content: str, *, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> MessageAccepted:
         """Commit a user message and return at once; its turn runs in the background.
 
         Without ``idempotency_key`` one is generated per call and reused across this call's
         retries, so a resend after a lost answer never starts a second turn.
+        ``multitask_strategy`` says what the message does to a turn still open: ``enqueue``,
+        ``reject`` (:class:`ApiError` 409 ``turn-in-progress``), ``interrupt`` or ``rollback``.
         """
         key = idempotency_key or new_idempotency_key()
-        return await self._run(calls.send_message(session_id, content, key))
+        return await self._run(calls.send_message(session_id, content, key, multitask_strategy))
 
     async def ask(
         self,
@@ -199,6 +207,7 @@ class AsyncClient:
         *,
         idempotency_key: str | None = None,
         turn_timeout: float | None = 330.0,
+        multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> TurnOut:
         """Send a message and wait for its turn to finish (``?wait=true``).
 
@@ -207,7 +216,9 @@ class AsyncClient:
         keys work as in :meth:`send_message`.
         """
         key = idempotency_key or new_idempotency_key()
-        return await self._run(calls.ask(session_id, content, key, turn_timeout))
+        return await self._run(
+            calls.ask(session_id, content, key, turn_timeout, multitask_strategy)
+        )
 
     def stream_turn(
         self, session_id: str, content: str, *, idempotency_key: str | None = None

@@ -44,6 +44,7 @@ from agentcluster.client._errors import (
     retry_after_seconds,
 )
 from agentcluster.config import env
+from agentcluster.domain import MultitaskStrategy
 
 __all__ = [
     "DEFAULT_URL",
@@ -194,25 +195,31 @@ def _messages_path(session_id: str) -> str:
     return f"/v1/sessions/{_segment(session_id)}/messages"
 
 
-def send_message(session_id: str, content: str, idempotency_key: str) -> Call[MessageAccepted]:
+def send_message(
+    session_id: str, content: str, idempotency_key: str, strategy: MultitaskStrategy = "enqueue"
+) -> Call[MessageAccepted]:
     return Call(
         "POST",
         _messages_path(session_id),
         _model(MessageAccepted, 202, 200),
-        body=_body(MessageIn, content=content),
+        body=_body(MessageIn, content=content, multitask_strategy=strategy),
         headers={"Idempotency-Key": idempotency_key},
     )
 
 
 def ask(
-    session_id: str, content: str, idempotency_key: str, timeout: float | None
+    session_id: str,
+    content: str,
+    idempotency_key: str,
+    timeout: float | None,
+    strategy: MultitaskStrategy = "enqueue",
 ) -> Call[TurnOut]:
     return Call(
         "POST",
         _messages_path(session_id),
         _model(TurnOut, 200),
         params={"wait": "true"},
-        body=_body(MessageIn, content=content),
+        body=_body(MessageIn, content=content, multitask_strategy=strategy),
         headers={"Idempotency-Key": idempotency_key},
         timeout=timeout,
     )

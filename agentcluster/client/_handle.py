@@ -9,6 +9,7 @@ from typing import Any
 
 from agentcluster import api
 from agentcluster.api import StreamItem
+from agentcluster.domain import MultitaskStrategy
 
 __all__ = ["HandleClient", "connect"]
 
@@ -59,9 +60,14 @@ class HandleClient:
         return result
 
     async def send_message(
-        self, session_id: str, content: str, *, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> api.MessageAccepted:
-        body = api.MessageIn(content=content)
+        body = api.MessageIn(content=content, multitask_strategy=multitask_strategy)
         key = idempotency_key or str(uuid.uuid4())
         result: api.MessageAccepted = await self._handle.send_message.remote(
             self._api_key, session_id, body, key
@@ -69,9 +75,14 @@ class HandleClient:
         return result
 
     async def ask(
-        self, session_id: str, content: str, *, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> api.TurnOut:
-        body = api.MessageIn(content=content)
+        body = api.MessageIn(content=content, multitask_strategy=multitask_strategy)
         key = idempotency_key or str(uuid.uuid4())
         result: api.TurnOut = await self._handle.ask.remote(self._api_key, session_id, body, key)
         return result

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentcluster.domain import Submission
+from agentcluster.domain import MultitaskStrategy, Submission
 from agentcluster.errors import (
     AgentClusterError,
     DependencyUnavailable,
@@ -83,6 +83,9 @@ class InboundMessage(BaseModel):
     session_id: str = Field(min_length=1, max_length=64)
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
+    multitask_strategy: MultitaskStrategy = "enqueue"
+    """As on ``POST /messages``; a ``reject`` refused while a turn is open is dead-lettered with
+    ``turn-in-progress``."""
 
 
 class InboundStats(BaseModel):
@@ -109,6 +112,7 @@ class Submit(Protocol):
         content: str,
         *,
         idempotency_key: str | None = None,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission: ...
 
 
@@ -140,6 +144,7 @@ class CheckedSubmit:
         content: str,
         *,
         idempotency_key: str | None = None,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission:
         """Check, then submit.
 
@@ -157,7 +162,9 @@ class CheckedSubmit:
                 raise DependencyUnavailable("policy", decision.reason)
             if not decision.allowed:
                 raise Forbidden(f"denied by policy: {decision.reason}")
-        return await self._submit(tenant_id, session_id, content, idempotency_key=idempotency_key)
+        return await self._submit(
+            tenant_id, session_id, content, idempotency_key=idempotency_key, strategy=strategy
+        )
 
 
 def derived_idempotency_key(topic: str, partition: int, offset: int) -> str:
@@ -373,6 +380,7 @@ class InboundConsumer:
                 message.content,
                 idempotency_key=message.idempotency_key
                 or derived_idempotency_key(record.topic, record.partition, record.offset),
+                strategy=message.multitask_strategy,
             )
         except UserError as exc:
             await self._reject(record, exc)

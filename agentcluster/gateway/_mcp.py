@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from agentcluster import api
+from agentcluster.domain import MultitaskStrategy
 from agentcluster.errors import AgentClusterError, DependencyUnavailable
 from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
@@ -112,18 +113,27 @@ def build_mcp(service: ServiceGetter) -> FastMCP:
 
     @mcp.tool
     async def send_message(
-        session_id: str, content: str, idempotency_key: str | None = None
+        session_id: str,
+        content: str,
+        idempotency_key: str | None = None,
+        multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> dict[str, Any]:
         """Send a message to a session and wait for the turn's outcome (status, content, usage).
 
         Pass the same idempotency_key when retrying, so a retry never starts a second turn.
+        multitask_strategy, when a turn of the session is still open: enqueue (wait for it),
+        reject (fail), interrupt (cancel it, keep what it wrote) or rollback (cancel it and
+        hide its messages from the agent).
         """
         _check_idempotency_key(idempotency_key)
         gateway = service()
         caller = await _caller(gateway)
         try:
             turn = await gateway.ask(
-                caller, session_id, api.MessageIn(content=content), idempotency_key
+                caller,
+                session_id,
+                api.MessageIn(content=content, multitask_strategy=multitask_strategy),
+                idempotency_key,
             )
         except (ProblemError, AgentClusterError, ValidationError) as exc:
             raise _tool_error(exc) from None

@@ -308,6 +308,7 @@ class GatewayService:
             body.content,
             idempotency_key=idempotency_key,
             notify=notify,
+            strategy=body.multitask_strategy,
         )
 
     async def send_message(

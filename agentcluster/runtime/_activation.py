@@ -14,8 +14,8 @@ import time
 from collections import OrderedDict, defaultdict
 
 from agentcluster import tracing
-from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext
-from agentcluster.domain import Message, Session, Turn
+from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext, TurnNotOpen
+from agentcluster.domain import SUPERSEDING, Message, Session, Turn
 from agentcluster.errors import StaleEpochError
 from agentcluster.events import TurnOutcome, Usage
 from agentcluster.llm import ChatMessage, ToolCallSpec
@@ -52,13 +52,14 @@ def history_from_messages(messages: list[Message], exclude_turns: set[str]) -> l
 
     Messages are stored in commit order, where a queued message may sit between an earlier turn's
     steps; grouping by turn restores the conversation. Turns in ``exclude_turns`` (queued, not yet
-    started) are left out: a turn only sees messages that arrived before it.
+    started) are left out: a turn only sees messages that arrived before it; so are messages a
+    later message rolled back.
     """
     order: list[str] = []
     by_turn: dict[str, list[Message]] = defaultdict(list)
     for message in messages:
         key = message.turn_id or message.message_id
-        if key in exclude_turns:
+        if key in exclude_turns or message.rolled_back:
             continue
         if key not in by_turn:
             order.append(key)
@@ -104,6 +105,7 @@ class Activation:
         self._turn_task: asyncio.Task[object] | None = None
         self._current_turn: str | None = None
         self._wake = asyncio.Event()
+        self._checks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.stale = False
         self.last_active = time.monotonic()
@@ -133,6 +135,12 @@ class Activation:
         self._wake.set()
         if not self.busy:
             self._worker = asyncio.create_task(self._work(), name=f"session-{self.session_id}")
+        elif turn_id is not None and self._turn_task is not None and turn_id != self._current_turn:
+            # A message arrived while a turn runs: if it interrupts or rolls back, the running
+            # turn stops now rather than when it ends (the worker cancels the rest).
+            check = asyncio.create_task(self._interrupt_if_superseded())
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
 
     async def wait_outcome(self, turn_id: str, timeout_s: float) -> TurnOutcome | None:
         """Pump, then wait for ``turn_id``'s outcome event; None when it does not come from this
@@ -190,6 +198,7 @@ class Activation:
                 self._wake.clear()
                 turns = await self._store.open_turns_with_prompts(self.session_id)
                 self._settle_unknown({turn.turn_id for turn, _prompt in turns})
+                turns = await self._supersede(turns)
                 if turns and not self.stale and not self._stopping:
                     # One turn, then look again only if woken meanwhile (a message arrived,
                     # a cancel came) or more were open: no query after every turn.
@@ -222,6 +231,8 @@ class Activation:
             )
             return
         if not interrupted:
+            if turn.strategy == "rollback":
+                await self._reload_history()  # without what it rolled back
             self.history.append(ChatMessage(role="user", content=prompt))
         context = TurnContext(
             tenant_id=self.session.tenant_id,
@@ -252,6 +263,8 @@ class Activation:
                     (time.monotonic() - started) * 1000,
                     context.attempt,
                 )
+        except TurnNotOpen:  # cancelled or superseded between being read and starting
+            span.set_attribute("agentcluster.turn.status", "not-open")
         except asyncio.CancelledError:
             span.set_attribute("agentcluster.turn.status", "cancelled")
             worker = asyncio.current_task()
@@ -282,6 +295,40 @@ class Activation:
             parent=self._traces.pop(context.turn_id, {}),
         )
 
+    async def _supersede(self, turns: list[tuple[Turn, str]]) -> list[tuple[Turn, str]]:
+        """Cancel the open turns before the last ``interrupt`` or ``rollback`` message (durable:
+        also when the message arrived while the session had no host); returns those left."""
+        last = _last_superseding(turns)
+        if last <= 0:
+            return turns
+        by_turn = turns[last][0]
+        for turn, _prompt in turns[:last]:
+            rollback = by_turn.strategy == "rollback"
+            self._journal.supersede(turn.turn_id, by_turn.turn_id, rollback=rollback)
+            await self._journal.turn_cancelled(turn.turn_id, "", _usage(turn))
+        return turns[last:]
+
+    async def _interrupt_if_superseded(self) -> None:
+        running, task = self._current_turn, self._turn_task
+        try:
+            turns = await self._store.open_turns_with_prompts(self.session_id)
+        except Exception:  # the worker applies it when it looks next; nothing is lost
+            log.warning("session %s: could not check for an interrupt", self.session_id)
+            return
+        last = _last_superseding(turns)
+        before = {turn.turn_id for turn, _prompt in turns[: max(last, 0)]}
+        if running in before and task is self._turn_task and task is not None:
+            by_turn = turns[last][0]
+            self._journal.supersede(
+                running, by_turn.turn_id, rollback=by_turn.strategy == "rollback"
+            )
+            task.cancel()
+
+    async def _reload_history(self) -> None:
+        messages = await self._store.list_messages(self.session.tenant_id, self.session_id)
+        queued = {t.turn_id for t in await self._store.open_turns(self.session_id)}
+        self.history[:] = history_from_messages(messages, exclude_turns=queued)
+
     async def _prior_steps(self, turn: Turn) -> int:
         messages = await self._store.list_messages(self.session.tenant_id, self.session_id)
         return sum(1 for m in messages if m.turn_id == turn.turn_id and m.role == "assistant")
@@ -295,8 +342,10 @@ class Activation:
             return True
         if turn_id is None:
             return False
+        # Queued, or left running by a host the session moved from and not started here yet
+        # (once it ends here, starting it finds it closed: TurnNotOpen).
         for turn in await self._store.open_turns(self.session_id):
-            if turn.turn_id == turn_id and turn.status == "queued":
+            if turn.turn_id == turn_id:
                 reason = "cancelled before it started"
                 await self._journal.turn_cancelled(turn_id, reason, _usage(turn))
                 return True
@@ -320,6 +369,14 @@ class Activation:
         for turn_id in list(self._waiters):
             self._settle(turn_id, None)  # they look in the store (or the next host) instead
         self.feed.close()
+
+
+def _last_superseding(turns: list[tuple[Turn, str]]) -> int:
+    """The index of the last open turn sent with ``interrupt`` or ``rollback`` (-1: none)."""
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index][0].strategy in SUPERSEDING:
+            return index
+    return -1
 
 
 def _usage(turn: Turn) -> Usage:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from agentcluster import events as ev
-from agentcluster.domain import Session, Submission, Turn
+from agentcluster.domain import MultitaskStrategy, Session, Submission, Turn
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import SessionStore, SharedDatabase, TenantStore
@@ -95,6 +95,7 @@ class Runtime:
         *,
         idempotency_key: str | None = None,
         notify: bool = True,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission:
         """Commit the message (durable from here on), then wake the session's host (unless
         ``notify`` is False: the caller wakes it, e.g. through :meth:`wait_turn`).
@@ -104,9 +105,13 @@ class Runtime:
         wakes the session on its next tick.
 
         A resend with the same idempotency key returns the first submission and starts nothing.
+        ``strategy`` is the multitask strategy (:data:`agentcluster.domain.MultitaskStrategy`).
+
+        Raises:
+            TurnInProgress: ``reject`` while the session has a turn open.
         """
         submission = await self.store.submit_message(
-            tenant_id, session_id, content, idempotency_key=idempotency_key
+            tenant_id, session_id, content, idempotency_key=idempotency_key, strategy=strategy
         )
         if notify:
             await self._wake(session_id, submission.turn_id)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from agentcluster import events as ev
 from agentcluster import metrics, redact
-from agentcluster.agent import TurnJournal
+from agentcluster.agent import TurnJournal, TurnNotOpen
 from agentcluster.domain import TurnStatus
 from agentcluster.events import Usage
 from agentcluster.llm import LlmResult, ToolCallSpec
@@ -46,6 +46,8 @@ class StoreJournal(TurnJournal):
         # For metrics only: when each running turn started, and each call's policy decision.
         self._started: dict[str, float] = {}
         self._decisions: dict[str, Literal["allowed", "denied", "none"]] = {}
+        # Turns a later message supersedes: the turn that does, and whether it rolls back.
+        self._superseded: dict[str, tuple[str, bool]] = {}
 
     async def _write(self, change: Callable[[JournalWriter], Awaitable[None]]) -> None:
         async with self._store.writer(self._session_id, epoch=self._epoch) as writer:
@@ -70,6 +72,8 @@ class StoreJournal(TurnJournal):
     async def turn_started(self, turn_id: str, attempt: int) -> None:
         async def change(writer: JournalWriter) -> None:
             recorded = await writer.start_turn(turn_id)
+            if recorded is None:
+                raise TurnNotOpen(turn_id)
             await writer.emit(ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded))
 
         await self._write(change)
@@ -209,14 +213,36 @@ class StoreJournal(TurnJournal):
             ),
         )
 
+    def supersede(self, turn_id: str, by_turn: str, *, rollback: bool) -> None:
+        """A later message (``by_turn``) interrupts or rolls back ``turn_id``: its cancel, by
+        whichever path it comes (the running turn's task, or this journal for a queued one),
+        records that, and a rollback hides the turn's messages from the model in the same
+        transaction."""
+        self._superseded[turn_id] = (by_turn, rollback)
+
     async def turn_cancelled(self, turn_id: str, reason: str, usage: Usage) -> None:
-        await self._finish(
-            turn_id,
-            "cancelled",
-            usage,
-            reason,
-            ev.TurnCancelled(**self._ids(), turn_id=turn_id, reason=reason),
+        superseded = self._superseded.pop(turn_id, None)
+        if superseded is None:
+            event = ev.TurnCancelled(**self._ids(), turn_id=turn_id, reason=reason)
+            await self._finish(turn_id, "cancelled", usage, reason, event)
+            return
+        by_turn, rollback = superseded
+        reason = f"{'rolled back' if rollback else 'interrupted'} by turn {by_turn}"
+        event = ev.TurnCancelled(
+            **self._ids(),
+            turn_id=turn_id,
+            reason=reason,
+            superseded_by=by_turn,
+            rolled_back=rollback,
         )
+
+        async def change(writer: JournalWriter) -> None:
+            await writer.finish_turn(turn_id, "cancelled", usage=usage.model_dump(), error=reason)
+            if rollback:
+                await writer.roll_back_messages(turn_id)
+            await writer.emit(event)
+
+        await self._write(change)
 
     async def _finish(
         self, turn_id: str, status: TurnStatus, usage: Usage, error: str, event: ev.Event

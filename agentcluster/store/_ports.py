@@ -34,6 +34,7 @@ from agentcluster.domain import (
     ApiKey,
     Message,
     MessageRole,
+    MultitaskStrategy,
     OutboxRecord,
     Page,
     Session,
@@ -116,7 +117,13 @@ class SessionStore(HistoryReader, AttachmentStore, Protocol):
     ) -> Page: ...
 
     async def submit_message(
-        self, tenant_id: str, session_id: str, content: str, *, idempotency_key: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission: ...
 
     async def close_session(self, tenant_id: str, session_id: str, reason: str = "") -> Session: ...
@@ -151,9 +158,11 @@ class JournalWriter(Protocol):
         message_id: str | None = None,
     ) -> str: ...
 
-    async def add_turn(self, turn_id: str, message_id: str) -> None: ...
+    async def add_turn(
+        self, turn_id: str, message_id: str, strategy: MultitaskStrategy = "enqueue"
+    ) -> None: ...
 
-    async def start_turn(self, turn_id: str) -> int: ...
+    async def start_turn(self, turn_id: str) -> int | None: ...
 
     async def finish_turn(
         self,
@@ -164,6 +173,8 @@ class JournalWriter(Protocol):
         answer_message_id: str | None = None,
         error: str | None = None,
     ) -> None: ...
+
+    async def roll_back_messages(self, turn_id: str) -> None: ...
 
     async def record_tool_call(
         self, tool_call_id: str, turn_id: str, tool: str, arguments: dict[str, Any]

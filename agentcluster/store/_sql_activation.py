@@ -11,7 +11,7 @@ from sqlalchemy import Select, and_, not_, or_, select, update
 
 from agentcluster.domain import Activated, Turn
 from agentcluster.errors import NotFoundError
-from agentcluster.store._sql_base import message_of, session_of, turn_of
+from agentcluster.store._sql_base import OPEN_TURN_STATUSES, message_of, session_of, turn_of
 from agentcluster.store._sql_writer import SqlWriting
 from agentcluster.store.models import MessageRow, SessionRow, TurnRow, utcnow
 
@@ -23,7 +23,7 @@ def _open_turns_query(session_id: str) -> Select[TurnRow, str]:
     return (
         select(TurnRow, MessageRow.content.label("prompt"))
         .join(MessageRow, MessageRow.message_id == TurnRow.message_id)
-        .where(TurnRow.session_id == session_id, TurnRow.status.in_(("queued", "running")))
+        .where(TurnRow.session_id == session_id, TurnRow.status.in_(OPEN_TURN_STATUSES))
         .order_by(MessageRow.position)
     )
 
@@ -106,7 +106,7 @@ class SqlActivation(SqlWriting):
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
-            .where(owned, TurnRow.status.in_(("queued", "running")))
+            .where(owned, TurnRow.status.in_(OPEN_TURN_STATUSES))
             .distinct()
         )
         async with self.transaction() as connection:
@@ -141,7 +141,7 @@ class SqlActivation(SqlWriting):
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
-            .where(TurnRow.status.in_(("queued", "running")), condition)
+            .where(TurnRow.status.in_(OPEN_TURN_STATUSES), condition)
             .distinct()
             .limit(limit)
         )

@@ -141,6 +141,10 @@ def session_of(row: Any) -> Session:
     )
 
 
+OPEN_TURN_STATUSES = ("queued", "running")
+"""Turns a session still has to run (or finish)."""
+
+
 def message_of(row: Any) -> Message:
     return Message(
         message_id=row.message_id,
@@ -151,6 +155,7 @@ def message_of(row: Any) -> Message:
         tool_calls=row.tool_calls,
         tool_call_id=row.tool_call_id,
         created_at=row.created_at,
+        rolled_back=row.rolled_back,
     )
 
 
@@ -168,6 +173,7 @@ def turn_of(row: Any) -> Turn:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        strategy=row.strategy,
     )
 
 

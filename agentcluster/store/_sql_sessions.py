@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster import events as ev
-from agentcluster.domain import Message, Page, Session, Submission, Turn
-from agentcluster.errors import ConflictError, NotFoundError, ValidationFailed
+from agentcluster.domain import Message, MultitaskStrategy, Page, Session, Submission, Turn
+from agentcluster.errors import ConflictError, NotFoundError, TurnInProgress, ValidationFailed
 from agentcluster.store._sql_base import (
+    OPEN_TURN_STATUSES,
     message_of,
     new_id,
     require_tenant,
@@ -118,9 +120,20 @@ class SqlSessions(SqlWriting):
         return Page(items=items, next_cursor=next_cursor)
 
     async def submit_message(
-        self, tenant_id: str, session_id: str, content: str, *, idempotency_key: str | None = None
+        self,
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission:
-        """Commit a user message and queue its turn; a repeated idempotency key gets the first."""
+        """Commit a user message and queue its turn; a repeated idempotency key gets the first.
+
+        ``strategy`` says what happens when the session has a turn open: ``reject`` raises
+        TurnInProgress (nothing is written; checked under the session's write lock, so two
+        rejecting messages never both start); the others queue the turn, and its host cancels
+        the open turns before it for ``interrupt`` and ``rollback``."""
         async with self.writer(session_id, tenant_id=tenant_id) as writer:
             if idempotency_key is not None:
                 existing = (
@@ -137,11 +150,14 @@ class SqlSessions(SqlWriting):
                     )
             if writer.status != "active":
                 raise ConflictError(f"session {session_id} is closed")
+            if strategy == "reject":
+                await _refuse_while_open(writer.connection, session_id)
+                strategy = "enqueue"  # none open: it simply waits its turn
             turn_id = new_id()
             message_id = await writer.add_message(
                 "user", content, turn_id=turn_id, idempotency_key=idempotency_key
             )
-            await writer.add_turn(turn_id, message_id)
+            await writer.add_turn(turn_id, message_id, strategy)
             received = await writer.emit(
                 ev.MessageReceived(
                     tenant_id=writer.tenant_id,
@@ -149,6 +165,7 @@ class SqlSessions(SqlWriting):
                     message_id=message_id,
                     turn_id=turn_id,
                     content=content,
+                    multitask_strategy=strategy,
                 )
             )
         return Submission(message_id=message_id, turn_id=turn_id, created=True, seq=received.seq)
@@ -271,3 +288,20 @@ class SqlSessions(SqlWriting):
         if row is None:
             raise NotFoundError(f"message {message_id} not found")
         return message_of(row)
+
+
+async def _refuse_while_open(connection: AsyncConnection, session_id: str) -> None:
+    """Raises TurnInProgress when the session has a turn queued or running."""
+    open_turn = (
+        await connection.execute(
+            select(TurnRow.turn_id)
+            .where(TurnRow.session_id == session_id, TurnRow.status.in_(OPEN_TURN_STATUSES))
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if open_turn is not None:
+        raise TurnInProgress(
+            f"session {session_id} has turn {open_turn} open; the message was not accepted "
+            "(multitask_strategy reject: send it again when the turn has ended, or choose "
+            "enqueue, interrupt or rollback)"
+        )

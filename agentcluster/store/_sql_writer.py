@@ -19,9 +19,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster import events as ev
-from agentcluster.domain import MessageRole, TurnStatus
+from agentcluster.domain import MessageRole, MultitaskStrategy, TurnStatus
 from agentcluster.errors import NotFoundError, StaleEpochError
-from agentcluster.store._sql_base import SqlStoreBase, new_id
+from agentcluster.store._sql_base import OPEN_TURN_STATUSES, SqlStoreBase, new_id
 from agentcluster.store.models import EventRow, MessageRow, SessionRow, ToolCallRow, TurnRow, utcnow
 
 __all__ = ["SessionWriter", "SqlWriting"]
@@ -103,8 +103,10 @@ class SessionWriter:
         )
         return message_id
 
-    async def add_turn(self, turn_id: str, message_id: str) -> None:
-        """Queue a turn answering ``message_id``."""
+    async def add_turn(
+        self, turn_id: str, message_id: str, strategy: MultitaskStrategy = "enqueue"
+    ) -> None:
+        """Queue a turn answering ``message_id`` (sent with ``strategy``)."""
         await self._connection.execute(
             insert(TurnRow).values(
                 turn_id=turn_id,
@@ -112,24 +114,28 @@ class SessionWriter:
                 session_id=self.session_id,
                 message_id=message_id,
                 status="queued",
+                strategy=strategy,
                 attempt=0,
                 usage={},
                 created_at=utcnow(),
             )
         )
 
-    async def start_turn(self, turn_id: str) -> int:
-        """Mark a turn running and count the attempt; returns the attempt number."""
+    async def start_turn(self, turn_id: str) -> int | None:
+        """Mark an open turn running and count the attempt; returns the attempt number, or None
+        when the turn is no longer open (cancelled or superseded since it was read)."""
         result = await self._connection.execute(
             update(TurnRow)
-            .where(TurnRow.turn_id == turn_id, TurnRow.session_id == self.session_id)
+            .where(
+                TurnRow.turn_id == turn_id,
+                TurnRow.session_id == self.session_id,
+                TurnRow.status.in_(OPEN_TURN_STATUSES),
+            )
             .values(status="running", attempt=TurnRow.attempt + 1, started_at=utcnow())
             .returning(TurnRow.attempt)
         )
         attempt = result.scalar_one_or_none()
-        if attempt is None:
-            raise NotFoundError(f"turn {turn_id} not found in session {self.session_id}")
-        return int(attempt)
+        return None if attempt is None else int(attempt)
 
     async def finish_turn(
         self,
@@ -150,6 +156,14 @@ class SessionWriter:
             update(TurnRow)
             .where(TurnRow.turn_id == turn_id, TurnRow.session_id == self.session_id)
             .values(**values)
+        )
+
+    async def roll_back_messages(self, turn_id: str) -> None:
+        """Hide a turn's messages from the model for good (they stay stored)."""
+        await self._connection.execute(
+            update(MessageRow)
+            .where(MessageRow.turn_id == turn_id, MessageRow.session_id == self.session_id)
+            .values(rolled_back=True)
         )
 
     async def record_tool_call(

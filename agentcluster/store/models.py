@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -138,6 +139,7 @@ class MessageRow(Base):
     tool_call_id: Mapped[str | None] = mapped_column(String(128), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rolled_back: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class TurnRow(Base):
@@ -156,6 +158,7 @@ class TurnRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    strategy: Mapped[str] = mapped_column(String(16), default="enqueue", server_default="enqueue")
 
 
 class ToolCallRow(Base):
