@@ -289,3 +289,28 @@ async def test_a_sigtermed_session_actor_resumes_its_turn_when_restarted(
     assert await _outcome(runtime, tenant_id, turn_id) == "completed"
     assert "turn.cancelled" not in await _types(runtime, tenant_id, session_id)
     assert int(await actor.pid.remote()) != pid  # Ray restarted the session's own actor
+
+
+async def test_a_rollback_committed_while_its_host_dies_still_supersedes_the_running_turn(
+    runtime: Runtime, router: RaySessionRouter, fake_llm: FakeLLM
+) -> None:
+    # The message is committed without waking anyone (as when its host is down); the host
+    # running the turn it supersedes then dies. The session's next host applies the strategy
+    # from the store: the running turn is cancelled and rolled back, the new one runs.
+    tenant_id, session_id, slow = await _slow_turn(runtime, fake_llm, "after the rollback")
+    instead = await runtime.send_message(
+        tenant_id, session_id, "instead", notify=False, strategy="rollback"
+    )
+    await _kill(router.actor(session_id))
+    assert await _outcome(runtime, tenant_id, instead.turn_id) == "completed"
+    assert await _outcome(runtime, tenant_id, slow) == "cancelled"
+    cancelled = [
+        e
+        for e in await runtime.store.list_events(tenant_id, session_id)
+        if isinstance(e, ev.TurnCancelled)
+    ]
+    assert [(e.turn_id, e.superseded_by, e.rolled_back) for e in cancelled] == [
+        (slow, instead.turn_id, True)
+    ]
+    hidden = [m for m in await runtime.store.list_messages(tenant_id, session_id) if m.rolled_back]
+    assert [m.turn_id for m in hidden] == [slow]
