@@ -24,7 +24,7 @@ from actors.inbound import start_inbound
 from actors.session import RaySessionRouter
 from agentcluster import events as ev
 from agentcluster.config import RelaySettings, Settings, load_settings
-from agentcluster.domain import Submission
+from agentcluster.domain import MultitaskStrategy, Submission
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.eventlog import (
     CheckedSubmit,
@@ -166,13 +166,18 @@ async def running_consumer(
 
 
 def _message(
-    tenant_id: str, session_id: str, content: str, idempotency_key: str | None = None
+    tenant_id: str,
+    session_id: str,
+    content: str,
+    idempotency_key: str | None = None,
+    strategy: MultitaskStrategy = "enqueue",
 ) -> bytes:
     message = InboundMessage(
         tenant_id=tenant_id,
         session_id=session_id,
         content=content,
         idempotency_key=idempotency_key,
+        multitask_strategy=strategy,
     )
     return message.model_dump_json(exclude_none=True).encode()
 
@@ -537,3 +542,37 @@ def _no_kafka(settings: Settings) -> object:
 
 async def _at_least(value: Callable[[], int], count: int) -> bool:
     return value() >= count
+
+
+async def test_a_records_multitask_strategy_acts_like_the_http_apis(
+    runtime: Runtime, fake_llm: FakeLLM, inbound_topic: str
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when_last_user_contains=f"{token} slow", reply=Reply(content="late", ttft_s=60))
+    )
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(content="instead")))
+    tenant_id, session_id = await _session(runtime)
+    slow = await runtime.send_message(tenant_id, session_id, f"{token} slow")
+
+    async def running() -> bool:
+        return (await runtime.store.get_turn(tenant_id, slow.turn_id)).status == "running"
+
+    await eventually(running, timeout=60, message="the slow turn started")
+    refused = _message(tenant_id, session_id, f"{token} refused", strategy="reject")
+    interrupting = _message(tenant_id, session_id, f"{token} now", strategy="interrupt")
+    group_id = _unique("test-group")
+    async with running_consumer(inbound_topic, runtime.send_message, group_id) as consumer:
+        await produce(inbound_topic, session_id, [refused, interrupting])
+        done = await wait_turns_completed(runtime, tenant_id, session_id, 1)
+        await wait_all_committed(group_id, inbound_topic)
+        assert consumer.stats() == InboundStats(received=2, submitted=1, rejected=1)
+    assert [e.content for e in done] == ["instead"]
+    events = await _events(runtime, tenant_id, session_id)
+    assert _user_messages(events) == [f"{token} slow", f"{token} now"]
+    cancelled = [e for e in events if isinstance(e, ev.TurnCancelled)]
+    assert [(e.turn_id, e.superseded_by) for e in cancelled] == [(slow.turn_id, done[0].turn_id)]
+    dead = await read_topic(f"{inbound_topic}.dlq", lambda records: len(records) >= 1)
+    assert [(r.value, dict(r.headers)["dlq.error.type"]) for r in dead] == [
+        (refused, b"turn-in-progress")
+    ]
