@@ -9,7 +9,8 @@ import pytest
 
 import agentcluster
 from agentcluster import events as ev
-from agentcluster.client import AsyncClient, Client, NotFound
+from agentcluster.client import AsyncClient, Client, Conflict, NotFound
+from agentcluster.errors import ConflictError
 from agentcluster.runtime import Delta
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 
@@ -82,3 +83,41 @@ async def test_handle_client_has_the_same_methods(
     assert [a.name for a in (await client.agents()).items] == ["coder", "surfer", "tester"]
     page = await client.list_sessions()
     assert session.session_id in [s.session_id for s in page.items]
+
+
+async def _slow_turn_running(client: AsyncClient, fake_llm: FakeLLM, token: str) -> tuple[str, str]:
+    fake_llm.script.add_rule(
+        Rule(when_last_user_contains=f"{token} slow", reply=Reply(content="late", ttft_s=60))
+    )
+    session = await client.create_session(agent="tester")
+    accepted = await client.send_message(session.session_id, f"{token} slow")
+    async for item in client.events(session.session_id):
+        if isinstance(item, ev.TurnStarted) and item.turn_id == accepted.turn_id:
+            break
+    return session.session_id, accepted.turn_id
+
+
+async def test_clients_send_with_a_multitask_strategy(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    _answer(fake_llm, f"{token} now", "interrupted it")
+    async with AsyncClient(gateway_url, api_key=tenant_key) as client:
+        session_id, slow = await _slow_turn_running(client, fake_llm, token)
+        with pytest.raises(Conflict) as refused:
+            await client.send_message(session_id, f"{token} no", multitask_strategy="reject")
+        assert refused.value.type.endswith("/turn-in-progress")
+        handle = agentcluster.connect(tenant_key)
+        with pytest.raises(ConflictError):
+            await handle.send_message(session_id, f"{token} no", multitask_strategy="reject")
+        turn = await handle.ask(session_id, f"{token} now", multitask_strategy="interrupt")
+        assert (turn.status, turn.content) == ("completed", "interrupted it")
+        history = await client.messages(session_id)
+        assert [m.content for m in history.items if m.role == "user"] == [
+            f"{token} slow",
+            f"{token} now",
+        ]
+    with Client(gateway_url, api_key=tenant_key) as sync:
+        again = sync.ask(session_id, f"{token} now again", multitask_strategy="rollback")
+        assert again.status == "completed"
+    assert slow != turn.turn_id
