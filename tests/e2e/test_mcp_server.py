@@ -9,6 +9,8 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from agentcluster import events as ev
+from agentcluster.client import AsyncClient
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
 from tests.e2e.conftest import ADMIN_KEY
 
@@ -79,3 +81,27 @@ async def test_mcp_needs_a_valid_api_key(gateway_url: str) -> None:
     async with Client(f"{gateway_url}/mcp", auth=ADMIN_KEY) as client:
         with pytest.raises(ToolError, match="tenant key"):
             await client.call_tool("create_session", {"agent": "tester"})
+
+
+async def test_mcp_send_message_takes_a_multitask_strategy(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when_last_user_contains=f"{token} slow", reply=Reply(content="late", ttft_s=60))
+    )
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(content="now")))
+    async with AsyncClient(gateway_url, api_key=tenant_key) as http:
+        session = await http.create_session(agent="tester")
+        slow = await http.send_message(session.session_id, f"{token} slow")
+        async for item in http.events(session.session_id):
+            if isinstance(item, ev.TurnStarted) and item.turn_id == slow.turn_id:
+                break
+    async with Client(f"{gateway_url}/mcp", auth=tenant_key) as client:
+        message = {"session_id": session.session_id, "content": f"{token} again"}
+        with pytest.raises(ToolError, match="open"):
+            await client.call_tool("send_message", {**message, "multitask_strategy": "reject"})
+        turn = (
+            await client.call_tool("send_message", {**message, "multitask_strategy": "interrupt"})
+        ).data
+        assert (turn["status"], turn["content"]) == ("completed", "now")
