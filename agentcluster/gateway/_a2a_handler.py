@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from a2a.utils.errors import (
 from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.domain import Session, Submission
-from agentcluster.errors import NotFoundError, UserError
+from agentcluster.errors import AgentClusterError, NotFoundError, UserError
 from agentcluster.gateway._a2a_tasks import (
     TERMINAL,
     StreamEvent,
@@ -71,12 +72,15 @@ from agentcluster.gateway._a2a_tasks import (
     task_state,
     views_of_session,
 )
+from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
 from agentcluster.gateway._streams import release_shielded
 from agentcluster.limits import StreamLease
 from agentcluster.runtime import StreamItem
 
 __all__ = ["A2ACall", "GatewayRequestHandler", "decode_page_token", "encode_page_token"]
+
+log = logging.getLogger(__name__)
 
 CALL_KEY = "agentcluster"
 """Where the call context's state holds the :class:`A2ACall`."""
@@ -119,9 +123,12 @@ def _mapped(call: A2ACall) -> Iterator[None]:
             call.http_error = exc
             raise InternalError(exc.message) from None
         raise InvalidParamsError(exc.message) from None
-    except Exception as exc:  # problems (403), outages (503): the route answers them over HTTP
+    except (ProblemError, AgentClusterError) as exc:  # 403, outages: the route answers them
         call.http_error = exc
         raise InternalError("the request could not be served; see the HTTP status") from None
+    except Exception:  # a bug: an A2A internal error, logged here (the details stay here)
+        log.exception("A2A request failed")
+        raise InternalError("internal error") from None
 
 
 def _idempotency_key(message_id: str) -> str | None:
@@ -328,9 +335,8 @@ class GatewayRequestHandler(RequestHandler):
             if view.status in TERMINAL:
                 raise UnsupportedOperationError(f"task {params.id} has ended ({view.status})")
             call.lease = await call.service.open_stream(call.caller)
-            last_seq = view.events[-1].seq if view.events else 0
             items = call.service.runtime.stream(
-                tenant_id, view.session_id, after_seq=last_seq, until_turn=view.turn_id
+                tenant_id, view.session_id, after_seq=view.last_seq, until_turn=view.turn_id
             )
         yield task_of(view)
         async for event in _task_events(view.turn_id, view.session_id, None, items):
@@ -395,14 +401,16 @@ async def _task_events(
     first: StreamItem | None,
     items: AsyncIterator[StreamItem],
 ) -> AsyncGenerator[StreamEvent]:
-    """The A2A events of a turn's stream items (``first`` already taken from ``items``)."""
+    """The A2A events of a turn's stream items (``first`` already taken from ``items``; items
+    of other turns are left out)."""
     stream = TaskStream(turn_id, session_id)
-    if first is not None:
+    if first is not None and getattr(first, "turn_id", turn_id) == turn_id:
         for event in stream.events(first):
             yield event
     async for item in items:
-        for event in stream.events(item):
-            yield event
+        if getattr(item, "turn_id", turn_id) == turn_id:
+            for event in stream.events(item):
+                yield event
 
 
 async def _list(

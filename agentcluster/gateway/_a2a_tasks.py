@@ -87,6 +87,8 @@ class TaskView:
     error: str | None = None
     updated_at: datetime | None = None
     events: tuple[ev.Event, ...] = field(default=())
+    last_seq: int = 0
+    """The seq of the turn's latest event read (a subscription follows on from it)."""
 
 
 def _timestamp(when: datetime | None) -> Timestamp:
@@ -220,6 +222,7 @@ class _Turn:
             error=self.error,
             updated_at=self.updated_at or received.ts,
             events=tuple(self.events),
+            last_seq=max([received.seq, *(event.seq for event in self.events)]),
         )
 
 

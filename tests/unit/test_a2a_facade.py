@@ -224,6 +224,10 @@ def test_our_errors_become_a2a_errors_or_are_left_for_an_http_answer() -> None:
     with pytest.raises(InternalError), _mapped(call):
         raise denied
     assert call.http_error is denied
+    call.http_error = None
+    with pytest.raises(InternalError, match="internal error"), _mapped(call):
+        raise KeyError("a bug")
+    assert call.http_error is None
 
 
 def test_list_page_tokens_round_trip_and_foreign_tokens_are_invalid_params() -> None:

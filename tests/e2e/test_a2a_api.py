@@ -1,0 +1,319 @@
+"""The A2A v1 facade (/a2a/{agent} and its agent cards), driven by the official ``a2a-sdk`` client
+(card resolution, send, stream, get, list, cancel, subscribe) against the real gateway and the
+fake LLM."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from a2a.client import (
+    A2ACardResolver,
+    A2AClientError,
+    AuthInterceptor,
+    Client,
+    ClientConfig,
+    CredentialService,
+    create_client,
+)
+from a2a.types import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+)
+from a2a.utils.errors import (
+    ContentTypeNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+from google.protobuf.json_format import MessageToDict
+
+from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
+from tests.e2e.conftest import new_tenant, script_tool_turn
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+
+class _ApiKey(CredentialService):
+    """An agentcluster API key for the card's bearer scheme (what AuthInterceptor asks for)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def get_credentials(self, security_scheme_name: str, context: object) -> str | None:
+        return self.key if security_scheme_name == "bearer" else None
+
+
+class _Clients:
+    """Clients of the agent ``tester`` made by a test (closed at its end), each resolved from
+    the agent's card, the key added per call by the SDK's AuthInterceptor from the card's
+    security scheme."""
+
+    def __init__(self, gateway_url: str) -> None:
+        self.gateway_url = gateway_url
+        self.made: list[tuple[Client, httpx.AsyncClient]] = []
+
+    async def make(self, key: str, *, streaming: bool = True) -> Client:
+        http = httpx.AsyncClient(timeout=180)
+        client = await create_client(
+            f"{self.gateway_url}/a2a/tester",
+            client_config=ClientConfig(streaming=streaming, httpx_client=http),
+            interceptors=[AuthInterceptor(_ApiKey(key))],
+        )
+        self.made.append((client, http))
+        return client
+
+    async def close(self) -> None:
+        for client, http in self.made:
+            await client.close()
+            await http.aclose()
+
+
+@pytest.fixture
+async def clients(gateway_url: str) -> AsyncIterator[_Clients]:
+    made = _Clients(gateway_url)
+    yield made
+    await made.close()
+
+
+def _send(text: str, context_id: str = "", message_id: str = "") -> SendMessageRequest:
+    message = Message(
+        message_id=message_id or uuid.uuid4().hex,
+        role=Role.ROLE_USER,
+        parts=[Part(text=text)],
+        context_id=context_id,
+    )
+    return SendMessageRequest(message=message)
+
+
+async def _task(client: Client, request: SendMessageRequest) -> Task:
+    """The task a non-streaming client's send answers."""
+    responses = [response async for response in client.send_message(request)]
+    assert len(responses) == 1 and responses[0].HasField("task")
+    return responses[0].task
+
+
+def _answer(task: Task) -> str:
+    return "".join(part.text for artifact in task.artifacts for part in artifact.parts)
+
+
+async def _event_types(http: httpx.AsyncClient, key: str, session_id: str, turns: int) -> list[str]:
+    """The session's event types from GET /v1/sessions/{id}/events until ``turns`` turns have
+    ended."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    types: list[str] = []
+    ends = ("turn.completed", "turn.failed", "turn.cancelled")
+    async with http.stream("GET", f"/v1/sessions/{session_id}/events", headers=headers) as events:
+        assert events.status_code == 200
+        async for line in events.aiter_lines():
+            if line.startswith("event:"):
+                types.append(line.split(":", 1)[1].strip())
+            if sum(types.count(end) for end in ends) == turns:
+                return types
+    return types
+
+
+async def test_cards_a_plain_turn_and_its_continuation_in_the_same_context(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    resolver = A2ACardResolver(http, f"{gateway_url}/a2a/tester")
+    card = await resolver.get_agent_card()
+    assert card.name == "tester" and card.capabilities.streaming
+    assert "tool:calculator" in [skill.id for skill in card.skills]
+    assert card.security_schemes["bearer"].http_auth_security_scheme.scheme == "bearer"
+    assert card.supported_interfaces[0].url == f"{gateway_url}/a2a/tester"
+    default = await A2ACardResolver(http, gateway_url).get_agent_card()
+    assert default.name in {"tester", "surfer", "coder"}
+    assert default.supported_interfaces[0].url == f"{gateway_url}/a2a/{default.name}"
+
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(when_last_user_contains=f"first {token}", reply=Reply(content=f"one {token}"))
+    )
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: f"second {token}" in str(r.messages[-1])
+            and f"one {token}" in str(r.messages),
+            reply=Reply(content=f"two {token}"),
+        )
+    )
+    client = await clients.make(tenant_key, streaming=False)
+    first = await _task(client, _send(f"first {token}"))
+    assert first.status.state == TaskState.TASK_STATE_COMPLETED
+    assert _answer(first) == f"one {token}"
+    assert first.history[0].parts[0].text == f"first {token}"
+    second = await _task(client, _send(f"second {token}", context_id=first.context_id))
+    assert (second.context_id, _answer(second)) == (first.context_id, f"two {token}")
+    assert second.id != first.id
+
+    got = await client.get_task(GetTaskRequest(id=first.id))
+    assert (got.status.state, _answer(got)) == (TaskState.TASK_STATE_COMPLETED, f"one {token}")
+    listed = await client.list_tasks(ListTasksRequest(context_id=first.context_id))
+    assert [task.id for task in listed.tasks] == [first.id, second.id]
+    # Both are ordinary turns of the session: its events show them.
+    types = await _event_types(http, tenant_key, first.context_id, 2)
+    assert types.count("turn.completed") == 2
+
+
+async def test_a_streamed_turn_shows_its_tool_call_and_streams_the_answer(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"it is 42 {token}")
+    client = await clients.make(tenant_key)
+    events = [event async for event in client.send_message(_send(f"compute {token}"))]
+    assert events[0].HasField("task")
+    task = events[0].task
+    assert task.status.state == TaskState.TASK_STATE_SUBMITTED
+    updates = [e.status_update for e in events if e.HasField("status_update")]
+    assert updates[-1].status.state == TaskState.TASK_STATE_COMPLETED
+    tool_messages = [u.status.message for u in updates if u.status.message.metadata]
+    kinds = [message.metadata["kind"] for message in tool_messages]
+    assert kinds == ["tool_call", "tool_result"]
+    assert MessageToDict(tool_messages[0].parts[0].data)["tool"] == "calculator"
+    assert "42" in str(MessageToDict(tool_messages[1].parts[0].data)["result"])
+    chunks = [e.artifact_update for e in events if e.HasField("artifact_update")]
+    assert chunks[-1].last_chunk
+    last_fresh = max(i for i, chunk in enumerate(chunks) if not chunk.append)
+    text = "".join(p.text for chunk in chunks[last_fresh:] for p in chunk.artifact.parts)
+    assert text == f"it is 42 {token}"
+
+    stored = await client.get_task(GetTaskRequest(id=task.id))
+    assert [m.metadata["kind"] for m in stored.history[1:]] == ["tool_call", "tool_result"]
+    assert _answer(stored) == f"it is 42 {token}"
+    types = await _event_types(http, tenant_key, task.context_id, 1)
+    assert "tool.completed" in types and types[-1] == "turn.completed"
+
+
+async def test_a_subscribed_task_is_cancelled_and_ended_tasks_refuse_both(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM, clients: _Clients
+) -> None:
+    token = uuid.uuid4().hex
+    slow = Reply(content="too late", latency_s=60, ttft_s=60)
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=slow))
+    client = await clients.make(tenant_key)
+    request = _send(f"slow {token}")
+    request.configuration.return_immediately = True
+    polling = await clients.make(tenant_key, streaming=False)
+    submitted = await _task(polling, request)
+    assert submitted.status.state == TaskState.TASK_STATE_SUBMITTED
+
+    subscribed = asyncio.Event()
+    seen: list[StreamResponse] = []
+
+    async def follow() -> None:
+        async for event in client.subscribe(SubscribeToTaskRequest(id=submitted.id)):
+            seen.append(event)
+            subscribed.set()
+
+    following = asyncio.create_task(follow())
+    await asyncio.wait_for(subscribed.wait(), 30)
+    assert seen[0].HasField("task") and seen[0].task.id == submitted.id
+    cancelled = await client.cancel_task(CancelTaskRequest(id=submitted.id))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+    await asyncio.wait_for(following, 30)
+    assert seen[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+    got = await client.get_task(GetTaskRequest(id=submitted.id))
+    assert got.status.state == TaskState.TASK_STATE_CANCELED
+    with pytest.raises(TaskNotCancelableError):
+        await client.cancel_task(CancelTaskRequest(id=submitted.id))
+    with pytest.raises(UnsupportedOperationError):
+        async for _ in client.subscribe(SubscribeToTaskRequest(id=submitted.id)):
+            pass
+
+
+async def test_errors_are_the_clients_typed_errors(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(content="mine")))
+    client = await clients.make(tenant_key, streaming=False)
+    mine = await _task(client, _send(token))
+
+    # A bad key: HTTP 401, which the client raises as its error with the response's status.
+    stranger = await clients.make("not-a-key-" + uuid.uuid4().hex)
+    with pytest.raises(A2AClientError) as refused:
+        async for _ in stranger.send_message(_send("hi")):
+            pass
+    cause = refused.value.__cause__
+    assert isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 401
+
+    # Another tenant's task and context are not found.
+    other = await clients.make((await new_tenant(http))[1], streaming=False)
+    with pytest.raises(TaskNotFoundError):
+        await other.get_task(GetTaskRequest(id=mine.id))
+    with pytest.raises(TaskNotFoundError):
+        await other.cancel_task(CancelTaskRequest(id=mine.id))
+    with pytest.raises(TaskNotFoundError):
+        await _task(other, _send("hi", context_id=mine.context_id))
+    assert [t.id for t in (await other.list_tasks(ListTasksRequest())).tasks] == []
+
+    # Malformed requests: a part the agent cannot take, an unknown task, bad JSON-RPC.
+    with pytest.raises(ContentTypeNotSupportedError):
+        message = Message(message_id="m", role=Role.ROLE_USER, parts=[Part(url="http://x/y")])
+        await _task(client, SendMessageRequest(message=message))
+    with pytest.raises(TaskNotFoundError):
+        await client.get_task(GetTaskRequest(id=str(uuid.uuid4())))
+    auth = {"Authorization": f"Bearer {tenant_key}", "A2A-Version": "1.0"}
+    bad_json = await http.post("/a2a/tester", content=b"{not json", headers=auth)
+    assert bad_json.json()["error"]["code"] == -32700
+    unknown = {"jsonrpc": "2.0", "id": 1, "method": "NoSuchMethod", "params": {}}
+    assert (await http.post("/a2a/tester", json=unknown, headers=auth)).json()["error"][
+        "code"
+    ] == -32601
+    no_agent = await http.post("/a2a/no-such-agent", json=unknown, headers=auth)
+    assert no_agent.status_code == 404
+
+
+async def test_the_v03_method_names_and_idempotent_resends(
+    gateway_url: str, tenant_key: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(content="v03")))
+    headers = {"Authorization": f"Bearer {tenant_key}"}  # no A2A-Version: v0.3
+    message = {
+        "kind": "message",
+        "messageId": uuid.uuid4().hex,
+        "role": "user",
+        "parts": [{"kind": "text", "text": token}],
+    }
+    sent = await http.post(
+        "/a2a/tester",
+        json={
+            "jsonrpc": "2.0",
+            "id": "1",
+            "method": "message/send",
+            "params": {"message": message},
+        },
+        headers=headers,
+    )
+    task = sent.json()["result"]
+    assert task["kind"] == "task" and task["status"]["state"] == "completed"
+    got = await http.post(
+        "/a2a/tester",
+        json={"jsonrpc": "2.0", "id": "2", "method": "tasks/get", "params": {"id": task["id"]}},
+        headers=headers,
+    )
+    assert got.json()["result"]["artifacts"][0]["parts"][0]["text"] == "v03"
+
+    # The message id is the idempotency key: a resend to the context is the same task.
+    again = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when_last_user_contains=again, reply=Reply(content="once")))
+    client = await clients.make(tenant_key, streaming=False)
+    request = _send(again, context_id=task["contextId"], message_id=f"m-{again}")
+    tasks = [await _task(client, request) for _ in range(2)]
+    assert tasks[0].id == tasks[1].id and _answer(tasks[1]) == "once"
+    assert len([r for r in fake_llm.requests if again in str(r.messages)]) == 1
