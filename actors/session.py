@@ -44,7 +44,7 @@ from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
 from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, plan_host_count
-from agentcluster.store import ActivationStore
+from agentcluster.store import ActivationStore, StateStore
 from agentcluster.tracing import Carrier, SpanKind
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
@@ -241,20 +241,51 @@ class HostController:
     """Holds the host count every router uses, reconciles it to load between min and max, keeps
     the standby hosts running and wakes sessions whose open turns no live host runs.
 
-    An async actor: the first call starts a loop that reconciles every ``reconcile_interval_s``.
+    It also runs the schedules' ticker (:class:`agentcluster.schedules.ScheduleTicker`): every
+    host set's controller tries, the holder of the lease in the store submits the due ticks.
+
+    An async actor: it starts a loop that reconciles every ``reconcile_interval_s`` and one that
+    ticks every ``schedules.tick_s`` (again on any call, should one have ended).
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._count = settings.runtime.min_hosts
         self._loop_task: asyncio.Task[None] | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._store: ActivationStore | None = None
+        self._store: StateStore | None = None
+        self._holder = f"{actor_names.controller(settings.runtime)}~{os.getpid()}~{time.time_ns()}"
         self.woken = 0
+        self.fired = 0
+        with contextlib.suppress(RuntimeError):  # no running loop: built outside an actor
+            self._ensure_loop()  # schedules tick without waiting for a first call
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._reconcile_forever())
+        if self._ticker_task is None or self._ticker_task.done():
+            self._ticker_task = asyncio.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        from agentcluster.runtime import Runtime
+        from agentcluster.schedules import ScheduleTicker
+
+        ticker: ScheduleTicker | None = None
+        router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
+        while True:
+            await asyncio.sleep(self._settings.schedules.tick_s)
+            try:
+                if ticker is None:
+                    store = await self._state_store()
+                    runtime = Runtime(store, router)
+                    ticker = ScheduleTicker(
+                        store, runtime.send_message, self._settings.schedules, self._holder
+                    )
+                router.use_count(self._count)  # wake sessions where the routers place them
+                self.fired += await ticker.tick()
+            except Exception:  # a database blip must not stop later ticks
+                log.exception("host controller: schedule tick failed")
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -348,7 +379,7 @@ class HostController:
         live = set(router.named_actors())
         return [sid for sid in owned if router.session_actor_name(sid) not in live]
 
-    async def _state_store(self) -> ActivationStore:
+    async def _state_store(self) -> StateStore:
         if self._store is None:
             from agentcluster.bootstrap import open_state_store
 

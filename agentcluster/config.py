@@ -589,6 +589,21 @@ class TracingSettings(BaseSettings):
         return f"{self.endpoint}/v1/traces"
 
 
+class ScheduleSettings(BaseSettings):
+    """Schedules: messages a session gets on a cron schedule."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_SCHEDULES_", **_SECTION)
+
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the elected ticker looks for schedules that are due."""
+    lease_s: float = Field(default=10.0, gt=0, le=600)
+    """How long the ticker's lease lasts unless renewed: another host controller takes over
+    this long after the ticker died."""
+    min_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    """The shortest time a schedule may leave between two of its messages."""
+    max_per_session: int = Field(default=20, ge=1, le=1000)
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -609,6 +624,7 @@ class Settings(BaseModel):
     tools: ToolSettings
     browser: BrowserSettings
     tracing: TracingSettings
+    schedules: ScheduleSettings
 
     @property
     def db_dsn(self) -> str:
@@ -651,6 +667,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "tools": ToolSettings,
     "browser": BrowserSettings,
     "tracing": TracingSettings,
+    "schedules": ScheduleSettings,
 }
 
 

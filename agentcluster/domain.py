@@ -13,6 +13,7 @@ __all__ = [
     "ApiKey",
     "Message",
     "MessageRole",
+    "MissedTicks",
     "MultitaskStrategy",
     "OutboxRecord",
     "Page",
@@ -97,6 +98,26 @@ class Turn(_Record):
     finished_at: datetime | None = None
     strategy: MultitaskStrategy = "enqueue"
     """The multitask strategy its message was sent with."""
+
+
+MissedTicks = Literal["once", "skip"]
+"""What a schedule does with ticks missed while no ticker ran: run ``once`` for all of them, or
+``skip`` them and wait for the next."""
+
+
+class Schedule(_Record):
+    """A message a session gets at each tick of a cron expression."""
+
+    schedule_id: str
+    tenant_id: str
+    session_id: str
+    cron: str
+    timezone: str
+    content: str
+    missed: MissedTicks
+    next_fire_at: datetime
+    last_fired_at: datetime | None = None
+    created_at: datetime
 
 
 class Submission(_Record):

@@ -30,6 +30,7 @@ from agentcluster.api._models import (
     check_metadata,
     json_depth,
 )
+from agentcluster.api._schedules import ScheduleIn, ScheduleList, ScheduleOut
 from agentcluster.api._stream import Delta, Overflow, StreamItem
 
 PROBLEM_BASE = "https://agentcluster.dev/problems/"
@@ -60,6 +61,9 @@ __all__ = [
     "Problem",
     "Ready",
     "ReadyDependency",
+    "ScheduleIn",
+    "ScheduleList",
+    "ScheduleOut",
     "SessionCreateIn",
     "SessionList",
     "SessionOut",

@@ -49,6 +49,7 @@ from agentcluster.gateway._responses import (
     operations_of,
     problem_responses,
 )
+from agentcluster.gateway._schedules_api import include_schedules_api
 from agentcluster.gateway._service import GatewayService
 from agentcluster.gateway._settings_api import (
     include_settings_api,
@@ -543,10 +544,11 @@ def create_app(
     app.add_middleware(TraceRequests)
     app.add_middleware(Measure)
 
-    for router in (sessions, agents, keys, system, openai_router, langgraph_router, a2a_router):
+    for router in (sessions, agents, keys, system, openai_router, a2a_router, langgraph_router):
         app.include_router(router)
     include_settings_api(app)
     include_limits_api(app)
+    include_schedules_api(app)
     include_ready(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)

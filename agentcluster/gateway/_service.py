@@ -9,6 +9,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from agentcluster import api
@@ -23,6 +24,7 @@ from agentcluster.limits import RateDecision, StreamLease, TenantLimitsService
 from agentcluster.logs import bind_for_task
 from agentcluster.policy import ApiAction, RegoPolicyEngine
 from agentcluster.runtime import Runtime, StreamItem
+from agentcluster.schedules import check_schedule
 from agentcluster.tools import PolicyDecision
 
 __all__ = ["Caller", "GatewayService"]
@@ -406,6 +408,41 @@ class GatewayService:
         tenant_id = await self.authorize(caller, "session.cancel")
         cancelled = await self.runtime.cancel(tenant_id, session_id, turn_id)
         return api.CancelOut(cancelled=cancelled)
+
+    # -- schedules --------------------------------------------------------------------------
+
+    async def create_schedule(
+        self, caller: Caller, session_id: str, body: api.ScheduleIn
+    ) -> api.ScheduleOut:
+        """Add a schedule (the ``session.message`` action: its ticks are the tenant's messages).
+
+        Raises:
+            ValidationFailed: an invalid cron expression or time zone, or ticks too close.
+        """
+        tenant_id = await self.authorize(caller, "session.message")
+        settings = self.settings.schedules
+        now = datetime.now(UTC)
+        first = check_schedule(body.cron, body.timezone, settings.min_interval_s, now)
+        schedule = await self.runtime.store.create_schedule(
+            tenant_id,
+            session_id,
+            cron=body.cron,
+            timezone=body.timezone,
+            content=body.content,
+            missed=body.missed,
+            next_fire_at=first,
+            max_per_session=settings.max_per_session,
+        )
+        return api.ScheduleOut.of(schedule)
+
+    async def schedules(self, caller: Caller, session_id: str) -> api.ScheduleList:
+        tenant_id = await self.authorize(caller, "session.read")
+        items = await self.runtime.store.list_schedules(tenant_id, session_id)
+        return api.ScheduleList(items=[api.ScheduleOut.of(item) for item in items])
+
+    async def delete_schedule(self, caller: Caller, session_id: str, schedule_id: str) -> None:
+        tenant_id = await self.authorize(caller, "session.message")
+        await self.runtime.store.delete_schedule(tenant_id, session_id, schedule_id)
 
     # -- agents and keys --------------------------------------------------------------------
 

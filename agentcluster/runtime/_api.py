@@ -15,7 +15,7 @@ from agentcluster import events as ev
 from agentcluster.domain import MultitaskStrategy, Session, Submission, Turn
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
-from agentcluster.store import SessionStore, SharedDatabase, TenantStore
+from agentcluster.store import ScheduleStore, SessionStore, SharedDatabase, TenantStore
 
 __all__ = ["Runtime", "RuntimeStore", "SessionRouter"]
 
@@ -46,13 +46,13 @@ class SessionRouter(Protocol):
     ) -> AsyncIterator[StreamItem]: ...
 
 
-class RuntimeStore(SessionStore, TenantStore, SharedDatabase, Protocol):
+class RuntimeStore(SessionStore, TenantStore, ScheduleStore, SharedDatabase, Protocol):
     """The store roles a :class:`Runtime` is given: the sessions, messages and turns it reads and
     writes (:class:`~agentcluster.store.SessionStore`; ``close``), and the roles the API built on
     it takes from ``runtime.store``: tenants and keys (authentication, the admin routes), the
-    database the settings tables and the readiness probe use; and a session's open turns (is it
-    busy?). Not the session hosts' roles (activation, the journal) nor the relay's (the
-    outbox)."""
+    sessions' schedules, the database the settings tables and the readiness probe use; and a
+    session's open turns (is it busy?). Not the session hosts' roles (activation, the journal)
+    nor the relay's (the outbox)."""
 
     async def open_turns(self, session_id: str) -> list[Turn]: ...
 

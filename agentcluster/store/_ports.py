@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentcluster import events as ev
@@ -34,9 +35,11 @@ from agentcluster.domain import (
     ApiKey,
     Message,
     MessageRole,
+    MissedTicks,
     MultitaskStrategy,
     OutboxRecord,
     Page,
+    Schedule,
     Session,
     Submission,
     Tenant,
@@ -260,10 +263,42 @@ class SharedDatabase(StoreHealth, Protocol):
     async def close(self) -> None: ...
 
 
+class ScheduleStore(Protocol):
+    """Sessions' schedules (the API) and the due ones with the ticker's lease (the ticker)."""
+
+    async def create_schedule(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        cron: str,
+        timezone: str,
+        content: str,
+        missed: MissedTicks,
+        next_fire_at: datetime,
+        max_per_session: int,
+    ) -> Schedule: ...
+
+    async def list_schedules(self, tenant_id: str, session_id: str) -> list[Schedule]: ...
+
+    async def delete_schedule(self, tenant_id: str, session_id: str, schedule_id: str) -> None: ...
+
+    async def due_schedules(self, now: datetime, *, limit: int = 100) -> list[Schedule]: ...
+
+    async def advance_schedule(
+        self, schedule: Schedule, *, fired_at: datetime | None, next_fire_at: datetime
+    ) -> bool: ...
+
+    async def drop_schedule(self, schedule_id: str) -> None: ...
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
+
+
 class StateStore(
     TenantStore,
     SessionStore,
     ActivationStore,
+    ScheduleStore,
     OutboxSource,
     OutboxBacklog,
     SharedDatabase,

@@ -23,6 +23,7 @@ from agentcluster.store import _migrate
 from agentcluster.store._sql_activation import SqlActivation
 from agentcluster.store._sql_base import describe_dsn, make_engine
 from agentcluster.store._sql_outbox import SqlOutbox
+from agentcluster.store._sql_schedules import SqlSchedules
 from agentcluster.store._sql_sessions import SqlSessions
 from agentcluster.store._sql_tenants import SqlTenants
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["SqlStateStore", "open_store"]
 
 
-class SqlStateStore(SqlTenants, SqlSessions, SqlActivation, SqlOutbox):
+class SqlStateStore(SqlTenants, SqlSessions, SqlActivation, SqlOutbox, SqlSchedules):
     """The durable state store on PostgreSQL or embedded SQLite: every role of
     :mod:`agentcluster.store._ports` (see module docstring)."""
 

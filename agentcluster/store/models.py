@@ -228,3 +228,31 @@ class SettingRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleRow(Base):
+    """A session's schedule; ``next_fire_at`` is the next tick (UTC)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_next_fire_at", "next_fire_at"),)
+
+    schedule_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id"), index=True)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    content: Mapped[str] = mapped_column(Text)
+    missed: Mapped[str] = mapped_column(String(8))
+    next_fire_at: Mapped[datetime] = mapped_column()
+    last_fired_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LeaseRow(Base):
+    """A named lease: one holder at a time until ``expires_at`` (the schedule ticker's)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -107,6 +107,7 @@ def e2e_settings(
                 "namespace": f"e2e-{uuid.uuid4().hex[:8]}",
             },
             "crypto": {"fernet_key": Fernet.generate_key().decode()},
+            "schedules": {"min_interval_s": 1},  # a schedule test ticks every 2 s
             "tracing": {
                 "exporter": "otlp",
                 "endpoint": otlp_receiver.url,

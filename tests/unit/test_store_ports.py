@@ -20,6 +20,7 @@ from agentcluster.store import (
     JournalWriter,
     OutboxBacklog,
     OutboxSource,
+    ScheduleStore,
     SessionStore,
     SessionWriter,
     SharedDatabase,
@@ -39,6 +40,7 @@ ROLES = [
     OutboxBacklog,
     StoreHealth,
     SharedDatabase,
+    ScheduleStore,
 ]
 ADAPTER_ONLY = {"engine"}
 """Public members no role has: the SQLAlchemy engine, for the migration helpers the CLI runs."""
