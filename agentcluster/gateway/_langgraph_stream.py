@@ -1,7 +1,8 @@
 """A turn's events and deltas as a LangGraph run stream, one SSE event per stream mode.
 
-The agent is drawn as LangGraph's ReAct graph (nodes ``agent`` and ``tools``), so the modes say
-what a LangGraph client expects:
+Every item is translated for every mode and numbered, then the requested modes are sent: an
+event's id does not depend on the modes asked. The agent is drawn as LangGraph's ReAct graph
+(nodes ``agent`` and ``tools``), so the modes say what a LangGraph client expects:
 
 - ``values``: the thread's messages after the user's message, each model step and each tool
   result;
@@ -55,6 +56,13 @@ StreamMode = Literal[
 ]
 STREAM_MODES: tuple[str, ...] = StreamMode.__args__  # type: ignore[attr-defined]
 _EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,9})$")
+_MODE_OF = {"messages": "messages-tuple", "values": "values", "updates": "updates"}
+
+
+def _mode_of(event: str) -> str:
+    if event.startswith("messages/"):
+        return "messages"
+    return _MODE_OF.get(event, event)
 
 
 @dataclass(frozen=True, order=True)
@@ -96,8 +104,6 @@ class _Message:
     """The agent's message being streamed (the next one of the turn)."""
 
     text: str = ""
-    started: bool = False
-    announced: bool = False
 
 
 @dataclass
@@ -129,6 +135,7 @@ class RunStream:
     _step: int = 0
     _turn: list[dict[str, Any]] = field(default_factory=list)
     _tools: dict[str, str] = field(default_factory=dict)
+    _pending_calls: int = 0
     _current: _Message = field(default_factory=_Message)
 
     def feed(self, item: StreamItem) -> list[SseOut]:
@@ -151,7 +158,8 @@ class RunStream:
             self._index += 1
             if not live and self.resume_after is not None and event_id <= self.resume_after:
                 continue
-            out.append(SseOut(event, data, str(event_id)))
+            if event == "error" or _mode_of(event) in self.modes:
+                out.append(SseOut(event, data, str(event_id)))
         return out
 
     # -- metadata ---------------------------------------------------------------------------
@@ -205,61 +213,47 @@ class RunStream:
     def _received(self, event: ev.MessageReceived) -> list[tuple[str, Any]]:
         human = human_message(event.content, event.message_id)
         self._turn.append(human)
-        out: list[tuple[str, Any]] = []
-        if "values" in self.modes:
-            out.append(self._values())
-        if "events" in self.modes:
-            data = {"input": {"messages": [human]}}
-            out.append(self._event_dict("on_chain_start", "LangGraph", data))
-        return out
+        data = {"input": {"messages": [human]}}
+        start = self._event_dict("on_chain_start", "LangGraph", data)
+        return [self._values(), start, *self._open_step()]
 
     def _next_id(self) -> str:
         return message_id(self.run_id, self._position + 1)
 
     def _delta(self, delta: Delta) -> list[tuple[str, Any]]:
         self._step = delta.step
-        out = self._chat_start() if not self._current.started else []
         self._current.text += delta.text
         chunk = agent_message(delta.text, self._next_id(), chunk=True)
-        if "messages-tuple" in self.modes:
-            out.append(("messages", [chunk, self.metadata("agent")]))
-        if "messages" in self.modes:
-            out.extend(self._announce())
-            partial = agent_message(self._current.text, self._next_id())
-            out.append(("messages/partial", [partial]))
-        if "events" in self.modes:
-            data = {"chunk": chunk}
-            out.append(self._event_dict("on_chat_model_stream", self.graph_id, data, "agent"))
-        return out
+        partial = agent_message(self._current.text, self._next_id())
+        return [
+            ("messages", [chunk, self.metadata("agent")]),
+            ("messages/partial", [partial]),
+            self._event_dict("on_chat_model_stream", self.graph_id, {"chunk": chunk}, "agent"),
+        ]
 
-    def _chat_start(self) -> list[tuple[str, Any]]:
-        self._current.started = True
-        if "events" not in self.modes:
-            return []
+    def _open_step(self) -> list[tuple[str, Any]]:
+        """A model step begins (after the user's message, after the last tool result of a
+        step): announced from persisted events only, so a replay numbers it the same way."""
+        self._step += 1
         data = {"input": {"messages": [[*self.history, *self._turn]]}}
-        return [self._event_dict("on_chat_model_start", self.graph_id, data, "agent")]
-
-    def _announce(self) -> list[tuple[str, Any]]:
-        if self._current.announced:
-            return []
-        self._current.announced = True
-        return [("messages/metadata", {self._next_id(): {"metadata": self.metadata("agent")}})]
+        announce = {self._next_id(): {"metadata": self.metadata("agent")}}
+        return [
+            self._event_dict("on_chat_model_start", self.graph_id, data, "agent"),
+            ("messages/metadata", announce),
+        ]
 
     def _llm_completed(self, event: ev.LlmCompleted) -> list[tuple[str, Any]]:
         self._step = event.step
-        out = self._chat_start() if not self._current.started else []
         msg_id = self._next_id()
         ai = agent_message(event.content, msg_id, event.tool_calls, event.usage)
-        if "messages-tuple" in self.modes:
-            out.append(("messages", [self._last_chunk(event, msg_id, ai), self.metadata("agent")]))
-        if "messages" in self.modes:
-            out.extend(self._announce())
-            out.append(("messages/complete", [ai]))
-        if "events" in self.modes:
-            data = {"output": ai}
-            out.append(self._event_dict("on_chat_model_end", self.graph_id, data, "agent"))
+        out = [
+            ("messages", [self._last_chunk(event, msg_id, ai), self.metadata("agent")]),
+            ("messages/complete", [ai]),
+            self._event_dict("on_chat_model_end", self.graph_id, {"output": ai}, "agent"),
+        ]
         self._position += 1
         self._current = _Message()
+        self._pending_calls = len(event.tool_calls)
         self._tools.update({str(c.get("id")): str(c.get("name")) for c in event.tool_calls})
         stored = agent_message(event.content, msg_id, event.tool_calls)  # as the store has it
         return [*out, *self._appended(stored, "agent")]
@@ -276,16 +270,9 @@ class RunStream:
 
     def _appended(self, message: dict[str, Any], node: str) -> list[tuple[str, Any]]:
         self._turn.append(message)
-        out: list[tuple[str, Any]] = []
-        if "updates" in self.modes:
-            out.append(("updates", {node: {"messages": [message]}}))
-        if "values" in self.modes:
-            out.append(self._values())
-        return out
+        return [("updates", {node: {"messages": [message]}}), self._values()]
 
     def _tool_requested(self, event: ev.ToolRequested) -> list[tuple[str, Any]]:
-        if "events" not in self.modes:
-            return []
         data = {"input": event.arguments}
         return [self._event_dict("on_tool_start", event.tool, data, "tools")]
 
@@ -294,15 +281,16 @@ class RunStream:
         content = tool_content(event.ok, event.result, event.error)
         msg_id = message_id(self.run_id, self._position)
         tool = tool_message(content, msg_id, event.tool_call_id, event.tool, event.ok)
-        out: list[tuple[str, Any]] = []
-        if "messages-tuple" in self.modes:
-            out.append(("messages", [tool, self.metadata("tools")]))
-        if "messages" in self.modes:
-            meta = {msg_id: {"metadata": self.metadata("tools")}}
-            out.extend([("messages/metadata", meta), ("messages/complete", [tool])])
-        if "events" in self.modes:
-            out.append(self._event_dict("on_tool_end", event.tool, {"output": tool}, "tools"))
-        return [*out, *self._appended(tool, "tools")]
+        meta = {msg_id: {"metadata": self.metadata("tools")}}
+        out = [
+            ("messages", [tool, self.metadata("tools")]),
+            ("messages/metadata", meta),
+            ("messages/complete", [tool]),
+            self._event_dict("on_tool_end", event.tool, {"output": tool}, "tools"),
+            *self._appended(tool, "tools"),
+        ]
+        self._pending_calls = max(self._pending_calls - 1, 0)
+        return out if self._pending_calls else [*out, *self._open_step()]
 
     def _completed(self, event: ev.TurnCompleted) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
@@ -311,7 +299,6 @@ class RunStream:
             self._position += 1
             ai = agent_message(event.content, message_id(self.run_id, self._position))
             out.extend(self._appended(ai, "agent"))
-        if "events" in self.modes:
-            data = {"output": {"messages": [*self.history, *self._turn]}}
-            out.append(self._event_dict("on_chain_end", "LangGraph", data))
+        data = {"output": {"messages": [*self.history, *self._turn]}}
+        out.append(self._event_dict("on_chain_end", "LangGraph", data))
         return out
