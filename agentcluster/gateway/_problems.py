@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -125,12 +126,36 @@ def _rate_headers(exc: AgentClusterError) -> dict[str, str] | None:
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+_Templates = list[tuple[re.Pattern[str], list[str]]]
+
+
+def _documented_paths(app: FastAPI) -> _Templates:
+    """The OpenAPI document's path templates as patterns with their methods, the most literal
+    first (``/threads/search`` before ``/threads/{thread_id}``), built once per app."""
+    cached: _Templates | None = getattr(app.state, "documented_paths", None)
+    if cached is not None:
+        return cached
+    templates = sorted(app.openapi().get("paths", {}).items(), key=lambda i: i[0].count("{"))
+    built = [
+        (
+            re.compile(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template))),
+            sorted(method.upper() for method in operations if method.upper() in _METHODS),
+        )
+        for template, operations in templates
+    ]
+    app.state.documented_paths = built
+    return built
 
 
 def allowed_methods(request: Request) -> str:
-    """The ``Allow`` value of a 405: every method some route serves at the request's path (the
-    router answers with the first route that matched the path only, which may be one of several,
-    e.g. ``GET`` and ``DELETE`` of ``/v1/sessions/{session_id}``)."""
+    """The ``Allow`` value of a 405: the methods the OpenAPI document lists for the request's
+    path; for a path it does not describe, every method some route serves there (the router
+    answers with the first route that matched the path only, one of several)."""
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path[len(root) :] if root and path.startswith(root) else path  # under a mount
+    for pattern, methods in _documented_paths(request.app):
+        if pattern.fullmatch(path):
+            return ", ".join(methods)
     routes = request.app.router.routes
     allowed = [
         method

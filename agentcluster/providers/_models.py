@@ -164,7 +164,10 @@ class ProviderSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int | None = Field(
-        default=None, ge=0, description="the version read; a newer stored one gives 409"
+        default=None,
+        ge=0,
+        strict=True,  # a JSON integer: not true/false, not "3"
+        description="the version read; a newer stored one gives 409",
     )
     providers: list[ProviderIn] = Field(default_factory=list, max_length=50)
     agents: dict[Name, AgentModels] = Field(

@@ -211,4 +211,8 @@ async def test_a_405_lists_every_method_of_the_path_in_allow(tmp_path: Path) -> 
     assert (one.status_code, one.headers["allow"]) == (405, "DELETE, GET")
     assert (health.status_code, health.headers["allow"]) == (405, "GET")
     assert one.headers["content-type"] == PROBLEM_JSON
+    # A literal path is its own resource, though the router would also match a template there.
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        search = await http.request("OPTIONS", "/langgraph/threads/search")
+    assert (search.status_code, search.headers["allow"]) == (405, "POST")
     assert one.json()["type"].endswith("/method-not-allowed")
