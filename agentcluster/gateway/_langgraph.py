@@ -6,9 +6,10 @@ as the native API; no session model of its own).
 Assistants are the agents (``assistant_id`` is the agent's name or ``uuid5`` of it, as LangGraph
 names a graph's default assistant), threads are sessions, runs are turns. A run sends the last
 human message of its ``input`` to the thread's session; the session's stored history is the
-context. ``multitask_strategy`` ``enqueue`` (the default) queues the turn after the running one,
-``reject`` answers 409 while a turn is queued or running. Stateless runs (``/runs/...``) open a
-new session.
+context. ``multitask_strategy`` is the native API's: ``enqueue`` (the default) queues the turn
+after the open ones, ``reject`` answers 409 while a turn is open (nothing stored),
+``interrupt`` cancels the open turns and runs, ``rollback`` also hides their messages (from the
+model and from the thread's state). Stateless runs (``/runs/...``) open a new session.
 """
 
 from __future__ import annotations
@@ -339,18 +340,10 @@ def _input_message(body: RunCreateIn) -> api.MessageIn:
     if unsupported is not None:
         raise LangGraphApiError(422, f"not supported by this server: {unsupported}")
     try:
-        return api.MessageIn(content=input_text(body.input))
+        content = input_text(body.input)
     except ValueError as exc:
         raise LangGraphApiError(422, str(exc)) from None
-
-
-async def _busy(service: GatewayService, session: Session) -> None:
-    """409 while a turn of the session is queued or running (``multitask_strategy: reject``)."""
-    open_turns = await service.runtime.store.open_turns(session.session_id)
-    if open_turns:
-        turn = open_turns[0]
-        detail = f"Thread {session.session_id!r} is busy: run {turn.turn_id} is {turn.status}"
-        raise LangGraphApiError(409, detail)
+    return api.MessageIn(content=content, multitask_strategy=body.multitask_strategy)
 
 
 async def _prepare(
@@ -370,8 +363,6 @@ async def _prepare(
     if found.agent != profile.name:
         detail = f"Thread {thread_id!r} talks to assistant {found.agent!r}, not {profile.name!r}"
         raise LangGraphApiError(409, detail)
-    if body.multitask_strategy == "reject":
-        await _busy(service, found)
     return _Run(found, profile, message)
 
 

@@ -168,11 +168,14 @@ def tool_message(
 
 
 def messages_of(stored: Iterable[Message]) -> list[dict[str, Any]]:
-    """A session's stored messages as LangChain messages (ids as the stream gives them)."""
+    """A session's stored messages as LangChain messages (ids as the stream gives them), without
+    those of rolled back turns."""
     out: list[dict[str, Any]] = []
     positions: dict[str, int] = {}
     tool_names: dict[str, str] = {}
     for message in stored:
+        if message.rolled_back:  # a rolled back turn's messages are gone from the thread
+            continue
         if message.role == "user" or message.turn_id is None:
             kind = "human" if message.role == "user" else _ROLES.get(message.role, "system")
             out.append({**_base(kind, message.content, message.message_id), "example": False})

@@ -2,7 +2,7 @@
 and reads). Requests refuse unknown fields; fields the SDK sends that mean nothing here are
 accepted and ignored (``config``, ``context``, ``stream_subgraphs``, ``durability``, ...), those
 asking for what agentcluster does not do (interrupts, webhooks, checkpoints, delays) are refused
-when set."""
+when set. ``multitask_strategy`` is the native API's (enqueue, reject, interrupt, rollback)."""
 
 from __future__ import annotations
 
@@ -180,8 +180,6 @@ class RunCreateIn(_In):
             "after_seconds": self.after_seconds,
         }
         named = [name for name, value in asked.items() if value]
-        if self.multitask_strategy in ("interrupt", "rollback"):
-            named.append(f"multitask_strategy {self.multitask_strategy!r} (use reject or enqueue)")
         return ", ".join(named) or None
 
 

@@ -185,6 +185,15 @@ async def test_a_cancel_and_multitask_reject_and_enqueue(
     assert values["messages"][-1]["content"] == f"after the cancel {token}"
     types = await _event_types(http, tenant_key, thread_id, turns=2)
     assert "turn.cancelled" in types and "turn.completed" in types
+    # interrupt: the open turn is cancelled at once and the new one runs.
+    _answer(fake_llm, f"interrupting {token}", f"interrupted it {token}")
+    slower = await client.runs.create(thread_id, "tester", input=_human(f"slow {token}"))
+    interrupting = await client.runs.wait(
+        thread_id, "tester", input=_human(f"interrupting {token}"), multitask_strategy="interrupt"
+    )
+    assert isinstance(interrupting, dict)
+    assert interrupting["messages"][-1]["content"] == f"interrupted it {token}"
+    assert (await client.runs.get(thread_id, slower["run_id"]))["status"] == "interrupted"
     await client.aclose()
 
 
