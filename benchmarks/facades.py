@@ -1,5 +1,5 @@
-"""Facade overhead: a one-step turn through the OpenAI-compatible API vs the native
-``POST /v1/sessions/{id}/messages?wait=true``, in one run against one gateway.
+"""Facade overhead: a one-step turn through the OpenAI-compatible and LangGraph-compatible APIs
+vs the native ``POST /v1/sessions/{id}/messages?wait=true``, in one run against one gateway.
 
 Run: ``.venv/bin/python -m benchmarks.facades`` (``--requests N`` per path and round,
 ``--rounds R``, ``--out -`` to only print).
@@ -9,9 +9,11 @@ PostgreSQL database (on the server of ``SA01_DB_DSN`` or ``.data/services.env``,
 end), the fake LLM in a thread of this process, an agent without tools. Each path runs in its own
 session, warmed first (activation is not measured): native ``?wait=true``;
 ``/v1/chat/completions`` continuing its session by ``X-Session-Id``; ``/v1/responses`` chained by
-``previous_response_id``. All through the same ``httpx.AsyncClient``, one request at a time, the
-paths taking turns ``--rounds`` times. Latency is the client's wall time per request; the ratio
+``previous_response_id``; LangGraph's ``/langgraph/threads/{id}/runs/wait`` in its thread. All
+through the same ``httpx.AsyncClient``, one request at a time, the paths taking turns
+``--rounds`` times. Latency is the client's wall time per request; the ratio
 is each path's median over the native median (target: within 1.1x).
+The A2A path sends ``SendMessage`` to ``/a2a/bench`` with its session as ``contextId``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from benchmarks._common import (
     server_dsn,
 )
 
-SECTION = "## OpenAI-compatible facade"
+SECTION = "## Protocol facades"
 ADMIN_KEY = "bench-admin-" + uuid.uuid4().hex
 PROFILE = {
     "name": "bench",
@@ -60,7 +62,10 @@ NOTE = (
     "Beyond the native path, a chat completion with `X-Session-Id` reads the session once "
     "(tenant and agent check); a response with `previous_response_id` reads that response's turn "
     "and session, then the new turn's events (its tool calls become output items): three store "
-    "reads per turn."
+    "reads per turn. A LangGraph `runs/wait` reads the thread's session (tenant and agent check) "
+    "and, after the turn, the thread's messages (its answer is the thread's values): two."
+    " An A2A `SendMessage` with `contextId` reads the turn's events after the turn (the "
+    "task's history and answer): one (the context's agent is checked once per replica)."
 )
 
 
@@ -113,8 +118,10 @@ async def _paths(client: httpx.AsyncClient) -> dict[str, Turn]:
     """One turn function per path, each in a session of its own."""
     sessions = [
         (await client.post("/v1/sessions", json={"agent": "bench"})).json()["session_id"]
-        for _ in range(2)
+        for _ in range(3)
     ]
+    created = await client.post("/langgraph/threads", json={"metadata": {"graph_id": "bench"}})
+    thread_id = _check(created)["thread_id"]
     previous: list[str] = []
 
     async def native() -> None:
@@ -132,10 +139,28 @@ async def _paths(client: httpx.AsyncClient) -> dict[str, Turn]:
             body["previous_response_id"] = previous[-1]
         previous.append(_check(await client.post("/v1/responses", json=body))["id"])
 
+    async def langgraph() -> None:
+        body = {"assistant_id": "bench", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+        _check(await client.post(f"/langgraph/threads/{thread_id}/runs/wait", json=body))
+
+    async def a2a() -> None:
+        message = {
+            "messageId": uuid.uuid4().hex,
+            "role": "ROLE_USER",
+            "parts": [{"text": "hi"}],
+            "contextId": sessions[2],
+        }
+        rpc = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+        answer = _check(await client.post("/a2a/bench", json=rpc, headers={"A2A-Version": "1.0"}))
+        if "result" not in answer:
+            raise RuntimeError(f"A2A SendMessage: {answer}")
+
     return {
         "native `?wait=true`": native,
         "`/v1/chat/completions` (X-Session-Id)": chat,
         "`/v1/responses` (previous_response_id)": responses,
+        "A2A `SendMessage` (contextId)": a2a,
+        "LangGraph `/langgraph/threads/{id}/runs/wait`": langgraph,
     }
 
 
