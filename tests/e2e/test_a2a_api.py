@@ -41,7 +41,7 @@ from a2a.utils.errors import (
 from google.protobuf.json_format import MessageToDict
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -317,3 +317,32 @@ async def test_the_v03_method_names_and_idempotent_resends(
     tasks = [await _task(client, request) for _ in range(2)]
     assert tasks[0].id == tasks[1].id and _answer(tasks[1]) == "once"
     assert len([r for r in fake_llm.requests if again in str(r.messages)]) == 1
+
+
+async def test_budgets_and_rate_limits_reach_the_client(
+    fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # A spent daily token budget fails the turn: the task fails and says why.
+    budget_tenant, budget_key = await new_tenant(http, "a2a-budget")
+    limits = await http.put(
+        f"/v1/tenants/{budget_tenant}/limits", json={"tokens_per_day": 1}, headers=admin
+    )
+    assert limits.status_code == 200, limits.text
+    failed = await _task(await clients.make(budget_key, streaming=False), _send("over budget"))
+    assert failed.status.state == TaskState.TASK_STATE_FAILED
+    assert "budget" in failed.status.message.parts[0].text
+
+    # Past the tenant's requests per minute: HTTP 429 with Retry-After.
+    tenant_id, key = await new_tenant(http, "a2a-limits")
+    client = await clients.make(key, streaming=False)
+    limits = await http.put(
+        f"/v1/tenants/{tenant_id}/limits", json={"requests_per_minute": 2}, headers=admin
+    )
+    assert limits.status_code == 200, limits.text
+    with pytest.raises(A2AClientError) as limited:
+        for _ in range(30):  # the other replica applies the new limit within its refresh
+            await client.list_tasks(ListTasksRequest())
+    cause = limited.value.__cause__
+    assert isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 429
+    assert int(cause.response.headers["retry-after"]) >= 1
