@@ -107,6 +107,10 @@ async def test_assistants_threads_and_turns_continued_in_the_same_thread(
     assert types.count("turn.completed") == 2
     stateless = await client.runs.wait(None, "tester", input=_human(f"first {token}"))
     assert isinstance(stateless, dict) and stateless["messages"][-1]["content"] == f"hello {token}"
+    sync_client = _sync(gateway_url, tenant_key)  # the sync client: a plain turn, stateless
+    synced = sync_client.runs.wait(None, tester["assistant_id"], input=_human(f"first {token}"))
+    assert isinstance(synced, dict) and synced["messages"][-1]["content"] == f"hello {token}"
+    sync_client.close()
 
     await client.threads.delete(thread_id)
     with pytest.raises(NotFoundError):
@@ -156,6 +160,22 @@ async def test_a_streamed_tool_turn_in_each_stream_mode_resumable_by_event_id(
     assert replayed[-1].data == values[-1]
     assert client.runs.join(thread_id, run_id) == values[-1]
     client.close()
+
+    # The async client streams the next turn of the same thread, token by token.
+    later = uuid.uuid4().hex
+    _answer(fake_llm, later, f"streamed again {later}")
+    async_client = _async(gateway_url, tenant_key)
+    chunks = [
+        part.data[0]["content"]
+        async for part in async_client.runs.stream(
+            thread_id, "tester", input=_human(later), stream_mode="messages-tuple"
+        )
+        if part.event == "messages"
+    ]
+    assert "".join(chunks) == f"streamed again {later}"
+    state = await async_client.threads.get_state(thread_id)
+    assert len(state["values"]["messages"]) == 6  # both turns' messages
+    await async_client.aclose()
 
 
 async def test_a_cancel_and_multitask_reject_and_enqueue(
