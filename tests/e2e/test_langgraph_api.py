@@ -14,12 +14,13 @@ from langgraph_sdk.errors import (
     AuthenticationError,
     ConflictError,
     NotFoundError,
+    RateLimitError,
     UnprocessableEntityError,
 )
 
 from agentcluster.gateway._langgraph_messages import assistant_id
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -259,3 +260,21 @@ async def test_errors_are_the_sdks_typed_exceptions(
     assert malformed.status_code == 422 and "nonsense" in malformed.json()["detail"]
     await client.aclose()
     await other.aclose()
+
+
+async def test_the_tenants_rate_limit_is_the_sdks_rate_limit_error(
+    gateway_url: str, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "langgraph-limits")
+    limits = await http.put(
+        f"/v1/tenants/{tenant_id}/limits",
+        json={"requests_per_minute": 2},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert limits.status_code == 200, limits.text
+    client = _async(gateway_url, key)
+    with pytest.raises(RateLimitError) as limited:
+        for _ in range(30):  # the other replica applies the new limit within its refresh
+            await client.assistants.search()
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    await client.aclose()
