@@ -78,11 +78,28 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: _problem_response(status) for status in statuses}
 
 
+_SECONDS = {"type": "integer", "minimum": 0}
+_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {
+        "Retry-After": {"description": "seconds until a retry may succeed", "schema": _SECONDS},
+        "RateLimit-Limit": {"description": "requests per window", "schema": _SECONDS},
+        "RateLimit-Remaining": {"description": "requests left in the window", "schema": _SECONDS},
+        "RateLimit-Reset": {"description": "seconds until the window resets", "schema": _SECONDS},
+    },
+    503: {"Retry-After": {"description": "seconds until a retry may succeed", "schema": _SECONDS}},
+}
+"""Headers a problem of that status may carry (never required: not every cause sets them)."""
+
+
 def _problem_response(status: int) -> dict[str, Any]:
-    return {
+    response: dict[str, Any] = {
         "description": _WHY.get(status, "An error (problem+json)"),
         "content": {PROBLEM_JSON: {"schema": {"$ref": _REF}}},
     }
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response
 
 
 def _authenticated(operation: dict[str, Any]) -> bool:

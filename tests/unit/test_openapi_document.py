@@ -103,6 +103,10 @@ def test_derived_statuses_of_an_operation() -> None:
     assert derived_statuses(keyed) == {400, 401, 403, 413, 422, 429, 503}
     assert derived_statuses({"security": [{}, {"bearer": []}]}) == set()
     assert derived_statuses({"parameters": [{"in": "query"}]}) == {422}
+    limited = problem_responses(429)[429]["headers"]
+    assert {"Retry-After", "RateLimit-Limit"} <= set(limited)
+    assert not any(header.get("required") for header in limited.values())
+    assert "WWW-Authenticate" in problem_responses(401)[401]["headers"]
     declared = problem_responses(404, 409)
     assert set(declared) == {404, 409}
     assert declared[404]["content"][PROBLEM_JSON]["schema"]["$ref"].endswith("/Problem")
