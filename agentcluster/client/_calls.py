@@ -191,6 +191,14 @@ def close_session(session_id: str) -> Call[SessionOut]:
 # --- messages and turns -----------------------------------------------------------------------
 
 
+def _message_body(content: str, strategy: MultitaskStrategy) -> dict[str, Any]:
+    # The strategy goes only when it is not the default (a body an older gateway accepts).
+    body = _body(MessageIn, content=content, multitask_strategy=strategy)
+    if strategy == "enqueue":
+        del body["multitask_strategy"]
+    return body
+
+
 def _messages_path(session_id: str) -> str:
     return f"/v1/sessions/{_segment(session_id)}/messages"
 
@@ -202,7 +210,7 @@ def send_message(
         "POST",
         _messages_path(session_id),
         _model(MessageAccepted, 202, 200),
-        body=_body(MessageIn, content=content, multitask_strategy=strategy),
+        body=_message_body(content, strategy),
         headers={"Idempotency-Key": idempotency_key},
     )
 
@@ -219,7 +227,7 @@ def ask(
         _messages_path(session_id),
         _model(TurnOut, 200),
         params={"wait": "true"},
-        body=_body(MessageIn, content=content, multitask_strategy=strategy),
+        body=_message_body(content, strategy),
         headers={"Idempotency-Key": idempotency_key},
         timeout=timeout,
     )
@@ -230,7 +238,7 @@ def stream_turn(session_id: str, content: str, idempotency_key: str) -> Call[htt
         "POST",
         _messages_path(session_id),
         _stream,
-        body=_body(MessageIn, content=content),
+        body=_message_body(content, "enqueue"),
         headers={"Idempotency-Key": idempotency_key, "Accept": "text/event-stream"},
     )
 
