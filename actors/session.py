@@ -132,6 +132,9 @@ class SessionHost:
         self._serving()
         return await self._core.cancel(tenant_id, session_id, turn_id)
 
+    async def refresh(self, session_id: str) -> bool:
+        return self._core.refresh(session_id)
+
     async def stream(
         self,
         tenant_id: str,
@@ -241,8 +244,9 @@ class HostController:
     """Holds the host count every router uses, reconciles it to load between min and max, keeps
     the standby hosts running and wakes sessions whose open turns no live host runs.
 
-    It also runs the schedules' ticker (:class:`agentcluster.schedules.ScheduleTicker`): every
-    host set's controller tries, the holder of the lease in the store submits the due ticks.
+    It also runs the schedules' ticker (:class:`agentcluster.schedules.ScheduleTicker`) and the
+    webhook dispatcher (:class:`agentcluster.webhooks.WebhookDispatcher`): every host set's
+    controller tries, the holder of each one's lease in the store does the work.
 
     An async actor: it starts a loop that reconciles every ``reconcile_interval_s`` and one that
     ticks every ``schedules.tick_s`` (again on any call, should one have ended).
@@ -253,6 +257,8 @@ class HostController:
         self._count = settings.runtime.min_hosts
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
+        self._webhooks_task: asyncio.Task[None] | None = None
+        self._webhook_router: RaySessionRouter | None = None
         self._lock = asyncio.Lock()
         self._store: StateStore | None = None
         self._holder = f"{actor_names.controller(settings.runtime)}~{os.getpid()}~{time.time_ns()}"
@@ -266,6 +272,35 @@ class HostController:
             self._loop_task = asyncio.create_task(self._reconcile_forever())
         if self._ticker_task is None or self._ticker_task.done():
             self._ticker_task = asyncio.create_task(self._tick_forever())
+        if self._webhooks_task is None or self._webhooks_task.done():
+            self._webhooks_task = asyncio.create_task(self._deliver_forever())
+
+    async def _deliver_forever(self) -> None:
+        from agentcluster.policy import build_policy_engine
+        from agentcluster.tools import SsrfGuard
+        from agentcluster.webhooks import WebhookDispatcher
+
+        dispatcher: WebhookDispatcher | None = None
+        while True:
+            await asyncio.sleep(self._settings.webhooks.tick_s)
+            try:
+                if dispatcher is None:
+                    guard = SsrfGuard(build_policy_engine(self._settings))
+                    store = await self._state_store()
+                    router = RaySessionRouter(self._settings, use_controller=False)
+                    dispatcher = WebhookDispatcher(
+                        store,
+                        guard,
+                        self._settings.webhooks,
+                        self._holder,
+                        on_event=router.refresh,
+                    )
+                    self._webhook_router = router
+                if self._webhook_router is not None:  # the sessions' hosts as routers see them
+                    self._webhook_router.use_count(self._count)
+                await dispatcher.tick()
+            except Exception:  # a database blip must not stop later deliveries
+                log.exception("host controller: webhook delivery failed")
 
     async def _tick_forever(self) -> None:
         from agentcluster.runtime import Runtime
@@ -622,6 +657,15 @@ class RaySessionRouter:
             session_id, lambda host: _once(host.cancel).remote(tenant_id, session_id, turn_id)
         )
         return bool(cancelled)
+
+    async def refresh(self, session_id: str) -> None:
+        """Tell the session's host (if it has the session active) that events were committed
+        elsewhere, so its live streams show them. Best effort: a stream opened later reads
+        them from the store anyway."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                _call_host(_once(self.actor(session_id).refresh).remote(session_id)), 2.0
+            )
 
     async def stream(
         self,

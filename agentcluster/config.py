@@ -604,6 +604,22 @@ class ScheduleSettings(BaseSettings):
     max_per_session: int = Field(default=20, ge=1, le=1000)
 
 
+class WebhookSettings(BaseSettings):
+    """Webhooks: turn outcomes POSTed to the URL a session or a message names."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_WEBHOOKS_", **_SECTION)
+
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the elected dispatcher looks for deliveries that are due."""
+    lease_s: float = Field(default=10.0, gt=0, le=600)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """The longest one delivery attempt may take."""
+    retry_for_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    """How long a delivery is retried (exponential backoff) before it is given up."""
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """The longest wait between two attempts (the first retry comes after 1 s, then doubling)."""
+
+
 class Settings(BaseModel):
     """The whole settings tree. Build it with :func:`load_settings`."""
 
@@ -625,6 +641,7 @@ class Settings(BaseModel):
     browser: BrowserSettings
     tracing: TracingSettings
     schedules: ScheduleSettings
+    webhooks: WebhookSettings
 
     @property
     def db_dsn(self) -> str:
@@ -668,6 +685,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "browser": BrowserSettings,
     "tracing": TracingSettings,
     "schedules": ScheduleSettings,
+    "webhooks": WebhookSettings,
 }
 
 

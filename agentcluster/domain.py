@@ -23,6 +23,7 @@ __all__ = [
     "Tenant",
     "Turn",
     "TurnStatus",
+    "WebhookDelivery",
 ]
 
 SessionStatus = Literal["active", "closed"]
@@ -68,6 +69,8 @@ class Session(_Record):
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None = None
+    webhook: str | None = None
+    """Where each turn's outcome is POSTed (a message may name its own)."""
 
 
 class Message(_Record):
@@ -117,6 +120,20 @@ class Schedule(_Record):
     missed: MissedTicks
     next_fire_at: datetime
     last_fired_at: datetime | None = None
+    created_at: datetime
+
+
+class WebhookDelivery(_Record):
+    """A turn outcome to POST to a webhook, until it is delivered or given up."""
+
+    delivery_id: str
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    url: str
+    payload: str
+    attempts: int
+    next_attempt_at: datetime
     created_at: datetime
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "TurnOutcome",
     "TurnStarted",
     "Usage",
+    "WebhookDelivered",
+    "WebhookFailed",
     "current_trace_context",
     "dump_event",
     "load_event",
@@ -167,6 +169,27 @@ class TurnCancelled(EventBase):
     them."""
 
 
+class WebhookDelivered(EventBase):
+    """A turn's outcome reached its webhook (a 2xx answer)."""
+
+    type: Literal["webhook.delivered"] = "webhook.delivered"
+    turn_id: str
+    url: str
+    status_code: int
+    attempts: int
+
+
+class WebhookFailed(EventBase):
+    """One delivery attempt of a turn's outcome failed; ``final`` when no retry follows."""
+
+    type: Literal["webhook.failed"] = "webhook.failed"
+    turn_id: str
+    url: str
+    error: str
+    attempts: int
+    final: bool = False
+
+
 class SessionClosed(EventBase):
     type: Literal["session.closed"] = "session.closed"
     reason: str = ""
@@ -183,6 +206,8 @@ Event = Annotated[
     | TurnCompleted
     | TurnFailed
     | TurnCancelled
+    | WebhookDelivered
+    | WebhookFailed
     | SessionClosed,
     Field(discriminator="type"),
 ]

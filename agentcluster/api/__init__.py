@@ -30,7 +30,7 @@ from agentcluster.api._models import (
     check_metadata,
     json_depth,
 )
-from agentcluster.api._schedules import ScheduleIn, ScheduleList, ScheduleOut
+from agentcluster.api._schedules import ScheduleIn, ScheduleList, ScheduleOut, WebhookSecretOut
 from agentcluster.api._stream import Delta, Overflow, StreamItem
 
 PROBLEM_BASE = "https://agentcluster.dev/problems/"
@@ -69,6 +69,7 @@ __all__ = [
     "SessionOut",
     "StreamItem",
     "TurnOut",
+    "WebhookSecretOut",
     "check_metadata",
     "json_depth",
 ]

@@ -106,8 +106,34 @@ class Problem(_Out):
     instance: str | None = None
 
 
+WEBHOOK_DESCRIPTION = (
+    "an absolute http(s) URL each turn's outcome is POSTed to, signed (Standard Webhooks); "
+    "the tenant's network policy must allow its host"
+)
+
+
+def _check_webhook(url: str | None) -> str | None:
+    if url is None:
+        return None
+    from agentcluster.tools import web_url_problem  # the URL parser the SSRF guard uses
+
+    problem = web_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
 class SessionCreateIn(_In):
     agent: str = Field(default="default", min_length=1, max_length=200)
+    webhook: str | None = Field(
+        default=None, min_length=1, max_length=2000, description=WEBHOOK_DESCRIPTION
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, url: str | None) -> str | None:
+        return _check_webhook(url)
+
     metadata: dict[str, Any] = Field(
         default_factory=dict,
         description=f"free-form JSON, at most {MAX_METADATA_DEPTH} levels deep and "
@@ -130,6 +156,7 @@ class SessionOut(_Out):
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None = None
+    webhook: str | None = None
 
     @classmethod
     def of(cls, session: Session) -> SessionOut:
@@ -142,6 +169,7 @@ class SessionOut(_Out):
             created_at=session.created_at,
             updated_at=session.updated_at,
             closed_at=session.closed_at,
+            webhook=session.webhook,
         )
 
 
@@ -156,6 +184,18 @@ class SessionList(_Out):
 
 class MessageIn(_In):
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    webhook: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description=WEBHOOK_DESCRIPTION + " (for this message's turn, instead of the session's)",
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, url: str | None) -> str | None:
+        return _check_webhook(url)
+
     multitask_strategy: MultitaskStrategy = Field(
         default="enqueue",
         description=(

@@ -9,7 +9,7 @@ from pydantic import Field
 from agentcluster.api._models import MAX_CONTENT_CHARS, _In, _Out
 from agentcluster.domain import MissedTicks, Schedule
 
-__all__ = ["ScheduleIn", "ScheduleList", "ScheduleOut"]
+__all__ = ["ScheduleIn", "ScheduleList", "ScheduleOut", "WebhookSecretOut"]
 
 
 class ScheduleIn(_In):
@@ -70,3 +70,9 @@ class ScheduleOut(_Out):
 
 class ScheduleList(_Out):
     items: list[ScheduleOut]
+
+
+class WebhookSecretOut(_Out):
+    """The tenant's webhook signing secret (``whsec_`` + base64 key, Standard Webhooks)."""
+
+    secret: str

@@ -57,6 +57,7 @@ from agentcluster.gateway._settings_api import (
     stop_settings_api,
 )
 from agentcluster.gateway._streams import LeasedEventSource, release_on_error
+from agentcluster.gateway._webhooks_api import include_webhooks_api
 from agentcluster.limits import open_tenant_limits
 from agentcluster.policy import build_policy_engine
 from agentcluster.runtime import Delta, Overflow, Runtime, StreamItem
@@ -549,6 +550,7 @@ def create_app(
     include_settings_api(app)
     include_limits_api(app)
     include_schedules_api(app)
+    include_webhooks_api(app)
     include_ready(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).
     mcp = McpEndpoint(current_service)

@@ -270,7 +270,9 @@ class GatewayService:
             known = ", ".join(sorted(self.profiles))
             raise ValidationFailed(f"unknown agent {body.agent!r}; known agents: {known}")
         tenant_id = await self.authorize(caller, "session.create", body.agent)
-        session = await self.runtime.create_session(tenant_id, body.agent, body.metadata)
+        session = await self.runtime.create_session(
+            tenant_id, body.agent, body.metadata, webhook=body.webhook
+        )
         return api.SessionOut.of(session)
 
     async def list_sessions(
@@ -311,6 +313,7 @@ class GatewayService:
             idempotency_key=idempotency_key,
             notify=notify,
             strategy=body.multitask_strategy,
+            webhook=body.webhook,
         )
 
     async def send_message(

@@ -15,7 +15,13 @@ from agentcluster import events as ev
 from agentcluster.domain import MultitaskStrategy, Session, Submission, Turn
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
-from agentcluster.store import ScheduleStore, SessionStore, SharedDatabase, TenantStore
+from agentcluster.store import (
+    ScheduleStore,
+    SessionStore,
+    SharedDatabase,
+    TenantStore,
+    WebhookStore,
+)
 
 __all__ = ["Runtime", "RuntimeStore", "SessionRouter"]
 
@@ -46,13 +52,15 @@ class SessionRouter(Protocol):
     ) -> AsyncIterator[StreamItem]: ...
 
 
-class RuntimeStore(SessionStore, TenantStore, ScheduleStore, SharedDatabase, Protocol):
+class RuntimeStore(
+    SessionStore, TenantStore, ScheduleStore, WebhookStore, SharedDatabase, Protocol
+):
     """The store roles a :class:`Runtime` is given: the sessions, messages and turns it reads and
     writes (:class:`~agentcluster.store.SessionStore`; ``close``), and the roles the API built on
     it takes from ``runtime.store``: tenants and keys (authentication, the admin routes), the
-    sessions' schedules, the database the settings tables and the readiness probe use; and a
-    session's open turns (is it busy?). Not the session hosts' roles (activation, the journal)
-    nor the relay's (the outbox)."""
+    sessions' schedules and webhook secrets, the database the settings tables and the readiness
+    probe use; and a session's open turns (is it busy?). Not the session hosts' roles
+    (activation, the journal) nor the relay's (the outbox)."""
 
     async def open_turns(self, session_id: str) -> list[Turn]: ...
 
@@ -83,9 +91,14 @@ class Runtime:
         await self.store.close()
 
     async def create_session(
-        self, tenant_id: str, agent: str, metadata: dict[str, Any] | None = None
+        self,
+        tenant_id: str,
+        agent: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        webhook: str | None = None,
     ) -> Session:
-        return await self.store.create_session(tenant_id, agent, metadata)
+        return await self.store.create_session(tenant_id, agent, metadata, webhook=webhook)
 
     async def send_message(
         self,
@@ -96,6 +109,7 @@ class Runtime:
         idempotency_key: str | None = None,
         notify: bool = True,
         strategy: MultitaskStrategy = "enqueue",
+        webhook: str | None = None,
     ) -> Submission:
         """Commit the message (durable from here on), then wake the session's host (unless
         ``notify`` is False: the caller wakes it, e.g. through :meth:`wait_turn`).
@@ -111,7 +125,12 @@ class Runtime:
             TurnInProgress: ``reject`` while the session has a turn open.
         """
         submission = await self.store.submit_message(
-            tenant_id, session_id, content, idempotency_key=idempotency_key, strategy=strategy
+            tenant_id,
+            session_id,
+            content,
+            idempotency_key=idempotency_key,
+            strategy=strategy,
+            webhook=webhook,
         )
         if notify:
             await self._wake(session_id, submission.turn_id)

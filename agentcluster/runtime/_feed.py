@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from agentcluster.api import Delta, Overflow, StreamItem
 
-__all__ = ["Delta", "LiveFeed", "Overflow", "StreamItem"]
+__all__ = ["Delta", "FeedItem", "LiveFeed", "Overflow", "Refresh", "StreamItem"]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Internal to a host's streams: events were committed by another process; read them from
+    the store (never sent to clients)."""
+
+    session_id: str
+
+
+FeedItem = StreamItem | Refresh
 
 
 class LiveFeed:
@@ -16,22 +28,22 @@ class LiveFeed:
     def __init__(self, session_id: str, *, queue_size: int = 1024) -> None:
         self.session_id = session_id
         self._queue_size = queue_size
-        self._subscribers: set[asyncio.Queue[StreamItem | None]] = set()
+        self._subscribers: set[asyncio.Queue[FeedItem | None]] = set()
         self._delta_index = 0
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self) -> asyncio.Queue[StreamItem | None]:
-        queue: asyncio.Queue[StreamItem | None] = asyncio.Queue(self._queue_size)
+    def subscribe(self) -> asyncio.Queue[FeedItem | None]:
+        queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(self._queue_size)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[StreamItem | None]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[FeedItem | None]) -> None:
         self._subscribers.discard(queue)
 
-    def publish(self, item: StreamItem) -> None:
+    def publish(self, item: FeedItem) -> None:
         for queue in list(self._subscribers):
             if queue.qsize() >= self._queue_size - 1:
                 self._subscribers.discard(queue)

@@ -24,7 +24,7 @@ from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.runtime._activation import Activation, history_from_messages
-from agentcluster.runtime._feed import StreamItem
+from agentcluster.runtime._feed import Refresh, StreamItem
 from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier
 
@@ -151,6 +151,15 @@ class SessionHostCore:
             activation.pump()
         return activation
 
+    def refresh(self, session_id: str) -> bool:
+        """Events were committed for the session outside this host (a webhook attempt): its
+        live streams here read them from the store. False when it is not active here."""
+        activation = self._activations.get(session_id)
+        if activation is None:
+            return False
+        activation.feed.publish(Refresh(session_id=session_id))
+        return True
+
     async def notify(self, session_id: str, turn_id: str | None = None) -> None:
         """A message was committed for this session: activate it and run its open turns
         (``turn_id``, the turn just queued, continues the active trace when it runs)."""
@@ -216,6 +225,19 @@ class SessionHostCore:
                 if len(page) < 1000:
                     break
             while (item := await queue.get()) is not None:
+                if isinstance(item, Refresh) or (
+                    isinstance(item, EventBase) and item.seq > last + 1
+                ):
+                    # Events other processes committed (a message the gateway accepted, a
+                    # webhook attempt): from the store, in order, before this one.
+                    for event in await deps.store.list_events(
+                        tenant_id, session_id, after_seq=last
+                    ):
+                        last = event.seq
+                        yield event
+                        if _ends(event, until_turn):
+                            return
+                    continue
                 if isinstance(item, EventBase):
                     if item.seq <= last:
                         continue

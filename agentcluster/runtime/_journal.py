@@ -184,14 +184,13 @@ class StoreJournal(TurnJournal):
             answer = self._last_answer or await writer.add_message(
                 "assistant", content, turn_id=turn_id
             )
-            await writer.finish_turn(
+            webhook = await writer.finish_turn(
                 turn_id, "completed", usage=usage.model_dump(), answer_message_id=answer
             )
-            await writer.emit(
-                ev.TurnCompleted(
-                    **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
-                )
+            completed = ev.TurnCompleted(
+                **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
             )
+            await _emit_outcome(writer, completed, webhook)
 
         await self._write(change)
 
@@ -237,10 +236,12 @@ class StoreJournal(TurnJournal):
         )
 
         async def change(writer: JournalWriter) -> None:
-            await writer.finish_turn(turn_id, "cancelled", usage=usage.model_dump(), error=reason)
+            webhook = await writer.finish_turn(
+                turn_id, "cancelled", usage=usage.model_dump(), error=reason
+            )
             if rollback:
                 await writer.roll_back_messages(turn_id)
-            await writer.emit(event)
+            await _emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
@@ -248,7 +249,16 @@ class StoreJournal(TurnJournal):
         self, turn_id: str, status: TurnStatus, usage: Usage, error: str, event: ev.Event
     ) -> None:
         async def change(writer: JournalWriter) -> None:
-            await writer.finish_turn(turn_id, status, usage=usage.model_dump(), error=error)
-            await writer.emit(event)
+            webhook = await writer.finish_turn(
+                turn_id, status, usage=usage.model_dump(), error=error
+            )
+            await _emit_outcome(writer, event, webhook)
 
         await self._write(change)
+
+
+async def _emit_outcome(writer: JournalWriter, event: ev.Event, webhook: str | None) -> None:
+    """Record a turn's outcome event, and its webhook delivery in the same transaction."""
+    stored = await writer.emit(event)
+    if webhook is not None and isinstance(stored, ev.TURN_OUTCOMES):
+        await writer.add_webhook_delivery(stored.turn_id, webhook, ev.dump_event(stored).decode())

@@ -20,6 +20,7 @@ from agentcluster.store._ports import (
     StateStore,
     StoreHealth,
     TenantStore,
+    WebhookStore,
 )
 from agentcluster.store._sql import SqlStateStore, open_store
 from agentcluster.store._sql_tenants import hash_api_key
@@ -40,6 +41,7 @@ __all__ = [
     "StateStore",
     "StoreHealth",
     "TenantStore",
+    "WebhookStore",
     "current_revision",
     "hash_api_key",
     "head_revision",

@@ -45,6 +45,7 @@ from agentcluster.domain import (
     Tenant,
     Turn,
     TurnStatus,
+    WebhookDelivery,
 )
 
 if TYPE_CHECKING:
@@ -110,7 +111,12 @@ class SessionStore(HistoryReader, AttachmentStore, Protocol):
     (every call scoped to the caller's tenant)."""
 
     async def create_session(
-        self, tenant_id: str, agent: str, metadata: dict[str, Any] | None = None
+        self,
+        tenant_id: str,
+        agent: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        webhook: str | None = None,
     ) -> Session: ...
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session: ...
@@ -127,6 +133,7 @@ class SessionStore(HistoryReader, AttachmentStore, Protocol):
         *,
         idempotency_key: str | None = None,
         strategy: MultitaskStrategy = "enqueue",
+        webhook: str | None = None,
     ) -> Submission: ...
 
     async def close_session(self, tenant_id: str, session_id: str, reason: str = "") -> Session: ...
@@ -162,7 +169,12 @@ class JournalWriter(Protocol):
     ) -> str: ...
 
     async def add_turn(
-        self, turn_id: str, message_id: str, strategy: MultitaskStrategy = "enqueue"
+        self,
+        turn_id: str,
+        message_id: str,
+        strategy: MultitaskStrategy = "enqueue",
+        *,
+        webhook: str | None = None,
     ) -> None: ...
 
     async def start_turn(self, turn_id: str) -> int | None: ...
@@ -175,7 +187,9 @@ class JournalWriter(Protocol):
         usage: dict[str, Any] | None = None,
         answer_message_id: str | None = None,
         error: str | None = None,
-    ) -> None: ...
+    ) -> str | None: ...
+
+    async def add_webhook_delivery(self, turn_id: str, url: str, payload: str) -> None: ...
 
     async def roll_back_messages(self, turn_id: str) -> None: ...
 
@@ -294,11 +308,33 @@ class ScheduleStore(Protocol):
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
 
 
+class WebhookStore(Protocol):
+    """Turn outcomes waiting for their webhook, and each tenant's signing secret."""
+
+    async def due_webhook_deliveries(
+        self, now: datetime, *, limit: int = 50
+    ) -> list[WebhookDelivery]: ...
+
+    async def record_webhook_attempt(
+        self,
+        delivery: WebhookDelivery,
+        *,
+        status_code: int | None,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> None: ...
+
+    async def webhook_secret(self, tenant_id: str) -> str: ...
+
+    async def rotate_webhook_secret(self, tenant_id: str) -> str: ...
+
+
 class StateStore(
     TenantStore,
     SessionStore,
     ActivationStore,
     ScheduleStore,
+    WebhookStore,
     OutboxSource,
     OutboxBacklog,
     SharedDatabase,

@@ -26,6 +26,7 @@ from agentcluster.store._sql_outbox import SqlOutbox
 from agentcluster.store._sql_schedules import SqlSchedules
 from agentcluster.store._sql_sessions import SqlSessions
 from agentcluster.store._sql_tenants import SqlTenants
+from agentcluster.store._sql_webhooks import SqlWebhooks
 
 if TYPE_CHECKING:
     from agentcluster.store._ports import StateStore
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["SqlStateStore", "open_store"]
 
 
-class SqlStateStore(SqlTenants, SqlSessions, SqlActivation, SqlOutbox, SqlSchedules):
+class SqlStateStore(SqlTenants, SqlSessions, SqlActivation, SqlOutbox, SqlSchedules, SqlWebhooks):
     """The durable state store on PostgreSQL or embedded SQLite: every role of
     :mod:`agentcluster.store._ports` (see module docstring)."""
 

@@ -138,6 +138,7 @@ def session_of(row: Any) -> Session:
         created_at=row.created_at,
         updated_at=row.updated_at,
         closed_at=row.closed_at,
+        webhook=row.webhook,
     )
 
 

@@ -58,7 +58,12 @@ class SqlSessions(SqlWriting):
     """Sessions and what the API reads of them, every call scoped to a tenant."""
 
     async def create_session(
-        self, tenant_id: str, agent: str, metadata: dict[str, Any] | None = None
+        self,
+        tenant_id: str,
+        agent: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        webhook: str | None = None,
     ) -> Session:
         """Create a session and record ``session.created`` in the same transaction."""
         now = utcnow()
@@ -76,6 +81,7 @@ class SqlSessions(SqlWriting):
                     next_seq=2,
                     created_at=now,
                     updated_at=now,
+                    webhook=webhook,
                 )
             )
             writer = SessionWriter(connection, tenant_id, session_id, seq=1)
@@ -127,8 +133,10 @@ class SqlSessions(SqlWriting):
         *,
         idempotency_key: str | None = None,
         strategy: MultitaskStrategy = "enqueue",
+        webhook: str | None = None,
     ) -> Submission:
         """Commit a user message and queue its turn; a repeated idempotency key gets the first.
+        The turn's outcome goes to ``webhook``, or else to the session's.
 
         ``strategy`` says what happens when the session has a turn open: ``reject`` raises
         TurnInProgress (nothing is written; checked under the session's write lock, so two
@@ -157,7 +165,11 @@ class SqlSessions(SqlWriting):
             message_id = await writer.add_message(
                 "user", content, turn_id=turn_id, idempotency_key=idempotency_key
             )
-            await writer.add_turn(turn_id, message_id, strategy)
+            if webhook is None:
+                webhook = await writer.connection.scalar(
+                    select(SessionRow.webhook).where(SessionRow.session_id == session_id)
+                )
+            await writer.add_turn(turn_id, message_id, strategy, webhook=webhook)
             received = await writer.emit(
                 ev.MessageReceived(
                     tenant_id=writer.tenant_id,

@@ -22,7 +22,15 @@ from agentcluster import events as ev
 from agentcluster.domain import MessageRole, MultitaskStrategy, TurnStatus
 from agentcluster.errors import NotFoundError, StaleEpochError
 from agentcluster.store._sql_base import OPEN_TURN_STATUSES, SqlStoreBase, new_id
-from agentcluster.store.models import EventRow, MessageRow, SessionRow, ToolCallRow, TurnRow, utcnow
+from agentcluster.store.models import (
+    EventRow,
+    MessageRow,
+    SessionRow,
+    ToolCallRow,
+    TurnRow,
+    WebhookDeliveryRow,
+    utcnow,
+)
 
 __all__ = ["SessionWriter", "SqlWriting"]
 
@@ -104,9 +112,15 @@ class SessionWriter:
         return message_id
 
     async def add_turn(
-        self, turn_id: str, message_id: str, strategy: MultitaskStrategy = "enqueue"
+        self,
+        turn_id: str,
+        message_id: str,
+        strategy: MultitaskStrategy = "enqueue",
+        *,
+        webhook: str | None = None,
     ) -> None:
-        """Queue a turn answering ``message_id`` (sent with ``strategy``)."""
+        """Queue a turn answering ``message_id`` (sent with ``strategy``; its outcome goes to
+        ``webhook``)."""
         await self._connection.execute(
             insert(TurnRow).values(
                 turn_id=turn_id,
@@ -115,6 +129,7 @@ class SessionWriter:
                 message_id=message_id,
                 status="queued",
                 strategy=strategy,
+                webhook=webhook,
                 attempt=0,
                 usage={},
                 created_at=utcnow(),
@@ -145,17 +160,38 @@ class SessionWriter:
         usage: dict[str, Any] | None = None,
         answer_message_id: str | None = None,
         error: str | None = None,
-    ) -> None:
-        """Record a turn's outcome."""
+    ) -> str | None:
+        """Record a turn's outcome; returns the webhook its outcome goes to, if any."""
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
         if usage is not None:
             values["usage"] = usage
         if answer_message_id is not None:
             values["answer_message_id"] = answer_message_id
-        await self._connection.execute(
+        webhook = await self._connection.scalar(
             update(TurnRow)
             .where(TurnRow.turn_id == turn_id, TurnRow.session_id == self.session_id)
             .values(**values)
+            .returning(TurnRow.webhook)
+        )
+        return str(webhook) if webhook else None
+
+    async def add_webhook_delivery(self, turn_id: str, url: str, payload: str) -> None:
+        """Queue ``payload`` (a turn's outcome) for ``url``, in this transaction: it is sent
+        once the outcome is committed, whatever happens to the process that wrote it."""
+        now = utcnow()
+        await self._connection.execute(
+            insert(WebhookDeliveryRow).values(
+                delivery_id=new_id(),
+                tenant_id=self.tenant_id,
+                session_id=self.session_id,
+                turn_id=turn_id,
+                url=url,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
         )
 
     async def roll_back_messages(self, turn_id: str) -> None:

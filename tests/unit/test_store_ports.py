@@ -28,6 +28,7 @@ from agentcluster.store import (
     StateStore,
     StoreHealth,
     TenantStore,
+    WebhookStore,
 )
 
 ROLES = [
@@ -41,6 +42,7 @@ ROLES = [
     StoreHealth,
     SharedDatabase,
     ScheduleStore,
+    WebhookStore,
 ]
 ADAPTER_ONLY = {"engine"}
 """Public members no role has: the SQLAlchemy engine, for the migration helpers the CLI runs."""
