@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
+from agentcluster.api._schedules import CRON_PATTERN, TIME_ZONES, ScheduleIn
 from agentcluster.errors import ValidationFailed
 from agentcluster.schedules import check_schedule, next_fire, tick_key
 
@@ -55,3 +57,30 @@ def test_a_ticks_key_names_the_schedule_and_the_tick() -> None:
     key = tick_key("s1", datetime(2026, 3, 27, 12, 0, 15, tzinfo=UTC))
     assert key == "schedule:s1:20260327T120015.000000Z"
     assert tick_key("s1", datetime(2026, 3, 27, 12, 0, 16, tzinfo=UTC)) != key
+
+
+@pytest.mark.parametrize(
+    "cron",
+    ["0 9 * * 1-5", "*/2 * * * * *", "0 0 * * MON-fri", "5,35 23-1 1-31/7 jan-Mar 0-7", "@daily"],
+)
+def test_what_the_schema_allows_is_a_schedule(cron: str) -> None:
+    body = ScheduleIn(cron=cron, content="x", timezone="Europe/Berlin")
+    assert check_schedule(body.cron, body.timezone, 1, NOW) > NOW
+
+
+@pytest.mark.parametrize(
+    "cron",
+    ["61 * * * *", "0  9 * * *", " 0 9 * * *", "* * * * * * *", "*/0 * * * *", "@reboot", "0 L"],
+)
+def test_what_the_schema_refuses_is_refused_before_the_schedule(cron: str) -> None:
+    assert re.fullmatch(CRON_PATTERN, cron) is None
+    with pytest.raises(ValueError, match="cron"):
+        ScheduleIn(cron=cron, content="x")
+
+
+def test_time_zones_are_the_ones_the_server_knows() -> None:
+    schema = ScheduleIn.model_json_schema()["properties"]["timezone"]
+    assert "Europe/Berlin" in schema["enum"] and "UTC" in TIME_ZONES
+    for timezone in ("Mars/Olympus", "../../etc/passwd", "europe/berlin"):
+        with pytest.raises(ValueError, match="time zone"):
+            ScheduleIn(cron="0 9 * * *", content="x", timezone=timezone)
