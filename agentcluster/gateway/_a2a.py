@@ -52,17 +52,17 @@ a2a_router = APIRouter(tags=["a2a"])
 _JSONRPC_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": 'A JSON-RPC 2.0 request (`jsonrpc: "2.0"`, `method`, `params`, `id`). '
+        "Any JSON is accepted: what is no JSON-RPC request is answered 200 with a JSON-RPC error "
+        "(-32700 parse error, -32600 invalid request), as JSON-RPC over HTTP does and a2a-sdk "
+        "clients expect",
         "content": {
             "application/json": {
                 "schema": {
-                    "type": "object",
-                    "required": ["jsonrpc", "method"],
-                    "properties": {
-                        "jsonrpc": {"type": "string", "enum": ["2.0"]},
-                        "id": {"type": ["string", "integer", "null"]},
-                        "method": {"type": "string"},
-                        "params": {"type": "object"},
-                    },
+                    "description": "any JSON; a JSON-RPC 2.0 request to be answered with a result",
+                    "examples": [
+                        {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "t"}}
+                    ],
                 }
             }
         },
@@ -70,11 +70,41 @@ _JSONRPC_BODY: dict[str, Any] = {
 }
 _RPC_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "A JSON-RPC response (errors too), or for the streaming methods its "
-        "events (text/event-stream)",
+        "description": "A JSON-RPC response: a result, or an error (also for a body that is no "
+        "JSON-RPC request); for the streaming methods their events (text/event-stream)",
         "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["jsonrpc"],
+                    "properties": {
+                        "jsonrpc": {"const": "2.0"},
+                        "id": {},
+                        "result": {},
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "integer"},
+                                "message": {"type": "string"},
+                                "data": {},
+                            },
+                        },
+                    },
+                }
+            },
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string", "description": "a JSON-RPC response"},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            },
         },
     },
     404: {"description": "No such agent (problem+json)"},

@@ -5,8 +5,8 @@ as the native API; no session model of its own).
 
 Assistants are the agents (``assistant_id`` is the agent's name or ``uuid5`` of it, as LangGraph
 names a graph's default assistant), threads are sessions, runs are turns. A run sends the last
-human message of its ``input`` to the thread's session; the session's stored history is the
-context. ``multitask_strategy`` is the native API's: ``enqueue`` (the default) queues the turn
+message of its ``input`` to the thread's session (earlier ones as a transcript before it); the
+session's stored history is the context. ``multitask_strategy`` is the native API's: ``enqueue`` (the default) queues the turn
 after the open ones, ``reject`` answers 409 while a turn is open (nothing stored),
 ``interrupt`` cancels the open turns and runs, ``rollback`` also hides their messages (from the
 model and from the thread's state). Stateless runs (``/runs/...``) open a new session.
@@ -15,10 +15,10 @@ model and from the thread's state). Stateless runs (``/runs/...``) open a new se
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import anyio
@@ -51,9 +51,11 @@ from agentcluster.gateway._langgraph_models import (
     ThreadStateOut,
 )
 from agentcluster.gateway._langgraph_stream import (
+    EVENT_ID_PATTERN,
     STREAM_MODES,
     EventId,
     RunStream,
+    StreamMode,
     parse_event_id,
 )
 from agentcluster.gateway._langgraph_threads import (
@@ -99,10 +101,20 @@ IdempotencyHeader = Annotated[
         description="a resend to the same thread returns the first run (ours, not LangGraph's)",
     ),
 ]
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "metadata, a stream mode's name, error, end"},
+        "data": {"type": "string", "description": "JSON"},
+        "id": {"type": "string", "pattern": EVENT_ID_PATTERN, "description": "Last-Event-ID"},
+        "retry": {"type": "integer"},
+    },
+}
 _SSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The run's events (text/event-stream), one per stream mode",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     }
 }
 
@@ -214,12 +226,10 @@ async def create_thread(
 ) -> ThreadOut:
     """A new session of the agent named by ``metadata.graph_id`` (else the default agent); with
     the ``thread_id`` of an existing thread, that thread (``if_exists: do_nothing``) or 409."""
-    if body.supersteps:
-        raise LangGraphApiError(422, "supersteps are not supported by this server")
     if body.thread_id is not None:
         existing = await _existing_thread(service, caller, body.thread_id)
         if existing is None:
-            raise LangGraphApiError(422, _ASSIGNED)
+            raise LangGraphApiError(404, f"Thread {body.thread_id!r} not found ({_ASSIGNED})")
         if body.if_exists == "raise":
             raise LangGraphApiError(409, f"Thread {body.thread_id!r} already exists")
         return thread_out(await thread_view(service, existing))
@@ -263,8 +273,6 @@ async def search_threads(
     body: ThreadSearchIn, caller: LangGraphCallerDep, service: ServiceDep
 ) -> list[ThreadOut]:
     """The tenant's threads (sessions) matching ``ids``, ``metadata`` and ``status``."""
-    if body.values:
-        raise LangGraphApiError(422, "searching threads by values is not supported")
     candidates = [
         session
         for session in await _tenant_sessions(service, caller)
@@ -336,12 +344,9 @@ class _Run:
 
 
 def _input_message(body: RunCreateIn) -> api.MessageIn:
-    unsupported = body.unsupported()
-    if unsupported is not None:
-        raise LangGraphApiError(422, f"not supported by this server: {unsupported}")
     try:
-        content = input_text(body.input)
-    except ValueError as exc:
+        content = input_text(body.input.model_dump(), api.MAX_CONTENT_CHARS)
+    except ValueError as exc:  # the model's rules already hold: a second line of defence
         raise LangGraphApiError(422, str(exc)) from None
     return api.MessageIn(content=content, multitask_strategy=body.multitask_strategy)
 
@@ -357,9 +362,7 @@ async def _prepare(
         return _Run(session, profile, message, stateless=True)
     found = await _existing_thread(service, caller, thread_id)
     if found is None:
-        if body.if_not_exists == "create":
-            raise LangGraphApiError(422, _ASSIGNED)
-        raise LangGraphApiError(404, f"Thread {thread_id!r} not found")
+        raise LangGraphApiError(404, f"Thread {thread_id!r} not found ({_ASSIGNED})")
     if found.agent != profile.name:
         detail = f"Thread {thread_id!r} talks to assistant {found.agent!r}, not {profile.name!r}"
         raise LangGraphApiError(409, detail)
@@ -647,11 +650,8 @@ async def join_run(
     return await _values(service, session)
 
 
-def _join_modes(stream_mode: list[str] | None) -> frozenset[str]:
-    modes = frozenset(mode for mode in stream_mode or [] if mode)
-    unknown = sorted(modes - set(STREAM_MODES))
-    if unknown:
-        raise LangGraphApiError(422, f"unknown stream_mode {', '.join(unknown)}")
+def _join_modes(stream_mode: Sequence[str]) -> frozenset[str]:
+    modes = frozenset(mode for mode in stream_mode if mode)
     return modes or JOIN_MODES
 
 
@@ -668,9 +668,17 @@ async def join_run_stream(
     run_id: str,
     caller: LangGraphCallerDep,
     service: ServiceDep,
-    stream_mode: Annotated[list[str] | None, Query(max_length=len(STREAM_MODES))] = None,
+    stream_mode: Annotated[
+        list[StreamMode | Literal[""]], Query(max_length=len(STREAM_MODES))
+    ] = [],  # noqa: B006 (FastAPI copies a default per request)
     cancel_on_disconnect: bool = False,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            pattern=EVENT_ID_PATTERN,
+            description="resume after this event (``<seq>-<index>``, an ``id:`` of the stream)",
+        ),
+    ] = "",
 ) -> Response:
     """The run's stream from its start (replayed from the store, then live), or after
     ``Last-Event-ID``; ``stream_mode`` as the run was created with (default ``values``)."""

@@ -113,6 +113,8 @@ def langgraph_error(exc: Exception) -> JSONResponse:
     if isinstance(exc, ValidationError):  # a body our own models refused (e.g. MessageIn)
         return _response(422, str(exc.errors()[0].get("msg")))
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": a malformed request
+            return _response(422, "the request body is not valid JSON")
         return _response(exc.status_code, str(exc.detail))
     log.exception("unhandled error on a LangGraph-compatible route", exc_info=exc)
     return _response(500, "internal error")

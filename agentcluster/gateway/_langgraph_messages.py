@@ -217,27 +217,31 @@ def _role(message: Any) -> tuple[str, str]:
     raise ValueError("each input message is an object with role (or type) and content")
 
 
-def input_text(run_input: Any) -> str:
-    """The user message a run's ``input`` sends: its last message, which must be a human one
-    with text. Earlier messages of the input go before it as a plain transcript (the thread's
-    stored history is the context; the agent keeps its own system prompt).
+def input_text(run_input: Any, limit: int) -> str:
+    """The user message a run's ``input`` sends: the text of its last message (of any role: a
+    client may end with an AI or a system message and get the agent's answer to it). Earlier
+    messages go before it as a plain transcript, the oldest left out while the whole is longer
+    than ``limit`` characters (the thread's stored history is the context; the agent keeps its
+    own system prompt).
 
     Raises:
-        ValueError: the input has no ``messages`` ending with a human message.
+        ValueError: the input has no ``messages`` ending with a message with text.
     """
     messages = run_input.get("messages") if isinstance(run_input, dict) else None
     if isinstance(messages, dict | str):
         messages = [messages]
     if not isinstance(messages, list) or not messages:
         raise ValueError("input.messages must be a non-empty list of messages")
-    roles = [_role(message) for message in messages]
-    role, current = roles[-1]
-    if role != "human" or not current:
-        raise ValueError("the last input message must be a human (user) message with text")
-    if len(roles) == 1:
-        return current
-    lines = [EARLIER, *(f"{r}: {text}" for r, text in roles[:-1]), "", CURRENT, current]
-    return "\n".join(lines)
+    *earlier, (_, current) = [_role(message) for message in messages]
+    if not current:
+        raise ValueError("the last input message must have text")
+    lines = [f"{role}: {text}" for role, text in earlier]
+    while lines:
+        text = "\n".join([EARLIER, *lines, "", CURRENT, current])
+        if len(text) <= limit:
+            return text
+        del lines[0]
+    return current
 
 
 def timestamp(moment: datetime | None = None) -> str:

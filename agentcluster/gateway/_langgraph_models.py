@@ -1,15 +1,18 @@
 """Request and response bodies of the LangGraph-compatible API (what ``langgraph-sdk`` 0.4 sends
 and reads). Requests refuse unknown fields; fields the SDK sends that mean nothing here are
 accepted and ignored (``config``, ``context``, ``stream_subgraphs``, ``durability``, ...), those
-asking for what agentcluster does not do (interrupts, webhooks, checkpoints, delays) are refused
-when set. ``multitask_strategy`` is the native API's (enqueue, reject, interrupt, rollback)."""
+asking for what agentcluster does not do (interrupts, webhooks, checkpoints, delays, supersteps,
+searching by values) are declared as null (or empty) only, so any other value is a 422 (the SDK
+leaves out what its caller did not set). ``multitask_strategy`` is the native API's (enqueue,
+reject, interrupt, rollback). Integers and booleans are strict: ``true`` is no ``limit``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from agentcluster.api import MAX_CONTENT_CHARS
 from agentcluster.gateway._langgraph_messages import RunStatus, ThreadStatus
 from agentcluster.gateway._langgraph_stream import StreamMode
 
@@ -21,6 +24,7 @@ __all__ = [
     "InfoOut",
     "LangGraphError",
     "RunCreateIn",
+    "RunInput",
     "RunOut",
     "ThreadCreateIn",
     "ThreadOut",
@@ -29,6 +33,21 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+Empty = Annotated[Json, Field(max_length=0)]
+"""An object with no property: what a field this server does not do accepts beside null."""
+
+
+def _json_integer(value: Any) -> Any:
+    """What JSON Schema calls an integer: a number with no fraction (``10.0`` too), no boolean
+    and no numeric string (pydantic's lax ``int`` takes ``true`` and ``"10"``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+Limit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_integer)]
+Offset = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_json_integer)]
+UNSUPPORTED = "not supported by this server: null (or absent) only"
 
 
 class _In(BaseModel):
@@ -64,8 +83,8 @@ class AssistantSearchIn(_In):
     metadata: Json | None = None
     graph_id: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=200)
-    limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    limit: Limit = 10
+    offset: Offset = 0
     sort_by: Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
@@ -84,7 +103,9 @@ class ThreadCreateIn(_In):
     thread_id: str | None = Field(default=None, max_length=200)
     metadata: Json | None = None
     if_exists: Literal["raise", "do_nothing"] = "raise"
-    supersteps: list[Json] | None = None
+    supersteps: Annotated[list[Json], Field(max_length=0)] | None = Field(
+        default=None, description=UNSUPPORTED + " (or empty)"
+    )
     ttl: Json | None = None
 
 
@@ -100,11 +121,11 @@ class ThreadOut(BaseModel):
 
 class ThreadSearchIn(_In):
     metadata: Json | None = None
-    values: Json | None = None
+    values: Empty | None = Field(default=None, description=UNSUPPORTED + " (or empty)")
     ids: list[str] | None = Field(default=None, max_length=1000)
     status: ThreadStatus | None = None
-    limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    limit: Limit = 10
+    offset: Offset = 0
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[str] | None = None
@@ -130,57 +151,93 @@ class ThreadStateOut(BaseModel):
 
 
 class HistoryIn(_In):
-    limit: int = Field(default=10, ge=1, le=1000)
+    limit: Limit = 10
     before: Json | str | None = None
     metadata: Json | None = None
     checkpoint: Json | None = None
     select: list[str] | None = None
 
 
-class RunCreateIn(_In):
-    """A run: one turn of the thread's session with the input's last human message."""
+Role = Literal["human", "user", "ai", "assistant", "system", "tool"]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT_CHARS)]
 
-    assistant_id: str = Field(max_length=200)
-    input: Json | None = None
-    command: Json | None = None
+
+class TextPart(BaseModel):
+    """A text part of a message's content (other keys are kept and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"] = "text"
+    text: Text
+
+
+Content = Text | Annotated[list[Text | TextPart], Field(min_length=1)]
+
+
+class RoleMessage(BaseModel):
+    """A message as OpenAI names its author (other keys are kept and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: Content
+
+
+class TypedMessage(BaseModel):
+    """A message as LangChain names its kind (other keys are kept and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Role
+    content: Content
+
+
+InputMessage = Text | tuple[Role, Text] | RoleMessage | TypedMessage
+"""A human message's text, a ``(role, text)`` pair, or an object with ``role`` or ``type``."""
+
+
+class RunInput(BaseModel):
+    """A run's input: the messages it sends (other keys of the graph's state are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: Annotated[list[InputMessage], Field(min_length=1)] | InputMessage = Field(
+        description="the last message is the run's (whatever its role); earlier ones go before "
+        "it as a transcript, the oldest left out past the native API's content length"
+    )
+
+
+class RunCreateIn(_In):
+    """A run: one turn of the thread's session with the input's last message."""
+
+    assistant_id: str = Field(min_length=1, max_length=200)
+    input: RunInput
+    command: None = Field(default=None, description=UNSUPPORTED + " (resuming an interrupt)")
     stream_mode: StreamMode | list[StreamMode] = "values"
-    stream_subgraphs: bool = False
-    stream_resumable: bool = False
+    stream_subgraphs: StrictBool = False
+    stream_resumable: StrictBool = False
     metadata: Json | None = None
     config: Json | None = None
     context: Json | None = None
-    checkpoint: Json | None = None
-    checkpoint_id: str | None = None
-    checkpoint_during: bool | None = None
-    interrupt_before: Literal["*"] | list[str] | None = None
-    interrupt_after: Literal["*"] | list[str] | None = None
+    checkpoint: None = Field(default=None, description=UNSUPPORTED)
+    checkpoint_id: None = Field(default=None, description=UNSUPPORTED)
+    checkpoint_during: StrictBool | None = None
+    interrupt_before: None = Field(default=None, description=UNSUPPORTED)
+    interrupt_after: None = Field(default=None, description=UNSUPPORTED)
     feedback_keys: list[str] | None = None
-    webhook: str | None = None
+    webhook: None = Field(default=None, description=UNSUPPORTED)
     multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
     on_disconnect: Literal["cancel", "continue"] = "continue"
     on_completion: Literal["delete", "keep"] = "keep"
-    after_seconds: float | None = None
+    after_seconds: None = Field(default=None, description=UNSUPPORTED)
     durability: Literal["sync", "async", "exit"] | None = None
-    strict_resume: bool | None = None
+    strict_resume: StrictBool | None = None
     langsmith_tracer: Json | None = None
 
     def modes(self) -> frozenset[str]:
         modes = [self.stream_mode] if isinstance(self.stream_mode, str) else self.stream_mode
         return frozenset(modes or ["values"])
-
-    def unsupported(self) -> str | None:
-        """What of the request this server cannot do, if anything."""
-        asked = {
-            "command (resuming an interrupt)": self.command,
-            "checkpoint": self.checkpoint or self.checkpoint_id,
-            "interrupt_before": self.interrupt_before,
-            "interrupt_after": self.interrupt_after,
-            "webhook": self.webhook,
-            "after_seconds": self.after_seconds,
-        }
-        named = [name for name, value in asked.items() if value]
-        return ", ".join(named) or None
 
 
 class RunOut(BaseModel):

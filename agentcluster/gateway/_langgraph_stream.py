@@ -39,7 +39,15 @@ from agentcluster.gateway._langgraph_messages import (
 )
 from agentcluster.runtime import Delta, Overflow, StreamItem
 
-__all__ = ["STREAM_MODES", "EventId", "RunStream", "SseOut", "StreamMode", "parse_event_id"]
+__all__ = [
+    "EVENT_ID_PATTERN",
+    "STREAM_MODES",
+    "EventId",
+    "RunStream",
+    "SseOut",
+    "StreamMode",
+    "parse_event_id",
+]
 
 StreamMode = Literal[
     "values",
@@ -55,7 +63,9 @@ StreamMode = Literal[
     "lifecycle",
 ]
 STREAM_MODES: tuple[str, ...] = StreamMode.__args__  # type: ignore[attr-defined]
-_EVENT_ID = re.compile(r"^(\d{1,19})-(\d{1,9})$")
+EVENT_ID_PATTERN = r"^([0-9]{1,18}-[0-9]{1,9})?$"
+"""A ``Last-Event-ID`` of a run stream: ``<seq>-<index>`` (ASCII digits; empty: from the start)."""
+_EVENT_ID = re.compile(r"([0-9]{1,18})-([0-9]{1,9})")
 _MODE_OF = {"messages": "messages-tuple", "values": "values", "updates": "updates"}
 
 
@@ -84,8 +94,8 @@ def parse_event_id(value: str | None) -> EventId | None:
     """
     if value is None or value == "":
         return None
-    found = _EVENT_ID.match(value)
-    if found is None or int(found[1]) > 2**63 - 1:
+    found = _EVENT_ID.fullmatch(value)
+    if found is None:
         raise ValueError("Last-Event-ID must be <seq>-<index>, as this server sent it")
     return EventId(int(found[1]), int(found[2]))
 

@@ -248,9 +248,12 @@ def test_the_openapi_document_has_the_cards_and_the_jsonrpc_endpoint() -> None:
     assert "get" in paths["/.well-known/agent-card.json"]
     assert "get" in paths["/a2a/{agent}/.well-known/agent-card.json"]
     rpc = paths["/a2a/{agent}"]["post"]
+    # Any JSON: what is no JSON-RPC request is a JSON-RPC error in a 200 (a2a-sdk clients read it)
     body = rpc["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["jsonrpc", "method"]
-    assert "text/event-stream" in rpc["responses"]["200"]["content"]
+    assert "type" not in body and "required" not in body and "properties" not in body
+    answers = rpc["responses"]["200"]["content"]
+    assert "error" in answers["application/json"]["schema"]["properties"]
+    assert "text/event-stream" in answers
 
 
 def test_task_type_is_the_sdks() -> None:

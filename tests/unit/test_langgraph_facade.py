@@ -24,12 +24,19 @@ from agentcluster.gateway._langgraph_messages import (
     messages_of,
     thread_status,
 )
-from agentcluster.gateway._langgraph_models import RunCreateIn
+from agentcluster.gateway._langgraph_models import (
+    AssistantSearchIn,
+    RunCreateIn,
+    RunInput,
+    ThreadCreateIn,
+    ThreadSearchIn,
+)
 from agentcluster.gateway._langgraph_stream import EventId, RunStream, SseOut, parse_event_id
 from agentcluster.runtime import Delta, Overflow, StreamItem
 
 T, S, RUN, USER_MSG = "tenant", "session-1", "turn-1", "message-1"
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
+LIMIT = 32_000
 CALL = {"id": "call-1", "name": "calculator", "arguments": '{"expression": "6*7"}'}
 
 
@@ -118,25 +125,53 @@ def test_assistant_ids_are_the_uuids_langgraph_gives_a_graphs_default_assistant(
     assert assistant_id("tester") == assistant_id("tester") != assistant_id("agent")
 
 
-def test_a_run_sends_the_inputs_last_human_message_with_earlier_ones_as_a_transcript() -> None:
-    assert input_text({"messages": [{"role": "user", "content": "hi"}]}) == "hi"
-    assert input_text({"messages": [{"type": "human", "content": [{"text": "a"}, "b"]}]}) == "ab"
-    assert input_text({"messages": [("user", "tuple form")]}) == "tuple form"
-    text = input_text(
-        {
-            "messages": [
-                {"role": "system", "content": "be brief"},
-                {"type": "ai", "content": "earlier"},
-                {"role": "human", "content": "now"},
-            ]
-        }
-    )
+def test_a_run_sends_the_inputs_last_message_with_earlier_ones_as_a_transcript() -> None:
+    assert input_text({"messages": [{"role": "user", "content": "hi"}]}, LIMIT) == "hi"
+    parts = {"messages": [{"type": "human", "content": [{"text": "a"}, "b"]}]}
+    assert input_text(parts, LIMIT) == "ab"
+    assert input_text({"messages": [("user", "tuple form")]}, LIMIT) == "tuple form"
+    assert input_text({"messages": [{"role": "ai", "content": "resume"}]}, LIMIT) == "resume"
+    conversation = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"type": "ai", "content": "earlier"},
+            {"role": "human", "content": "now"},
+        ]
+    }
+    text = input_text(conversation, LIMIT)
     assert text.splitlines() == [EARLIER, "system: be brief", "ai: earlier", "", CURRENT, "now"]
-    for bad in (None, {}, {"messages": []}, {"messages": [{"role": "ai", "content": "x"}]}):
+    cut = input_text(conversation, len(text) - 1)  # too long: the oldest message is left out
+    assert cut.splitlines() == [EARLIER, "ai: earlier", "", CURRENT, "now"]
+    assert input_text(conversation, 3) == "now"
+    for bad in (None, {}, {"messages": []}):
         with pytest.raises(ValueError):
-            input_text(bad)
+            input_text(bad, LIMIT)
     with pytest.raises(ValueError):
-        input_text({"messages": [{"role": "user", "content": ""}]})
+        input_text({"messages": [{"role": "user", "content": ""}]}, LIMIT)
+
+
+def test_a_run_input_is_what_its_schema_says() -> None:
+    for messages in (
+        [{"role": "user", "content": "hi", "id": "m1"}],
+        [{"type": "ai", "content": [{"type": "text", "text": "a"}, "b"]}],
+        [["system", "be brief"], "hi"],
+        "hi",
+        {"role": "tool", "content": "42"},
+    ):
+        RunInput.model_validate({"messages": messages})
+    for messages in (
+        [],
+        [{"role": "robot", "content": "x"}],
+        [{"role": "user", "content": ""}],
+        [{"content": "no role"}],
+        [{"role": "user", "content": []}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}],
+        [1],
+    ):
+        with pytest.raises(ValueError):
+            RunInput.model_validate({"messages": messages})
+    with pytest.raises(ValueError):
+        RunInput.model_validate({"state": {}})
 
 
 def test_stored_messages_are_langchain_messages_with_tool_calls_and_tool_names() -> None:
@@ -247,7 +282,7 @@ def test_event_ids_parse_strictly() -> None:
     assert parse_event_id("12-3") == EventId(12, 3)
     assert parse_event_id(None) is None and parse_event_id("") is None
     assert EventId(12, 3) < EventId(12, 4) < EventId(13, 0)
-    for bad in ("12", "a-1", "1-2-3", "99999999999999999999-1", " 1-2"):
+    for bad in ("12", "a-1", "1-2-3", "9999999999999999999-1", " 1-2", "\u0663-1", "null"):
         with pytest.raises(ValueError):
             parse_event_id(bad)
 
@@ -270,16 +305,48 @@ def test_thread_status_follows_the_latest_turn() -> None:
 
 
 def test_run_requests_refuse_what_this_server_cannot_do() -> None:
-    plain = RunCreateIn.model_validate({"assistant_id": "tester", "stream_mode": ["values"]})
-    assert plain.unsupported() is None and plain.modes() == {"values"}
-    asked = RunCreateIn.model_validate(
-        {"assistant_id": "tester", "interrupt_before": ["tools"], "multitask_strategy": "rollback"}
+    hello = {"messages": [{"role": "user", "content": "hi"}]}
+    plain = RunCreateIn.model_validate(
+        {"assistant_id": "tester", "input": hello, "stream_mode": ["values"], "webhook": None}
     )
-    assert asked.unsupported() == "interrupt_before"  # rollback is the native strategy
+    assert plain.modes() == {"values"}
+    RunCreateIn.model_validate(
+        {"assistant_id": "t", "input": hello, "multitask_strategy": "rollback"}
+    )
+    for unsupported in (
+        {"interrupt_before": ["tools"]},
+        {"interrupt_after": "*"},
+        {"command": {"resume": 1}},
+        {"checkpoint_id": "c"},
+        {"webhook": "http://127.0.0.1/hook"},
+        {"after_seconds": 1},
+        {"no_such_field": 1},
+        {"stream_mode": "nonsense"},
+        {"stream_subgraphs": 1},
+    ):
+        with pytest.raises(ValueError):
+            RunCreateIn.model_validate({"assistant_id": "tester", "input": hello, **unsupported})
     with pytest.raises(ValueError):
-        RunCreateIn.model_validate({"assistant_id": "tester", "no_such_field": 1})
+        RunCreateIn.model_validate({"assistant_id": "tester"})  # no input
+
+
+def test_integers_and_booleans_are_strict_and_unsupported_searches_only_empty() -> None:
+    for body in (
+        {"offset": False},
+        {"limit": True},
+        {"limit": "10"},
+        {"limit": 2.5},
+        {"values": {"a": 1}},
+    ):
+        with pytest.raises(ValueError):
+            ThreadSearchIn.model_validate(body)
+    assert ThreadSearchIn.model_validate({"values": {}, "offset": 3}).offset == 3
+    assert ThreadSearchIn.model_validate({"limit": 20.0}).limit == 20  # a JSON Schema integer
     with pytest.raises(ValueError):
-        RunCreateIn.model_validate({"assistant_id": "tester", "stream_mode": "nonsense"})
+        AssistantSearchIn.model_validate({"offset": False})
+    with pytest.raises(ValueError):
+        ThreadCreateIn.model_validate({"supersteps": [{"updates": []}]})
+    assert ThreadCreateIn.model_validate({"supersteps": []}).supersteps == []
 
 
 def _error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
