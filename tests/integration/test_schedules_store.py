@@ -5,7 +5,9 @@ a closed session's schedules go."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,9 @@ from agentcluster.domain import MissedTicks
 from agentcluster.errors import ConflictError, NotFoundError
 from agentcluster.schedules import LEASE, ScheduleTicker, tick_key
 from agentcluster.store import SqlStateStore
+from tests.support.postgres import fresh_database
+
+pytestmark = pytest.mark.parametrize("backend_dsn", ["sqlite", "postgresql"], indirect=True)
 
 SETTINGS = ScheduleSettings(tick_s=1, lease_s=5, min_interval_s=1, max_per_session=3)
 
@@ -48,16 +53,15 @@ async def _users(store: SqlStateStore, tenant_id: str, session_id: str) -> list[
     return [m.content for m in await store.list_messages(tenant_id, session_id)]
 
 
-@pytest.fixture(autouse=True)
-async def _no_other_ticker(store: SqlStateStore) -> None:
-    # Host controllers of other tests may hold the lease in a shared database: expire it.
-    async with store.transaction() as connection:
-        from sqlalchemy import delete
-
-        from agentcluster.store.models import LeaseRow, ScheduleRow
-
-        await connection.execute(delete(LeaseRow).where(LeaseRow.name == LEASE))
-        await connection.execute(delete(ScheduleRow))
+@pytest.fixture
+def backend_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: host controllers of the suite's clusters tick the
+    schedules of the shared one (and hold its ticker lease)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'schedules.db'}"
+        return
+    with fresh_database(str(request.getfixturevalue("postgres_dsn")), "ac_schedules") as dsn:
+        yield dsn
 
 
 async def test_a_due_tick_is_submitted_once_and_the_schedule_moves_on(

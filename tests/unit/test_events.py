@@ -40,6 +40,8 @@ def test_every_event_type_is_in_the_union() -> None:
         "turn.completed",
         "turn.failed",
         "turn.cancelled",
+        "webhook.delivered",
+        "webhook.failed",
         "session.closed",
     }
     for name in names:
