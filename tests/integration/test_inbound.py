@@ -403,14 +403,19 @@ async def test_an_infrastructure_error_commits_nothing_past_it_and_retries_the_r
     attempts: list[str | None] = []
 
     async def submit_with_outage(
-        tenant_id: str, session_id: str, content: str, *, idempotency_key: str | None = None
+        tenant_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        strategy: MultitaskStrategy = "enqueue",
     ) -> Submission:
         # The database "fails" for the second message only, so the first shows what is committed.
         if "second" in content and outage.is_set():
             attempts.append(idempotency_key)
             raise DependencyUnavailable("postgresql", "connection refused (injected)")
         return await runtime.send_message(
-            tenant_id, session_id, content, idempotency_key=idempotency_key
+            tenant_id, session_id, content, idempotency_key=idempotency_key, strategy=strategy
         )
 
     group_id = _unique("test-group")
