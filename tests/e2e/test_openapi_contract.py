@@ -45,7 +45,7 @@ from tests.conftest import service
 from tests.e2e.conftest import PROFILE
 from tests.support.postgres import fresh_database
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 APP = "contract"
 PREFIX = "/contract"
@@ -193,7 +193,7 @@ def _schemathesis(
         command += ["--exclude-path-regex", "|".join(exclude)]
     environment = {**os.environ, "NO_COLOR": "1"}  # a plain report
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env=environment, check=False
+        command, capture_output=True, text=True, timeout=900, env=environment, check=False
     )
 
 
