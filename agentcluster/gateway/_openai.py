@@ -15,6 +15,7 @@ user message: the agent sees them as text in one message, not as turns of its ow
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -57,6 +58,7 @@ from agentcluster.gateway._openai_responses import (
     load_response,
     pending_response,
     response_events,
+    response_id,
     response_of_turn,
     session_of_response,
 )
@@ -71,6 +73,10 @@ HEARTBEAT_S = 15
 CANCEL_WAIT_S = 5.0
 EARLIER = "[Earlier messages of this conversation, sent by the client]"
 CURRENT = "[Current message]"
+_RESPONSE_SESSIONS: OrderedDict[tuple[str, str], SessionRef] = OrderedDict()
+"""(tenant, response id) -> its session, for the responses this replica created: continuing
+one with previous_response_id reads nothing (submitting authorizes and checks the session)."""
+_RESPONSE_SESSIONS_KEPT = 10_000
 _NO_RETRY = {"x-should-retry": "false"}  # the openai SDK would resend a failed turn otherwise
 
 SessionHeader = Annotated[
@@ -357,11 +363,25 @@ async def _response_session(
         metadata = {"openai": "responses", STORE_KEY: body.store}
         session_id = await _session(service, caller, body.model, None, metadata)
         return SessionRef(caller.tenant(), session_id, body.model, body.store)
-    session, _turn = await session_of_response(
-        service, caller, body.previous_response_id, "previous_response_id"
-    )
-    _check_agent(session.agent, body.model, session.session_id)
-    return SessionRef.of(session)
+    key = (caller.tenant(), body.previous_response_id)
+    ref = _RESPONSE_SESSIONS.get(key)
+    if ref is None:
+        session, _turn = await session_of_response(
+            service, caller, body.previous_response_id, "previous_response_id"
+        )
+        ref = SessionRef.of(session)
+    _check_agent(ref.agent, body.model, ref.session_id)
+    return ref
+
+
+def _remember_session(ref: SessionRef, turn_id: str) -> None:
+    """The session of a response this replica created, for the request that continues it (a
+    response's session never changes; a stored response only)."""
+    if not ref.store:
+        return
+    _RESPONSE_SESSIONS[(ref.tenant_id, response_id(turn_id))] = ref
+    while len(_RESPONSE_SESSIONS) > _RESPONSE_SESSIONS_KEPT:
+        _RESPONSE_SESSIONS.popitem(last=False)
 
 
 def _options(body: ResponseCreateIn) -> ResponseOptions:
@@ -403,6 +423,7 @@ async def create_response(
     async def finish(submission: Submission, known: TurnState | None = None) -> ResponseObject:
         after = max(submission.seq - 1, 0)
         turn_id = submission.turn_id
+        _remember_session(session, turn_id)
         return await response_of_turn(service, session, turn_id, options, after, known)
 
     if body.stream:
