@@ -62,8 +62,9 @@ NOTE = (
     "Beyond the native path, a chat completion with `X-Session-Id` reads the session once "
     "(tenant and agent check); a response with `previous_response_id` reads the new turn's "
     "events (its tool calls become output items): one store read per turn (the session of a "
-    "response the replica created is remembered; another's costs two more reads). A LangGraph `runs/wait` reads the thread's session (tenant and agent check) "
-    "and, after the turn, the thread's messages (its answer is the thread's values): two."
+    "response the replica created is remembered; another's costs two more reads). A LangGraph "
+    "`runs/wait` reads the thread's session (tenant and agent check) and, after the turn, the "
+    "thread's messages (its answer is the thread's values): two."
     " An A2A `SendMessage` with `contextId` reads the turn's events after the turn (the "
     "task's history and answer): one (the context's agent is checked once per replica)."
 )

@@ -6,10 +6,10 @@ as the native API; no session model of its own).
 Assistants are the agents (``assistant_id`` is the agent's name or ``uuid5`` of it, as LangGraph
 names a graph's default assistant), threads are sessions, runs are turns. A run sends the last
 message of its ``input`` to the thread's session (earlier ones as a transcript before it); the
-session's stored history is the context. ``multitask_strategy`` is the native API's: ``enqueue`` (the default) queues the turn
-after the open ones, ``reject`` answers 409 while a turn is open (nothing stored),
-``interrupt`` cancels the open turns and runs, ``rollback`` also hides their messages (from the
-model and from the thread's state). Stateless runs (``/runs/...``) open a new session.
+session's stored history is the context. ``multitask_strategy`` is the native API's:
+``enqueue`` (the default) queues the turn after the open ones, ``reject`` answers 409 while a
+turn is open (nothing stored), ``interrupt`` cancels the open turns and runs, ``rollback`` also
+hides their messages (from the model and from the thread's state). Stateless runs (``/runs/...``) open a new session.
 """
 
 from __future__ import annotations
