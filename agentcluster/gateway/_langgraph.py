@@ -9,7 +9,8 @@ message of its ``input`` to the thread's session (earlier ones as a transcript b
 session's stored history is the context. ``multitask_strategy`` is the native API's:
 ``enqueue`` (the default) queues the turn after the open ones, ``reject`` answers 409 while a
 turn is open (nothing stored), ``interrupt`` cancels the open turns and runs, ``rollback`` also
-hides their messages (from the model and from the thread's state). Stateless runs (``/runs/...``) open a new session.
+hides their messages (from the model and from the thread's state). Stateless runs
+(``/runs/...``) open a new session.
 """
 
 from __future__ import annotations
