@@ -165,11 +165,8 @@ class SqlSessions(SqlWriting):
             message_id = await writer.add_message(
                 "user", content, turn_id=turn_id, idempotency_key=idempotency_key
             )
-            if webhook is None:
-                webhook = await writer.connection.scalar(
-                    select(SessionRow.webhook).where(SessionRow.session_id == session_id)
-                )
-            await writer.add_turn(turn_id, message_id, strategy, webhook=webhook)
+            # The session's webhook came with the write lock: no extra read per message.
+            await writer.add_turn(turn_id, message_id, strategy, webhook=webhook or writer.webhook)
             received = await writer.emit(
                 ev.MessageReceived(
                     tenant_id=writer.tenant_id,

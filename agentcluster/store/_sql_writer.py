@@ -45,11 +45,14 @@ class SessionWriter:
         session_id: str,
         seq: int,
         status: str = "active",
+        webhook: str | None = None,
     ) -> None:
         self._connection = connection
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.status = status
+        self.webhook = webhook
+        """The session's webhook (its turns' outcomes go there unless a message names one)."""
         self._next_seq = seq
         self.emitted: list[ev.Event] = []
 
@@ -274,13 +277,23 @@ class SqlWriting(SqlStoreBase):
                     update(SessionRow)
                     .where(*conditions)
                     .values(updated_at=utcnow())
-                    .returning(SessionRow.tenant_id, SessionRow.next_seq, SessionRow.status)
+                    .returning(
+                        SessionRow.tenant_id,
+                        SessionRow.next_seq,
+                        SessionRow.status,
+                        SessionRow.webhook,
+                    )
                 )
             ).one_or_none()
             if locked is None:
                 await self._explain_missing(connection, session_id, epoch, tenant_id)
             writer = SessionWriter(
-                connection, locked.tenant_id, session_id, seq=locked.next_seq, status=locked.status
+                connection,
+                locked.tenant_id,
+                session_id,
+                seq=locked.next_seq,
+                status=locked.status,
+                webhook=locked.webhook,
             )
             yield writer
             if writer.next_seq != locked.next_seq:
