@@ -30,8 +30,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
@@ -43,9 +43,13 @@ from agentcluster.config import RuntimeSettings, Settings
 from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
-from agentcluster.runtime import HostStats, SessionHostCore, StreamItem, plan_host_count
+from agentcluster.runtime import HostStats, Runtime, SessionHostCore, StreamItem, plan_host_count
+from agentcluster.schedules import ScheduleTicker
 from agentcluster.store import ActivationStore, StateStore
 from agentcluster.tracing import Carrier, SpanKind
+
+if TYPE_CHECKING:
+    from agentcluster.webhooks import WebhookDispatcher
 
 __all__ = ["HostController", "RaySessionRouter", "SessionHost"]
 
@@ -255,82 +259,63 @@ class HostController:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._count = settings.runtime.min_hosts
-        self._loop_task: asyncio.Task[None] | None = None
-        self._ticker_task: asyncio.Task[None] | None = None
-        self._webhooks_task: asyncio.Task[None] | None = None
-        self._webhook_router: RaySessionRouter | None = None
+        self._loops: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._store: StateStore | None = None
         self._holder = f"{actor_names.controller(settings.runtime)}~{os.getpid()}~{time.time_ns()}"
+        self._router: RaySessionRouter | None = None  # the ticker's and the dispatcher's
+        self._ticker: ScheduleTicker | None = None
+        self._dispatcher: WebhookDispatcher | None = None
         self.woken = 0
         self.fired = 0
         with contextlib.suppress(RuntimeError):  # no running loop: built outside an actor
             self._ensure_loop()  # schedules tick without waiting for a first call
 
     def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.create_task(self._reconcile_forever())
-        if self._ticker_task is None or self._ticker_task.done():
-            self._ticker_task = asyncio.create_task(self._tick_forever())
-        if self._webhooks_task is None or self._webhooks_task.done():
-            self._webhooks_task = asyncio.create_task(self._deliver_forever())
+        # A host that is restarting, or a database blip, must not stop the host set from
+        # converging (or sessions from being woken, ticks sent, outcomes delivered) later.
+        loops = {
+            "reconcile": (self._settings.runtime.reconcile_interval_s, self.reconcile),
+            "schedule tick": (self._settings.schedules.tick_s, self._tick_schedules),
+            "webhook delivery": (self._settings.webhooks.tick_s, self._deliver_webhooks),
+        }
+        for what, (period_s, step) in loops.items():
+            task = self._loops.get(what)
+            if task is None or task.done():
+                self._loops[what] = asyncio.create_task(_every(period_s, what, step))
 
-    async def _deliver_forever(self) -> None:
+    def _sessions_router(self) -> RaySessionRouter:
+        """A router over the host set as the routers see it (the count may have changed)."""
+        if self._router is None:
+            self._router = RaySessionRouter(self._settings, use_controller=False)
+        self._router.use_count(self._count)
+        return self._router
+
+    async def _tick_schedules(self) -> None:
+        router = self._sessions_router()
+        if self._ticker is None:
+            store = await self._state_store()
+            submit = Runtime(store, router).send_message
+            self._ticker = ScheduleTicker(store, submit, self._settings.schedules, self._holder)
+        self.fired += await self._ticker.tick()
+
+    async def _deliver_webhooks(self) -> None:
+        # Imported here: the tools' SSRF guard is not for every process that routes sessions.
         from agentcluster.policy import build_policy_engine
         from agentcluster.tools import SsrfGuard
         from agentcluster.webhooks import WebhookDispatcher
 
-        dispatcher: WebhookDispatcher | None = None
-        while True:
-            await asyncio.sleep(self._settings.webhooks.tick_s)
-            try:
-                if dispatcher is None:
-                    guard = SsrfGuard(build_policy_engine(self._settings))
-                    store = await self._state_store()
-                    router = RaySessionRouter(self._settings, use_controller=False)
-                    dispatcher = WebhookDispatcher(
-                        store,
-                        guard,
-                        self._settings.webhooks,
-                        self._holder,
-                        on_event=router.refresh,
-                    )
-                    self._webhook_router = router
-                if self._webhook_router is not None:  # the sessions' hosts as routers see them
-                    self._webhook_router.use_count(self._count)
-                await dispatcher.tick()
-            except Exception:  # a database blip must not stop later deliveries
-                log.exception("host controller: webhook delivery failed")
-
-    async def _tick_forever(self) -> None:
-        from agentcluster.runtime import Runtime
-        from agentcluster.schedules import ScheduleTicker
-
-        ticker: ScheduleTicker | None = None
-        router = RaySessionRouter(self._settings, use_controller=False, count=self._count)
-        while True:
-            await asyncio.sleep(self._settings.schedules.tick_s)
-            try:
-                if ticker is None:
-                    store = await self._state_store()
-                    runtime = Runtime(store, router)
-                    ticker = ScheduleTicker(
-                        store, runtime.send_message, self._settings.schedules, self._holder
-                    )
-                router.use_count(self._count)  # wake sessions where the routers place them
-                self.fired += await ticker.tick()
-            except Exception:  # a database blip must not stop later ticks
-                log.exception("host controller: schedule tick failed")
-
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.runtime.reconcile_interval_s)
-            # A host that is restarting, or a database blip, must not stop the host set from
-            # converging (or sessions from being woken) on later ticks.
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("host controller: reconcile failed")
+        router = self._sessions_router()
+        if self._dispatcher is None:
+            guard = SsrfGuard(build_policy_engine(self._settings))
+            self._dispatcher = WebhookDispatcher(
+                await self._state_store(),
+                guard,
+                self._settings.webhooks,
+                self._holder,
+                on_event=router.refresh,
+            )
+        await self._dispatcher.tick()
 
     async def count(self) -> int:
         self._ensure_loop()
@@ -423,6 +408,18 @@ class HostController:
 
 
 _UNOWNED_AFTER_S = 90.0
+
+
+async def _every(period_s: float, what: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run ``step`` every ``period_s`` for ever; a failure is logged, the next one still runs."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await step()
+        except Exception:
+            log.exception("host controller: %s failed", what)
+
+
 _WATCH_BACKOFF_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _SessionHostActor = ray.remote(SessionHost)
 _HostControllerActor = ray.remote(HostController)
