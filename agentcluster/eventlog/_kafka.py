@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from agentcluster.config import KafkaSettings
 from agentcluster.domain import OutboxRecord
@@ -142,8 +142,8 @@ class KafkaConnection:
 
     async def stop(self, *clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
         """Stop ``clients`` (None skipped), each within the request timeout: a dead broker must
-        not hang shutdown. A producer that cannot flush in time has its connections dropped, so
-        no socket outlives it."""
+        not hang shutdown. A producer that cannot flush in time is abandoned: no task or socket
+        of it outlives the call."""
         for client in clients:
             if client is None:
                 continue
@@ -151,8 +151,36 @@ class KafkaConnection:
                 await asyncio.wait_for(client.stop(), self.timeout_s)
             except KAFKA_ERRORS:
                 if isinstance(client, AIOKafkaProducer):
-                    with contextlib.suppress(*KAFKA_ERRORS):
-                        await asyncio.wait_for(client.client.close(), 5)
+                    await _abandon(client)
+
+
+def _ignore_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _abandon(producer: AIOKafkaProducer) -> None:
+    """End a producer whose stop could not flush in time, leaving no task or socket behind.
+
+    aiokafka has no public abort: its stop waits for the unsent batches and, once cancelled,
+    leaves the sender task running and that wait pending forever (each a leak per recreated
+    producer while the brokers are down). So cancel the sender, fail what it never sent (the
+    outbox keeps those records unpublished), then drop the connections.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        with contextlib.suppress(*KAFKA_ERRORS):
+            # Cancelling it waits for its in-flight requests; bounded like the rest.
+            await asyncio.wait_for(sender.close(), 5)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        batches = [*accumulator._batches.values(), [*accumulator._pending_batches]]
+        accumulator.fail_all(KafkaTimeoutError("the producer stopped before the brokers answered"))
+        for batch in (b for group in batches for b in group):  # nobody waits for these now
+            for outcome in (batch.future, batch._drain_waiter):
+                outcome.add_done_callback(_ignore_outcome)
+    with contextlib.suppress(*KAFKA_ERRORS):
+        await asyncio.wait_for(producer.client.close(), 5)
 
 
 async def ensure_topics(
@@ -239,4 +267,7 @@ class KafkaPublisher:
         if futures:
             await asyncio.wait(futures, timeout=self._connection.timeout_s)
         sent = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        for future in futures:
+            if not future.done():  # given up on: it fails when the producer is recreated
+                future.add_done_callback(_ignore_outcome)
         return sent + [False] * (len(records) - len(sent))

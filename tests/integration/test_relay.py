@@ -151,6 +151,7 @@ async def test_broker_outage_mid_run_loses_and_reorders_nothing(
             await pg_store.submit_message(tenant_id, session_id, f"r{index}")
 
     broker_stopped = False
+    producer_tasks = _producer_tasks()
     try:
         for index in range(10):
             await write_round(index)
@@ -177,6 +178,18 @@ async def test_broker_outage_mid_run_loses_and_reorders_nothing(
         stop.set()
         await task
     _check_order(received, sessions, rounds + 1)
+    # The producers recreated during the outage could not flush: none left a task running.
+    assert _producer_tasks() <= producer_tasks
+
+
+def _producer_tasks() -> set[asyncio.Task[object]]:
+    """This loop's unfinished tasks running aiokafka producer code (senders, their flushes)."""
+    pending = set()
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if not task.done() and code is not None and "aiokafka/producer" in code.co_filename:
+            pending.add(task)
+    return pending
 
 
 async def _published_at_least(relay: OutboxRelay, count: int) -> bool:
