@@ -11,6 +11,9 @@ __all__ = [
     "SUPERSEDING",
     "Activated",
     "ApiKey",
+    "Approval",
+    "ApprovalDecision",
+    "ApprovalStatus",
     "Message",
     "MessageRole",
     "MissedTicks",
@@ -26,8 +29,15 @@ __all__ = [
     "WebhookDelivery",
 ]
 
-SessionStatus = Literal["active", "closed"]
-TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+SessionStatus = Literal["active", "awaiting_approval", "closed"]
+"""``awaiting_approval``: a turn of the session waits for a person to decide its tool calls."""
+TurnStatus = Literal["queued", "running", "awaiting_approval", "completed", "failed", "cancelled"]
+"""``awaiting_approval``: paused until each of its waiting tool calls is decided (then queued
+again, to resume where it stopped)."""
+ApprovalDecision = Literal["approve", "edit", "reject"]
+"""What a person may answer a tool call that waits for approval."""
+ApprovalStatus = Literal["pending", "approved", "edited", "rejected", "expired", "cancelled"]
+"""``cancelled``: its turn ended (cancelled, superseded) before anyone decided."""
 MultitaskStrategy = Literal["enqueue", "reject", "interrupt", "rollback"]
 """What a message does when the session has a turn open (double-texting): ``enqueue`` waits its
 turn; ``reject`` is refused (409); ``interrupt`` cancels the open turns, keeping what they wrote;
@@ -101,6 +111,37 @@ class Turn(_Record):
     finished_at: datetime | None = None
     strategy: MultitaskStrategy = "enqueue"
     """The multitask strategy its message was sent with."""
+
+
+class Approval(_Record):
+    """A tool call a policy sent to a person (``ask``), and what they decided."""
+
+    tool_call_id: str
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    tool: str
+    arguments: dict[str, Any]
+    """What the model asked for."""
+    reason: str
+    """Why the policy asks (its rule's reason)."""
+    status: ApprovalStatus
+    decisions: tuple[ApprovalDecision, ...] = ("approve", "edit", "reject")
+    expires_at: datetime | None = None
+    """Unanswered by then, it counts as rejected."""
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    """The API key that decided (``expiry`` for an expired request)."""
+    edited_arguments: dict[str, Any] | None = None
+    """What the tool runs with instead (``edit``)."""
+    message: str | None = None
+    """The person's note; the model reads it as the tool's error when rejected."""
+
+    @property
+    def run_arguments(self) -> dict[str, Any]:
+        """The arguments the tool runs with once approved."""
+        return self.arguments if self.edited_arguments is None else self.edited_arguments
 
 
 MissedTicks = Literal["once", "skip"]

@@ -24,9 +24,12 @@ __all__ = [
     "MessageReceived",
     "SessionClosed",
     "SessionCreated",
+    "ToolApprovalDecided",
+    "ToolApprovalRequested",
     "ToolCompleted",
     "ToolDecided",
     "ToolRequested",
+    "TurnAwaitingApproval",
     "TurnCancelled",
     "TurnCompleted",
     "TurnFailed",
@@ -100,6 +103,8 @@ class TurnStarted(EventBase):
     type: Literal["turn.started"] = "turn.started"
     turn_id: str
     attempt: int = 1
+    resumed: bool = False
+    """It continues after its tool calls were decided (``turn.awaiting_approval`` before)."""
 
 
 class LlmCompleted(EventBase):
@@ -131,6 +136,39 @@ class ToolDecided(EventBase):
     engine: str = ""
 
 
+Decision = Literal["approve", "edit", "reject"]
+DECISIONS: tuple[Decision, ...] = ("approve", "edit", "reject")
+
+
+class ToolApprovalRequested(EventBase):
+    """The policy asks a person before this tool call runs: it waits, nothing executed, until
+    ``POST /v1/sessions/{id}/approvals/{tool_call_id}`` decides it or it expires (a reject)."""
+
+    type: Literal["tool.approval_requested"] = "tool.approval_requested"
+    turn_id: str
+    tool_call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+    decisions: list[Decision] = Field(default_factory=lambda: list(DECISIONS))
+    expires_at: datetime | None = None
+
+
+class ToolApprovalDecided(EventBase):
+    """A person (``decided_by``: their API key) or the expiry decided a waiting tool call."""
+
+    type: Literal["tool.approval_decided"] = "tool.approval_decided"
+    turn_id: str
+    tool_call_id: str
+    tool: str
+    decision: Decision
+    arguments: dict[str, Any] | None = None
+    """The arguments the tool runs with (``edit``)."""
+    message: str | None = None
+    decided_by: str
+    expired: bool = False
+
+
 class ToolCompleted(EventBase):
     type: Literal["tool.completed"] = "tool.completed"
     turn_id: str
@@ -140,6 +178,16 @@ class ToolCompleted(EventBase):
     result: Any = None
     error: str | None = None
     latency_ms: float = 0.0
+
+
+class TurnAwaitingApproval(EventBase):
+    """The turn paused: ``tool_call_ids`` wait for a person (each has its
+    ``tool.approval_requested``). It resumes, under the same turn id, once all are decided; it
+    is not an outcome, but ends the turn's stream and ``?wait=true`` for now."""
+
+    type: Literal["turn.awaiting_approval"] = "turn.awaiting_approval"
+    turn_id: str
+    tool_call_ids: list[str]
 
 
 class TurnCompleted(EventBase):
@@ -202,7 +250,10 @@ Event = Annotated[
     | LlmCompleted
     | ToolRequested
     | ToolDecided
+    | ToolApprovalRequested
+    | ToolApprovalDecided
     | ToolCompleted
+    | TurnAwaitingApproval
     | TurnCompleted
     | TurnFailed
     | TurnCancelled
@@ -214,11 +265,12 @@ Event = Annotated[
 
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 
-TURN_OUTCOMES = (TurnCompleted, TurnFailed, TurnCancelled)
-"""The events that end a turn (for ``isinstance``)."""
+TURN_OUTCOMES = (TurnCompleted, TurnFailed, TurnCancelled, TurnAwaitingApproval)
+"""The events that end a turn, for now or for good (for ``isinstance``): what a waiter or a turn's
+stream stops at. ``turn.awaiting_approval`` is a pause: the turn resumes after its approvals."""
 
-TurnOutcome = TurnCompleted | TurnFailed | TurnCancelled
-"""The event that ends a turn (for annotations)."""
+TurnOutcome = TurnCompleted | TurnFailed | TurnCancelled | TurnAwaitingApproval
+"""The event that ends a turn, for now or for good (for annotations)."""
 
 
 def dump_event(event: Event) -> bytes:

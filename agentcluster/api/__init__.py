@@ -1,5 +1,6 @@
 """The HTTP API v1 contract shared by the gateway and the Python client."""
 
+from agentcluster.api._approvals import ApprovalDecisionIn, ApprovalList, ApprovalOut
 from agentcluster.api._models import (
     CURSOR_PATTERN,
     ID_PATTERN,
@@ -45,6 +46,9 @@ __all__ = [
     "PROBLEM_BASE",
     "AgentList",
     "AgentOut",
+    "ApprovalDecisionIn",
+    "ApprovalList",
+    "ApprovalOut",
     "CancelIn",
     "CancelOut",
     "Delta",

@@ -150,7 +150,7 @@ class SessionCreateIn(_In):
 class SessionOut(_Out):
     session_id: str
     agent: str
-    status: Literal["active", "closed"]
+    status: Literal["active", "awaiting_approval", "closed"]
     metadata: dict[str, Any]
     last_seq: int
     created_at: datetime
@@ -222,10 +222,13 @@ class TurnOut(_Out):
     session_id: str
     message_id: str
     turn_id: str
-    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status: Literal["queued", "running", "awaiting_approval", "completed", "failed", "cancelled"]
     content: str | None = None
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)
+    awaiting_approval: list[str] | None = None
+    """``awaiting_approval``: the tool calls that wait for a person
+    (``GET /v1/sessions/{id}/approvals``)."""
 
 
 class MessageOut(_Out):

@@ -85,6 +85,10 @@ def _turn_out(
         return api.TurnOut(**fields, status="completed", content=event.content, usage=event.usage)
     if isinstance(event, ev.TurnFailed):
         return api.TurnOut(**fields, status="failed", error=event.error)
+    if isinstance(event, ev.TurnAwaitingApproval):
+        return api.TurnOut(
+            **fields, status="awaiting_approval", awaiting_approval=event.tool_call_ids
+        )
     return api.TurnOut(**fields, status="cancelled", error=event.reason)
 
 
