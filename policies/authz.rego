@@ -1,6 +1,8 @@
 # Authorization for agentcluster: tool calls, network targets of http_fetch and API actions.
 #
-# Entry point: data.agentcluster.authz.decision -> {"allowed": bool, "reason": string}.
+# Entry point: data.agentcluster.authz.decision -> {"allowed": bool, "reason": string}, plus
+# "ask": true on an allowed tool call that a rule of the tenant's `approvals` data sends to a person
+# first (the turn pauses until someone approves, edits or rejects it).
 # The same module runs in the OPA server and, compiled to Wasm, in-process
 # (agentcluster/policy/authz.wasm; rebuild with `make policy-wasm`). Only builtins that OPA's Wasm
 # target implements natively are used (no sprintf, regex or strings.* here): check the
@@ -20,6 +22,13 @@ default decision := {"allowed": false, "reason": "no policy rule matched the req
 decision := {"allowed": true, "reason": allow_reason} if {
 	count(denials) == 0
 	allow_reason
+	count(_approval_reasons) == 0
+}
+
+decision := {"allowed": true, "ask": true, "reason": concat("; ", sort(_approval_reasons))} if {
+	count(denials) == 0
+	allow_reason
+	count(_approval_reasons) > 0
 }
 
 decision := {"allowed": false, "reason": concat("; ", sort(denials))} if count(denials) > 0
@@ -124,6 +133,39 @@ _port_list(value) if {
 	every item in value {
 		_is_port(item)
 	}
+}
+
+_malformed contains "approvals" if not is_array(setting("approvals"))
+
+_malformed contains concat("", ["approvals[", format_int(index, 10), "]"]) if {
+	some index, rule in setting("approvals")
+	not _approval_rule(rule)
+}
+
+_approval_rule(rule) if {
+	is_object(rule)
+	_string_list(rule.tools)
+	every key, _ in rule {
+		key in {"tools", "argument", "match", "reason"}
+	}
+	_optional_string(rule, "argument")
+	_optional_string(rule, "reason")
+	_approval_match_list(rule)
+}
+
+_optional_string(obj, key) if not _has_key(obj, key)
+
+_optional_string(obj, key) if is_string(obj[key])
+
+# `match` goes with `argument`: both or neither.
+_approval_match_list(rule) if {
+	not _has_key(rule, "argument")
+	not _has_key(rule, "match")
+}
+
+_approval_match_list(rule) if {
+	_has_key(rule, "argument")
+	_string_list(rule.match)
 }
 
 _malformed contains "limits.url_schemes" if {
@@ -250,6 +292,29 @@ _tool_allowed_for_tenant if {
 _tool_allowed_for_agent if {
 	some pattern in _agent_tool_rules.allow
 	glob.match(pattern, null, input.tool)
+}
+
+# ---- approvals: allowed calls a person decides first ("ask")
+# Each rule of the tenant's `approvals` list names tool globs and, optionally, one argument whose
+# string value is matched against globs (a target URL, a path). Any matching rule asks; its
+# `reason` (or a default naming the tool) tells the person why.
+
+_approval_reasons contains reason if {
+	input.kind == "tool"
+	some rule in setting("approvals")
+	some pattern in rule.tools
+	glob.match(pattern, null, input.tool)
+	_approval_arguments_match(rule)
+	reason := object.get(rule, "reason", concat("", ["tool ", input.tool, " needs a person's approval"]))
+}
+
+_approval_arguments_match(rule) if not _has_key(rule, "argument")
+
+_approval_arguments_match(rule) if {
+	value := object.get(input, ["arguments", rule.argument], null)
+	is_string(value)
+	some pattern in rule.match
+	glob.match(pattern, null, value)
 }
 
 # ---- argument checks
@@ -659,7 +724,10 @@ _is_port(value) if {
 
 # ---------------------------------------------------------------- API actions
 
-api_actions := {"session.create", "session.read", "session.message", "session.cancel", "session.delete", "keys.manage"}
+api_actions := {
+	"session.create", "session.read", "session.message", "session.cancel", "session.delete", "session.approve",
+	"keys.manage",
+}
 
 denials contains msg if {
 	input.kind == "api"

@@ -23,6 +23,11 @@ tenants := {
 	"broken": {"tools": "not an object"},
 	"ports": {"network": {"allow_ports": [8443]}},
 	"badports": {"network": {"allow_ports": ["80"]}},
+	"careful": {"approvals": [
+		{"tools": ["python_exec"], "reason": "code runs on our machines"},
+		{"tools": ["http_fetch", "browser_navigate"], "argument": "url", "match": ["https://pay.test/*"]},
+	]},
+	"badrules": {"approvals": [{"tools": ["x"], "argument": "url"}]},
 }
 
 tool(tenant, agent, name, arguments) := {
@@ -488,7 +493,7 @@ test_keys_manage_needs_admin if {
 
 test_unknown_action_denied if {
 	not allowed(api("t0", "session.explode", null, true))
-	startswith(reason(api("t0", "session.explode", null, true)), "unknown API action \"session.explode\"; expected one of keys.manage, session.cancel")
+	startswith(reason(api("t0", "session.explode", null, true)), "unknown API action \"session.explode\"; expected one of keys.manage, session.approve, session.cancel")
 }
 
 test_tenant_denied_action if {
@@ -517,3 +522,44 @@ test_committed_defaults_allow_public_fetch if {
 	d := authz.decision with input as net("someone", "example.test", "93.184.216.34", "public")
 	d.allowed == true
 }
+
+# ---------------------------------------------------------------- approvals ("ask")
+
+test_a_tool_rule_asks_with_its_reason if {
+	d := decide(tool("careful", "a", "python_exec", {"code": "1"}))
+	d == {"allowed": true, "ask": true, "reason": "code runs on our machines"}
+}
+
+test_an_argument_rule_asks_only_for_matching_values if {
+	d := decide(tool("careful", "a", "http_fetch", {"url": "https://pay.test/charge"}))
+	d.ask == true
+	d.reason == "tool http_fetch needs a person's approval"
+	other := decide(tool("careful", "a", "http_fetch", {"url": "https://docs.test/"}))
+	object.keys(other) == {"allowed", "reason"}
+	other.allowed == true
+}
+
+test_a_denied_call_is_denied_not_asked if {
+	d := decide(tool("careful", "a", "http_fetch", {"url": "ftp://pay.test/x"}))
+	d.allowed == false
+	not d.ask
+}
+
+test_no_rules_never_ask if {
+	d := decide(tool("t0", "a", "python_exec", {"code": "1"}))
+	object.keys(d) == {"allowed", "reason"}
+}
+
+test_a_malformed_rule_denies_naming_it if {
+	d := decide(tool("badrules", "a", "x", {}))
+	d.allowed == false
+	contains(d.reason, "malformed at approvals[0]")
+}
+
+test_approvals_not_a_list_denies if {
+	d := authz.decision with input as tool("odd", "a", "x", {}) with data.agentcluster.tenants as {"odd": {"approvals": {"tools": ["x"]}}}
+	d.allowed == false
+	contains(d.reason, "malformed at approvals")
+}
+
+test_session_approve_is_an_api_action if allowed(api("t0", "session.approve", null, false))

@@ -35,6 +35,7 @@ ApiAction = Literal[
     "session.message",
     "session.cancel",
     "session.delete",
+    "session.approve",
     "keys.manage",
 ]
 
@@ -95,7 +96,8 @@ def classify_address(ip: str) -> NetworkCategory:
 
 
 def decision_from_result(result: object, *, engine: str, source: str) -> PolicyDecision:
-    """Read the policy's answer; anything but ``{"allowed": bool, "reason": str}`` denies.
+    """Read the policy's answer; anything but ``{"allowed": bool, "reason": str}`` (and an optional
+    ``"ask": bool``) denies.
 
     Args:
         result: the value of ``data.agentcluster.authz.decision`` (None when undefined).
@@ -105,8 +107,9 @@ def decision_from_result(result: object, *, engine: str, source: str) -> PolicyD
     if isinstance(result, Mapping):
         allowed = result.get("allowed")
         reason = result.get("reason")
-        if isinstance(allowed, bool) and isinstance(reason, str):
-            return PolicyDecision(allowed=allowed, reason=reason, engine=engine)
+        ask = result.get("ask", False)
+        if isinstance(allowed, bool) and isinstance(reason, str) and isinstance(ask, bool):
+            return PolicyDecision(allowed=allowed, reason=reason, engine=engine, ask=ask)
     if result is None:
         problem = "returned no decision (is the agentcluster.authz policy loaded?)"
     else:

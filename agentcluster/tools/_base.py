@@ -59,6 +59,8 @@ class PolicyDecision(_Model):
     reason: str = ""
     engine: str = ""
     failed: bool = False
+    ask: bool = False
+    """An allowed tool call a person decides first (the tenant's ``approvals`` rules)."""
 
 
 class Tool(Protocol):
