@@ -472,7 +472,8 @@ class BrowserWorker:
             return False
         asked = call.model_copy(update={"tool": EVALUATE_TOOL, "arguments": {}})
         decision: PolicyDecision = await decide(asked)
-        return decision.allowed
+        # A call a person must approve first cannot wait inside a browser task: not offered.
+        return decision.allowed and not decision.ask
 
     def chat_model(self, route: BrowserLlm) -> PortChatModel:
         """browser_task's model for the current call: the LLM port along ``route`` (breakers
