@@ -14,6 +14,7 @@ import httpx
 from agentcluster.api import (
     AgentList,
     AgentOut,
+    ApprovalOut,
     CancelOut,
     Health,
     KeyCreated,
@@ -28,8 +29,8 @@ from agentcluster.api import (
 from agentcluster.client import _calls as calls
 from agentcluster.client._calls import Call, RetryPolicy, new_idempotency_key
 from agentcluster.client._sse import StreamItem
-from agentcluster.client._streams import EventTail, TurnTail
-from agentcluster.domain import MultitaskStrategy
+from agentcluster.client._streams import EventTail, TurnEventTail, TurnTail
+from agentcluster.domain import ApprovalDecision, MultitaskStrategy
 
 __all__ = ["AsyncClient"]
 
@@ -224,7 +225,9 @@ class AsyncClient:
         self, session_id: str, content: str, *, idempotency_key: str | None = None
     ) -> AsyncIterator[StreamItem]:
         """Send a message and yield its turn's events and text deltas until the turn's
-        ``turn.completed``/``turn.failed``/``turn.cancelled``. A broken stream is resumed."""
+        ``turn.completed``/``turn.failed``/``turn.cancelled``, or its ``turn.awaiting_approval``
+        (decide its calls, then :meth:`follow_turn` after that event's seq). A broken stream is
+        resumed."""
         key = idempotency_key or new_idempotency_key()
         return self._follow(TurnTail(session_id, content, key, self._policy))
 
@@ -249,6 +252,69 @@ class AsyncClient:
     async def cancel(self, session_id: str, turn_id: str | None = None) -> CancelOut:
         """Cancel ``turn_id``, or the session's running turn when None."""
         return await self._run(calls.cancel(session_id, turn_id))
+
+    def follow_turn(
+        self, session_id: str, turn_id: str, *, after: int = 0
+    ) -> AsyncIterator[StreamItem]:
+        """Yield ``turn_id``'s events and deltas with ``seq > after`` from the session's event
+        stream, until the turn's outcome or its next ``turn.awaiting_approval``.
+
+        After deciding a paused turn's calls, pass the pause's seq (the ``turn.awaiting_approval``
+        that :meth:`stream_turn` ended with, or the session's ``last_seq`` read before deciding)
+        to read the resumed turn to its end.
+        """
+        return self._follow(TurnEventTail(session_id, turn_id, after=after, policy=self._policy))
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    async def approvals(self, session_id: str, *, all: bool = False) -> list[ApprovalOut]:
+        """The session's tool calls waiting for a person (``all``: decided ones too)."""
+        return (await self._run(calls.approvals(session_id, all))).items
+
+    async def decide(
+        self,
+        session_id: str,
+        tool_call_id: str,
+        decision: ApprovalDecision,
+        *,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> ApprovalOut:
+        """Decide a waiting tool call: ``approve``, ``edit`` (run it with ``arguments``) or
+        ``reject`` (the model reads ``message`` as the tool's error). The turn resumes once all
+        of its waiting calls are decided.
+
+        Raises:
+            Conflict: ``approval-not-pending``: already decided or expired (after a retried
+                request, possibly by this very call: see :meth:`approvals` with ``all``).
+            NotFound: no such session or waiting call for this key's tenant.
+        """
+        return await self._run(calls.decide(session_id, tool_call_id, decision, arguments, message))
+
+    async def approve(
+        self, session_id: str, tool_call_id: str, *, message: str | None = None
+    ) -> ApprovalOut:
+        """Run the waiting call as the model asked."""
+        return await self.decide(session_id, tool_call_id, "approve", message=message)
+
+    async def edit(
+        self,
+        session_id: str,
+        tool_call_id: str,
+        arguments: dict[str, Any],
+        *,
+        message: str | None = None,
+    ) -> ApprovalOut:
+        """Run the waiting call with ``arguments`` instead (the policy decides them again)."""
+        return await self.decide(
+            session_id, tool_call_id, "edit", arguments=arguments, message=message
+        )
+
+    async def reject(
+        self, session_id: str, tool_call_id: str, message: str | None = None
+    ) -> ApprovalOut:
+        """Do not run the call; the model reads ``message`` as the tool's error."""
+        return await self.decide(session_id, tool_call_id, "reject", message=message)
 
     # --- agents, health -----------------------------------------------------------------------
 

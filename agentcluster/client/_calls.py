@@ -21,6 +21,9 @@ from pydantic import ValidationError as PydanticValidationError
 from agentcluster.api import (
     AgentList,
     AgentOut,
+    ApprovalDecisionIn,
+    ApprovalList,
+    ApprovalOut,
     CancelIn,
     CancelOut,
     Health,
@@ -44,7 +47,7 @@ from agentcluster.client._errors import (
     retry_after_seconds,
 )
 from agentcluster.config import env
-from agentcluster.domain import MultitaskStrategy
+from agentcluster.domain import ApprovalDecision, MultitaskStrategy
 
 __all__ = [
     "DEFAULT_URL",
@@ -261,6 +264,36 @@ def cancel(session_id: str, turn_id: str | None) -> Call[CancelOut]:
         f"/v1/sessions/{_segment(session_id)}/cancel",
         _model(CancelOut, 200),
         body=_body(CancelIn, turn_id=turn_id),
+    )
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+def _approvals_path(session_id: str) -> str:
+    return f"/v1/sessions/{_segment(session_id)}/approvals"
+
+
+def approvals(session_id: str, all_: bool) -> Call[ApprovalList]:
+    params: Params = {"all": "true"} if all_ else {}
+    return Call("GET", _approvals_path(session_id), _model(ApprovalList, 200), params=params)
+
+
+def decide(
+    session_id: str,
+    tool_call_id: str,
+    decision: ApprovalDecision,
+    arguments: dict[str, Any] | None,
+    message: str | None,
+) -> Call[ApprovalOut]:
+    body = _body(ApprovalDecisionIn, decision=decision, arguments=arguments, message=message)
+    # A resend after a lost answer finds the call decided (409 approval-not-pending): safe, and
+    # the caller sees the conflict rather than a second decision.
+    return Call(
+        "POST",
+        f"{_approvals_path(session_id)}/{_segment(tool_call_id)}",
+        _model(ApprovalOut, 200),
+        body=body,
     )
 
 

@@ -4,12 +4,13 @@ DeploymentHandle instead of HTTP (no proxy hop; for code running inside the Ray 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from agentcluster import api
 from agentcluster.api import StreamItem
-from agentcluster.domain import MultitaskStrategy
+from agentcluster.client._streams import ends_turn
+from agentcluster.domain import ApprovalDecision, MultitaskStrategy
 
 __all__ = ["HandleClient", "connect"]
 
@@ -17,7 +18,7 @@ APP_NAME = "agentcluster"
 DEPLOYMENT = "Gateway"
 
 
-async def _until_closed(stream: Any) -> AsyncIterator[StreamItem]:
+async def _until_closed(stream: Any) -> AsyncGenerator[StreamItem, None]:
     """The items of a streaming handle call; when the caller stops early (a break, a cancelled
     task, the iterator closed) the call is cancelled in the replica, which then closes the
     stream and frees the tenant's stream slot (a stream nobody reads would hold it open)."""
@@ -29,6 +30,22 @@ async def _until_closed(stream: Any) -> AsyncIterator[StreamItem]:
     finally:
         if not finished:
             stream.cancel()
+
+
+async def _until_turn_ends(
+    items: AsyncGenerator[StreamItem, None], turn_id: str
+) -> AsyncIterator[StreamItem]:
+    """The items of ``turn_id`` (and the session's own, such as ``session.closed``) up to and
+    including the turn's outcome or pause; stopping closes ``items``, which cancels the call."""
+    try:
+        async for item in items:
+            if getattr(item, "turn_id", turn_id) != turn_id:
+                continue
+            yield item
+            if ends_turn(item, turn_id) or item.type == "session.closed":
+                return
+    finally:
+        await items.aclose()
 
 
 class HandleClient:
@@ -110,6 +127,58 @@ class HandleClient:
     async def cancel(self, session_id: str, turn_id: str | None = None) -> api.CancelOut:
         result: api.CancelOut = await self._handle.cancel.remote(self._api_key, session_id, turn_id)
         return result
+
+    async def follow_turn(
+        self, session_id: str, turn_id: str, *, after: int = 0
+    ) -> AsyncIterator[StreamItem]:
+        """``turn_id``'s items after seq ``after`` until its outcome or next pause (as
+        ``AsyncClient.follow_turn``)."""
+        stream = self._handle.options(stream=True).events.remote(self._api_key, session_id, after)
+        async for item in _until_turn_ends(_until_closed(stream), turn_id):
+            yield item
+
+    async def approvals(self, session_id: str, *, all: bool = False) -> list[api.ApprovalOut]:
+        result: api.ApprovalList = await self._handle.approvals.remote(
+            self._api_key, session_id, all
+        )
+        return result.items
+
+    async def decide(
+        self,
+        session_id: str,
+        tool_call_id: str,
+        decision: ApprovalDecision,
+        *,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> api.ApprovalOut:
+        body = api.ApprovalDecisionIn(decision=decision, arguments=arguments, message=message)
+        result: api.ApprovalOut = await self._handle.decide_approval.remote(
+            self._api_key, session_id, tool_call_id, body
+        )
+        return result
+
+    async def approve(
+        self, session_id: str, tool_call_id: str, *, message: str | None = None
+    ) -> api.ApprovalOut:
+        return await self.decide(session_id, tool_call_id, "approve", message=message)
+
+    async def edit(
+        self,
+        session_id: str,
+        tool_call_id: str,
+        arguments: dict[str, Any],
+        *,
+        message: str | None = None,
+    ) -> api.ApprovalOut:
+        return await self.decide(
+            session_id, tool_call_id, "edit", arguments=arguments, message=message
+        )
+
+    async def reject(
+        self, session_id: str, tool_call_id: str, message: str | None = None
+    ) -> api.ApprovalOut:
+        return await self.decide(session_id, tool_call_id, "reject", message=message)
 
     async def agents(self) -> api.AgentList:
         result: api.AgentList = await self._handle.agents.remote(self._api_key)

@@ -17,9 +17,17 @@ from agentcluster.client._calls import Call, RetryPolicy
 from agentcluster.client._errors import ConnectionFailed
 from agentcluster.client._sse import Overflowed, SSEDecoder, StreamItem, decode
 
-__all__ = ["EventTail", "TurnTail"]
+__all__ = ["TURN_ENDS", "EventTail", "TurnEventTail", "TurnTail", "ends_turn"]
 
-_TURN_ENDS = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
+TURN_ENDS = frozenset({"turn.completed", "turn.failed", "turn.cancelled", "turn.awaiting_approval"})
+"""What a turn's stream stops at: its outcome, or its pause for approvals
+(``turn.awaiting_approval``: the turn resumes under the same id once they are decided; the
+clients' ``follow_turn`` reads on from there)."""
+
+
+def ends_turn(item: object, turn_id: str | None) -> bool:
+    """Whether ``item`` ends (or pauses) the turn ``turn_id``."""
+    return getattr(item, "type", None) in TURN_ENDS and _turn_id(item) == turn_id
 
 
 class EventTail:
@@ -126,16 +134,35 @@ class EventTail:
         )
 
 
-class TurnTail(EventTail):
+class TurnEventTail(EventTail):
+    """The items of one known turn, read from the session's event stream after ``after``, until
+    the turn's outcome or its next pause: what follows a decided ``turn.awaiting_approval``
+    (pass that event's seq as ``after``)."""
+
+    def __init__(
+        self, session_id: str, turn_id: str | None, *, after: int, policy: RetryPolicy
+    ) -> None:
+        super().__init__(session_id, after=after, follow=True, policy=policy)
+        self.turn_id = turn_id
+
+    def _wanted(self, item: StreamItem) -> bool:
+        turn_id = _turn_id(item)
+        return turn_id is None or turn_id == self.turn_id
+
+    def _ends(self, item: StreamItem) -> bool:
+        return ends_turn(item, self.turn_id) or super()._ends(item)
+
+
+class TurnTail(TurnEventTail):
     """The items of one turn: opened by the message POST itself; if that stream breaks before
-    the turn's terminal event, resumed from the session's event stream (or, when the turn id is
-    not known yet, by the same POST again: its ``Idempotency-Key`` makes it the same turn)."""
+    the turn's terminal event (or pause), resumed from the session's event stream (or, when the
+    turn id is not known yet, by the same POST again: its ``Idempotency-Key`` makes it the same
+    turn)."""
 
     def __init__(
         self, session_id: str, content: str, idempotency_key: str, policy: RetryPolicy
     ) -> None:
-        super().__init__(session_id, after=0, follow=True, policy=policy)
-        self.turn_id: str | None = None
+        super().__init__(session_id, None, after=0, policy=policy)
         self._post = calls.stream_turn(session_id, content, idempotency_key)
 
     def _call(self) -> Call[httpx.Response]:
@@ -147,16 +174,7 @@ class TurnTail(EventTail):
             self.turn_id = _turn_id(item)
         return super()._accept(item)
 
-    def _wanted(self, item: StreamItem) -> bool:
-        turn_id = _turn_id(item)
-        return turn_id is None or turn_id == self.turn_id
 
-    def _ends(self, item: StreamItem) -> bool:
-        if item.type in _TURN_ENDS:
-            return _turn_id(item) == self.turn_id
-        return super()._ends(item)
-
-
-def _turn_id(item: StreamItem) -> str | None:
+def _turn_id(item: object) -> str | None:
     turn_id: Any = getattr(item, "turn_id", None)
     return turn_id if isinstance(turn_id, str) else None
