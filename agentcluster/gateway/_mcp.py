@@ -2,8 +2,12 @@
 
 MCP clients (IDEs, other agents) list agents, create sessions and send messages with the same API
 keys and the same policy decisions as the HTTP API: every tool call goes through the
-:class:`GatewayService`. The transport is stateless JSON, so any gateway replica can answer any
-request (Serve spreads requests over replicas; a stateful MCP session would be pinned to one).
+:class:`GatewayService`. A turn whose tool calls wait for a person answers ``send_message`` with
+status ``awaiting_approval`` and the waiting calls (``approvals``); ``list_approvals`` and
+``decide_approval`` answer them, the last decision waiting for the resumed turn's outcome.
+
+The transport is stateless JSON, so any gateway replica can answer any request (Serve spreads
+requests over replicas; a stateful MCP session would be pinned to one).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from agentcluster import api
-from agentcluster.domain import MultitaskStrategy
+from agentcluster.domain import ApprovalDecision, MultitaskStrategy
 from agentcluster.errors import AgentClusterError, DependencyUnavailable
+from agentcluster.gateway._approval_turns import decide, wait_resumed
 from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
 
@@ -76,6 +81,18 @@ def _tool_error(exc: ProblemError | AgentClusterError | ValidationError) -> Tool
     return ToolError(exc.detail if isinstance(exc, ProblemError) else exc.message)
 
 
+async def _with_approvals(
+    gateway: GatewayService, caller: Caller, turn: api.TurnOut
+) -> dict[str, Any]:
+    """The turn as a tool result; a paused turn lists its waiting calls (``approvals``)."""
+    result = turn.model_dump(mode="json")
+    if turn.status == "awaiting_approval":
+        pending = await gateway.approvals(caller, turn.session_id)
+        waiting = [a for a in pending.items if a.turn_id == turn.turn_id]
+        result["approvals"] = [approval.model_dump(mode="json") for approval in waiting]
+    return result
+
+
 def _check_idempotency_key(value: str | None) -> None:
     if value is not None and (not 1 <= len(value) <= 200 or not value.isprintable()):
         raise ToolError("idempotency_key must be 1-200 printable characters")
@@ -87,7 +104,8 @@ def build_mcp(service: ServiceGetter) -> FastMCP:
         name="agentcluster",
         instructions=(
             "Agent sessions on an agentcluster. List the agents, create a session with one, then "
-            "send messages to it: send_message waits for the agent's answer."
+            "send messages to it: send_message waits for the agent's answer. A turn with status "
+            "awaiting_approval waits for a person: decide its approvals with decide_approval."
         ),
         auth=ApiKeyVerifier(service),
     )
@@ -135,9 +153,9 @@ def build_mcp(service: ServiceGetter) -> FastMCP:
                 api.MessageIn(content=content, multitask_strategy=multitask_strategy),
                 idempotency_key,
             )
+            return await _with_approvals(gateway, caller, turn)
         except (ProblemError, AgentClusterError, ValidationError) as exc:
             raise _tool_error(exc) from None
-        return turn.model_dump(mode="json")
 
     @mcp.tool
     async def get_messages(session_id: str) -> list[dict[str, Any]]:
@@ -149,6 +167,43 @@ def build_mcp(service: ServiceGetter) -> FastMCP:
         except (ProblemError, AgentClusterError, ValidationError) as exc:
             raise _tool_error(exc) from None
         return [message.model_dump(mode="json") for message in messages.items]
+
+    @mcp.tool
+    async def list_approvals(
+        session_id: str, include_decided: bool = False
+    ) -> list[dict[str, Any]]:
+        """The session's tool calls that wait for a person (with include_decided, the decided
+        ones too): tool_call_id, tool, arguments, reason, the decisions allowed, expires_at."""
+        gateway = service()
+        caller = await _caller(gateway)
+        try:
+            listed = await gateway.approvals(caller, session_id, all_=include_decided)
+        except (ProblemError, AgentClusterError, ValidationError) as exc:
+            raise _tool_error(exc) from None
+        return [approval.model_dump(mode="json") for approval in listed.items]
+
+    @mcp.tool
+    async def decide_approval(
+        session_id: str,
+        tool_call_id: str,
+        decision: ApprovalDecision,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Decide a tool call that waits for a person: approve (it runs), edit (it runs with
+        arguments instead) or reject (the agent reads message as the tool's error). Returns the
+        approval and, once no call of its turn waits any more, the resumed turn's outcome."""
+        gateway = service()
+        caller = await _caller(gateway)
+        try:
+            body = api.ApprovalDecisionIn(decision=decision, arguments=arguments, message=message)
+            resumption = await decide(gateway, caller, session_id, [(tool_call_id, body)])
+            turn = await wait_resumed(gateway, caller, resumption)
+            result = {"approval": resumption.decided[0].model_dump(mode="json")}
+            result["turn"] = await _with_approvals(gateway, caller, turn)
+        except (ProblemError, AgentClusterError, ValidationError) as exc:
+            raise _tool_error(exc) from None
+        return result
 
     return mcp
 

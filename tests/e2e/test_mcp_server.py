@@ -11,8 +11,10 @@ from fastmcp.exceptions import ToolError
 
 from agentcluster import events as ev
 from agentcluster.client import AsyncClient
-from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
-from tests.e2e.conftest import ADMIN_KEY
+from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn, tenant_policy
+
+ASK_CALCULATOR = {"approvals": [{"tools": ["calculator"], "reason": "a person checks sums"}]}
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -105,3 +107,63 @@ async def test_mcp_send_message_takes_a_multitask_strategy(
             await client.call_tool("send_message", {**message, "multitask_strategy": "interrupt"})
         ).data
         assert (turn["status"], turn["content"]) == ("completed", "now")
+
+
+async def test_mcp_a_turn_awaiting_approval_is_listed_approved_and_rejected(
+    gateway_url: str, http: httpx.AsyncClient, fake_llm: FakeLLM
+) -> None:
+    tenant_id, key = await new_tenant(http)
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"the sum is done {token}")
+    async with (
+        tenant_policy(tenant_id, ASK_CALCULATOR),
+        Client(f"{gateway_url}/mcp", auth=key) as client,
+    ):
+        tools = {tool.name for tool in await client.list_tools()}
+        assert {"list_approvals", "decide_approval"} <= tools
+        session_id = (await client.call_tool("create_session", {"agent": "tester"})).data[
+            "session_id"
+        ]
+        message = {"session_id": session_id, "content": f"compute {token}"}
+        paused = (await client.call_tool("send_message", message)).data
+        assert paused["status"] == "awaiting_approval"
+        [asked] = paused["approvals"]
+        assert (asked["tool"], asked["arguments"]) == ("calculator", {"expression": "6*7"})
+        assert asked["reason"] == "a person checks sums" and asked["status"] == "pending"
+        assert paused["awaiting_approval"] == [asked["tool_call_id"]]
+        listed = (await client.call_tool("list_approvals", {"session_id": session_id})).data
+        assert [a["tool_call_id"] for a in listed] == [asked["tool_call_id"]]
+
+        decision = {"session_id": session_id, "tool_call_id": asked["tool_call_id"]}
+        approved = await client.call_tool("decide_approval", {**decision, "decision": "approve"})
+        assert approved.data["approval"]["status"] == "approved"
+        turn = approved.data["turn"]
+        assert (turn["status"], turn["content"]) == ("completed", f"the sum is done {token}")
+        assert turn["turn_id"] == paused["turn_id"]
+        with pytest.raises(ToolError, match="no longer awaiting"):
+            await client.call_tool("decide_approval", {**decision, "decision": "reject"})
+        assert (await client.call_tool("list_approvals", {"session_id": session_id})).data == []
+
+        paused = (await client.call_tool("send_message", message)).data
+        [asked] = paused["approvals"]
+        rejected = await client.call_tool(
+            "decide_approval",
+            {
+                "session_id": session_id,
+                "tool_call_id": asked["tool_call_id"],
+                "decision": "reject",
+                "message": "not today",
+            },
+        )
+        assert rejected.data["approval"]["status"] == "rejected"
+        assert rejected.data["turn"]["status"] == "completed"
+        history = (await client.call_tool("get_messages", {"session_id": session_id})).data
+        tools_said = [m["content"] for m in history if m["role"] == "tool"]
+        assert "42" in tools_said[0] and "rejected by a person: not today" in tools_said[1]
+        decided = (
+            await client.call_tool(
+                "list_approvals", {"session_id": session_id, "include_decided": True}
+            )
+        ).data
+        assert sorted(a["status"] for a in decided) == ["approved", "rejected"]
