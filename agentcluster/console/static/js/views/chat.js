@@ -5,9 +5,14 @@
 // the turn's own stream (POST .../messages with Accept: text/event-stream). The same event or
 // delta can come from both, so the renderer skips what it has seen (events by seq, deltas by
 // turn and index); each stream is in order, so what gets through is in order too.
+//
+// A turn that pauses for approvals (turn.awaiting_approval) ends the message's stream; the
+// pending calls show in an approvals panel (views/approvals.js), refreshed on every approval
+// event, and the resumed turn arrives on the session's event stream.
 
 import { newIdempotencyKey } from "../api.js";
 import { h, jsonText, replace } from "../dom.js";
+import { ApprovalsPanel } from "./approvals.js";
 
 const RETRY_MS = [500, 1000, 2000, 5000, 10000];
 
@@ -55,6 +60,7 @@ class ChatView {
       placeholder: "Message the agent (Enter sends, Shift+Enter for a new line)",
     });
     this.send = h("button", { type: "submit" }, "Send");
+    this.approvals = new ApprovalsPanel(this.ctx, this.path, this.signal);
     this.form = h(
       "form",
       { class: "composer", "aria-label": "Send a message" },
@@ -72,6 +78,7 @@ class ChatView {
         h("span", { class: "row" }, this.agent, this.status, this.live, this.cancel),
       ),
       this.log,
+      this.approvals.root,
       this.form,
     );
     this.form.addEventListener("submit", (event) => {
@@ -101,6 +108,7 @@ class ChatView {
       this.ctx.failed(error);
     }
     this.input.focus();
+    this.approvals.refresh();
     this.follow();
   }
 
@@ -109,6 +117,7 @@ class ChatView {
   }
 
   setStatus(status) {
+    if (this.closed) return; // closed is final
     this.closed = status === "closed";
     this.status.className = `badge ${status}`;
     this.status.dataset.status = status;
@@ -329,6 +338,7 @@ const HANDLERS = {
   "turn.started"(e) {
     this.turn(e.turn_id);
     this.turnStarted(e.turn_id);
+    if (e.resumed) this.setStatus("active");
   },
   "llm.completed"(e) {
     const turn = this.turn(e.turn_id);
@@ -359,6 +369,29 @@ const HANDLERS = {
     if (!e.allowed) toolState(item, "denied", "denied");
     else if (item.state !== "done" && item.state !== "error") toolState(item, "running", "running");
   },
+  "tool.approval_requested"(e) {
+    const item = this.tool(e);
+    toolState(item, "waiting", "waiting for approval");
+    item.body.append(
+      h("p", { class: "decision waiting", dataset: { decision: "ask" } }, "policy: ask a person", e.reason ? ` — ${e.reason}` : ""),
+    );
+    this.approvals.refresh();
+  },
+  "tool.approval_decided"(e) {
+    const item = this.tool(e);
+    const how = e.expired ? `${e.decision} (expired)` : `${e.decision} by ${e.decided_by}`;
+    item.body.append(h("p", { class: `decision ${e.decision}`, dataset: { decision: e.decision } }, `person: ${how}`, e.message ? ` — ${e.message}` : ""));
+    if (e.decision === "edit" && e.arguments) item.body.append(h("pre", { class: "args edited" }, jsonText(e.arguments)));
+    toolState(item, "decided", { approve: "approved", edit: "edited", reject: "rejected" }[e.decision] || e.decision);
+    this.approvals.refresh();
+  },
+  "turn.awaiting_approval"(e) {
+    this.note("waiting for approval", "quiet", e.seq);
+    this.setStatus("awaiting_approval");
+    for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
+    if (this.running === e.turn_id) this.turnEnded();
+    this.approvals.refresh();
+  },
   "tool.completed"(e) {
     const item = this.tool(e);
     const ms = e.latency_ms ? ` in ${Math.round(e.latency_ms)} ms` : "";
@@ -383,15 +416,18 @@ const HANDLERS = {
     const u = e.usage || {};
     if (u.total_tokens) item.append(h("div", { class: "usage muted small" }, `${u.total_tokens} tokens`));
     if (this.running === e.turn_id) this.turnEnded();
+    this.setStatus("active");
   },
   "turn.failed"(e) {
     this.note(`turn failed (${e.error_type}): ${e.error}`, "error", e.seq);
     for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
     if (this.running === e.turn_id) this.turnEnded();
+    this.setStatus("active");
   },
   "turn.cancelled"(e) {
     this.note(`turn cancelled${e.reason ? `: ${e.reason}` : ""}`, "quiet", e.seq);
     for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
     if (this.running === e.turn_id) this.turnEnded();
+    this.setStatus("active");
   },
 };
