@@ -250,7 +250,8 @@ class HostController:
 
     It also runs the schedules' ticker (:class:`agentcluster.schedules.ScheduleTicker`) and the
     webhook dispatcher (:class:`agentcluster.webhooks.WebhookDispatcher`): every host set's
-    controller tries, the holder of each one's lease in the store does the work.
+    controller tries, the holder of each one's lease in the store does the work; and it
+    rejects the approvals nobody answered in time, waking their sessions.
 
     An async actor: it starts a loop that reconciles every ``reconcile_interval_s`` and one that
     ticks every ``schedules.tick_s`` (again on any call, should one have ended).
@@ -278,6 +279,7 @@ class HostController:
             "reconcile": (self._settings.runtime.reconcile_interval_s, self.reconcile),
             "schedule tick": (self._settings.schedules.tick_s, self._tick_schedules),
             "webhook delivery": (self._settings.webhooks.tick_s, self._deliver_webhooks),
+            "approval expiry": (self._settings.schedules.tick_s, self._expire_approvals),
         }
         for what, (period_s, step) in loops.items():
             task = self._loops.get(what)
@@ -316,6 +318,16 @@ class HostController:
                 on_event=router.refresh,
             )
         await self._dispatcher.tick()
+
+    async def _expire_approvals(self) -> None:
+        # Idempotent under each session's write lock: every controller may do it, no lease.
+        store = await self._state_store()
+        prefix = actor_names.host_set_prefix(self._settings.runtime)
+        for session_id in await store.expire_approvals(owner_prefix=prefix):
+            try:
+                await self._sessions_router().notify(session_id)  # its turn resumes
+            except Exception as exc:  # the reconcile sweep wakes it later
+                log.warning("host controller: could not wake session %s: %s", session_id, exc)
 
     async def count(self) -> int:
         self._ensure_loop()

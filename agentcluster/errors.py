@@ -32,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentClusterError",
+    "ApprovalNotPending",
     "BudgetExceeded",
     "ConfigError",
     "ConflictError",
@@ -126,6 +127,13 @@ class TurnInProgress(ConflictError):
     (running, queued or waiting); nothing was written."""
 
     problem_type = "turn-in-progress"
+
+
+class ApprovalNotPending(ConflictError):
+    """A decision for a tool call that no longer waits for one: already decided, expired, or
+    its turn ended; nothing was written."""
+
+    problem_type = "approval-not-pending"
 
 
 class ValidationFailed(UserError):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentcluster import tracing
 from agentcluster.agent._profiles import AgentProfile
+from agentcluster.domain import Approval
 from agentcluster.errors import AgentClusterError, InfrastructureError, StaleEpochError
 from agentcluster.events import Usage
 from agentcluster.llm import (
@@ -73,12 +74,14 @@ class TurnContext(BaseModel):
     turn_id: str
     agent: str
     attempt: int = 1
+    resumed: bool = False
+    """It goes on after its tool calls were decided by a person."""
 
 
 class TurnResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    status: Literal["completed", "failed", "cancelled"]
+    status: Literal["completed", "failed", "cancelled", "awaiting_approval"]
     content: str = ""
     error: str | None = None
     usage: Usage = Usage()
@@ -93,8 +96,9 @@ class TurnNotOpen(Exception):
 class TurnJournal(Protocol):
     """Port: durable record of a turn's steps (each call commits before returning)."""
 
-    async def turn_started(self, turn_id: str, attempt: int) -> None:
-        """Record the turn running (a new attempt).
+    async def turn_started(self, turn_id: str, attempt: int, *, resumed: bool = False) -> None:
+        """Record the turn running (a new attempt, or the same one ``resumed`` after its
+        approvals).
 
         Raises:
             TurnNotOpen: it ended meanwhile (cancelled, superseded).
@@ -115,6 +119,20 @@ class TurnJournal(Protocol):
     async def tool_completed(
         self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
     ) -> None: ...
+
+    async def approval_requested(
+        self,
+        turn_id: str,
+        call: ToolCallSpec,
+        arguments: dict[str, Any],
+        reason: str,
+        timeout_s: float,
+    ) -> None:
+        """The policy sends the call to a person: it waits, unrun, for ``timeout_s`` at most."""
+
+    async def turn_paused(self, turn_id: str, tool_call_ids: list[str], usage: Usage) -> None:
+        """The step's calls ``tool_call_ids`` wait for a person: the turn pauses (or, when all
+        were decided meanwhile, is queued to resume at once)."""
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None: ...
 
@@ -228,17 +246,26 @@ class AgentLoop:
         journal: TurnJournal,
         *,
         prior_steps: int = 0,
+        approvals: dict[str, Approval] | None = None,
+        prior_usage: Usage | None = None,
     ) -> TurnResult:
         """Run (or resume) one turn; ``history`` must already end with the turn's user message.
+
+        A resumed turn's unanswered calls (the last step's) run as ``approvals`` decided them,
+        wait again while undecided, or are reported interrupted (cut by a crash); the usage so
+        far counts from ``prior_usage``. A turn whose calls wait for a person returns
+        ``awaiting_approval``: it is paused in the store and resumed by a later call.
 
         Raises:
             StaleEpochError: this host lost the session; nothing more may be written.
             asyncio.CancelledError: after recording ``turn.cancelled``.
         """
-        tally = _Tally()
-        await journal.turn_started(context.turn_id, context.attempt)
+        tally = _Tally(usage=prior_usage or Usage())
+        await journal.turn_started(context.turn_id, context.attempt, resumed=context.resumed)
         try:
-            await self._close_dangling(context, history, journal)
+            waiting = await self._close_dangling(context, history, journal, approvals or {})
+            if waiting:
+                return await self._pause(context, waiting, journal, tally, prior_steps)
             return await self._steps(context, history, journal, prior_steps, tally)
         except StaleEpochError:
             raise
@@ -265,14 +292,38 @@ class AgentLoop:
             log.warning("session %s: releasing the turn's tools failed", context.session_id)
 
     async def _close_dangling(
-        self, context: TurnContext, history: list[ChatMessage], journal: TurnJournal
-    ) -> None:
-        # Tools may have side effects, so a call cut by a crash is reported, not silently re-run.
+        self,
+        context: TurnContext,
+        history: list[ChatMessage],
+        journal: TurnJournal,
+        approvals: dict[str, Approval],
+    ) -> list[str]:
+        """Answer the last step's unanswered calls; returns those still waiting for a person."""
+        waiting: list[str] = []
         for call in dangling_calls(history):
-            outcome = ToolOutcome(ok=False, error=INTERRUPTED)
-            content = _render(outcome)
-            history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
-            await journal.tool_completed(context.turn_id, call, outcome, content)
+            approval = approvals.get(call.id)
+            if approval is not None and approval.status == "pending":
+                waiting.append(call.id)
+            elif approval is not None:
+                await self._tool_call(context, call, history, journal, approval)
+            else:
+                # Tools may have side effects: a call cut by a crash is reported, not re-run.
+                outcome = ToolOutcome(ok=False, error=INTERRUPTED)
+                content = _render(outcome)
+                history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
+                await journal.tool_completed(context.turn_id, call, outcome, content)
+        return waiting
+
+    async def _pause(
+        self,
+        context: TurnContext,
+        waiting: list[str],
+        journal: TurnJournal,
+        tally: _Tally,
+        step: int,
+    ) -> TurnResult:
+        await journal.turn_paused(context.turn_id, waiting, tally.usage)
+        return TurnResult(status="awaiting_approval", usage=tally.usage, steps=step)
 
     async def _steps(
         self,
@@ -291,8 +342,13 @@ class AgentLoop:
                 return TurnResult(
                     status="completed", content=content, usage=tally.usage, steps=step
                 )
-            for call in result.tool_calls:
-                await self._tool_call(context, call, history, journal)
+            waiting = [
+                call.id
+                for call in result.tool_calls
+                if not await self._tool_call(context, call, history, journal)
+            ]
+            if waiting:
+                return await self._pause(context, waiting, journal, tally, step)
         error = f"the agent used all {self.profile.max_steps} steps without a final answer"
         await journal.turn_failed(context.turn_id, "MaxStepsExceeded", error, False, tally.usage)
         return TurnResult(status="failed", error=error, usage=tally.usage)
@@ -337,7 +393,10 @@ class AgentLoop:
         call: ToolCallSpec,
         history: list[ChatMessage],
         journal: TurnJournal,
-    ) -> None:
+        approval: Approval | None = None,
+    ) -> bool:
+        """Decide and run one call (``approval``: as a person decided it); False when it waits
+        for a person instead."""
         parsed = _parse_arguments(call)
         arguments = parsed if isinstance(parsed, dict) else {}
         attributes = {
@@ -346,17 +405,22 @@ class AgentLoop:
             "gen_ai.tool.call.id": call.id,
         }
         with tracing.span(f"execute_tool {call.name}", attributes=attributes) as span:
-            await journal.tool_requested(context.turn_id, call, arguments)
+            if approval is None:  # a resumed call was recorded when it was asked for
+                await journal.tool_requested(context.turn_id, call, arguments)
             if isinstance(parsed, str):
-                outcome = ToolOutcome(ok=False, error=parsed)
+                outcome: ToolOutcome | None = ToolOutcome(ok=False, error=parsed)
             else:
-                outcome = await self._decide_and_run(context, call, arguments, journal)
+                outcome = await self._decide_and_run(context, call, arguments, journal, approval)
+            if outcome is None:
+                span.set_attribute("agentcluster.tool.awaiting_approval", True)
+                return False
             span.set_attribute("agentcluster.tool.ok", outcome.ok)
             if not outcome.ok:
                 tracing.mark_error(span, outcome.error or "tool failed")
         content = _render(outcome)
         history.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
         await journal.tool_completed(context.turn_id, call, outcome, content)
+        return True
 
     async def _decide_and_run(
         self,
@@ -364,7 +428,19 @@ class AgentLoop:
         call: ToolCallSpec,
         arguments: dict[str, Any],
         journal: TurnJournal,
-    ) -> ToolOutcome:
+        approval: Approval | None,
+    ) -> ToolOutcome | None:
+        """The call's outcome, or None when the policy sends it to a person (``approval`` is
+        their decision once made: a rejected call is not run; an approved one is decided
+        again, with the edited arguments if any, and a policy that still asks counts as
+        approved)."""
+        if approval is not None and approval.status in {"rejected", "expired"}:
+            if approval.status == "expired":
+                return ToolOutcome(ok=False, error=f"not run: {approval.message}")
+            note = approval.message or "no reason given"
+            return ToolOutcome(ok=False, error=f"rejected by a person: {note}")
+        if approval is not None:
+            arguments = approval.run_arguments
         invocation = ToolInvocation(
             tenant_id=context.tenant_id,
             session_id=context.session_id,
@@ -380,6 +456,16 @@ class AgentLoop:
             )
         else:
             decision = await self._decide(invocation)
+        if decision.ask and approval is None:
+            _trace_decision(decision)
+            timeout_s = self.profile.approval_timeout_s
+            await journal.approval_requested(
+                context.turn_id, call, arguments, decision.reason, timeout_s
+            )
+            return None
+        if decision.ask and approval is not None:
+            reason = f"approved by {approval.decided_by}: {decision.reason}"
+            decision = decision.model_copy(update={"ask": False, "reason": reason})
         _trace_decision(decision)
         await journal.tool_decided(context.turn_id, call, decision)
         if not decision.allowed:
@@ -412,7 +498,8 @@ async def _settle(budget: Budget, hold: BudgetHold, usage: Usage) -> None:
 def _trace_decision(decision: PolicyDecision) -> None:
     """The policy's answer on the tool call's span."""
     span = tracing.current_span()
-    span.set_attribute("agentcluster.tool.decision", "allowed" if decision.allowed else "denied")
+    verdict = "ask" if decision.ask else "allowed" if decision.allowed else "denied"
+    span.set_attribute("agentcluster.tool.decision", verdict)
     if decision.reason:
         span.set_attribute("agentcluster.tool.decision.reason", decision.reason)
     if decision.engine:

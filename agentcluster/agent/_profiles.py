@@ -38,6 +38,8 @@ class AgentProfile(BaseModel):
     context_window: int = Field(default=16_000, ge=256, le=10_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     turn_retry: TurnRetry = TurnRetry()
+    approval_timeout_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    """How long a tool call the policy sends to a person waits before it counts as rejected."""
 
     @model_validator(mode="after")
     def _output_fits(self) -> AgentProfile:

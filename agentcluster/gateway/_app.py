@@ -35,6 +35,7 @@ from agentcluster.config import Settings
 from agentcluster.console import include_console
 from agentcluster.errors import DependencyUnavailable
 from agentcluster.gateway._a2a import a2a_router
+from agentcluster.gateway._approvals_api import include_approvals_api
 from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._inputs import MAX_EVENT_ID, JsonDepthLimit, parse_event_id
 from agentcluster.gateway._langgraph import langgraph_router
@@ -550,6 +551,7 @@ def create_app(
     include_settings_api(app)
     include_limits_api(app)
     include_schedules_api(app)
+    include_approvals_api(app)
     include_webhooks_api(app)
     include_ready(app)
     # The MCP server answers at exactly /mcp (its app routes that path itself).

@@ -416,6 +416,38 @@ class GatewayService:
         cancelled = await self.runtime.cancel(tenant_id, session_id, turn_id)
         return api.CancelOut(cancelled=cancelled)
 
+    # -- approvals --------------------------------------------------------------------------
+
+    async def approvals(
+        self, caller: Caller, session_id: str, all_: bool = False
+    ) -> api.ApprovalList:
+        """The session's tool calls waiting for a person (``all_``: decided ones too)."""
+        tenant_id = await self.authorize(caller, "session.read")
+        items = await self.runtime.approvals(tenant_id, session_id, pending_only=not all_)
+        return api.ApprovalList(items=[api.ApprovalOut.of(item) for item in items])
+
+    async def decide_approval(
+        self, caller: Caller, session_id: str, tool_call_id: str, body: api.ApprovalDecisionIn
+    ) -> api.ApprovalOut:
+        """Approve, edit or reject a waiting tool call (the ``session.approve`` action); the
+        decision names the caller's key.
+
+        Raises:
+            NotFoundError: no such session of the caller's tenant, or no such waiting call.
+            ApprovalNotPending: decided already, expired, or its turn ended.
+        """
+        tenant_id = await self.authorize(caller, "session.approve")
+        approval = await self.runtime.decide_approval(
+            tenant_id,
+            session_id,
+            tool_call_id,
+            body.decision,
+            decided_by=f"key:{caller.key_id}",
+            arguments=body.arguments,
+            message=body.message,
+        )
+        return api.ApprovalOut.of(approval)
+
     # -- schedules --------------------------------------------------------------------------
 
     async def create_schedule(

@@ -25,7 +25,7 @@ from agentcluster.runtime._journal import StoreJournal
 from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier
 
-__all__ = ["Activation", "history_from_messages"]
+__all__ = ["Activation", "history_from_messages", "is_resumed"]
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ class Activation:
                 turns = await self._store.open_turns_with_prompts(self.session_id)
                 self._settle_unknown({turn.turn_id for turn, _prompt in turns})
                 turns = await self._supersede(turns)
+                if turns and turns[0][0].status == "awaiting_approval":
+                    break  # it and the turns after it wait for a person's decisions
                 if turns and not self.stale and not self._stopping:
                     # One turn, then look again only if woken meanwhile (a message arrived,
                     # a cancel came) or more were open: no query after every turn.
@@ -222,6 +224,7 @@ class Activation:
     async def _run(self, turn: Turn, prompt: str) -> None:
         profile = self._loop.profile
         interrupted = turn.status == "running"
+        resumed = is_resumed(turn)
         if interrupted and (
             profile.turn_retry.on_interrupt == "fail"
             or turn.attempt >= profile.turn_retry.max_attempts
@@ -230,7 +233,7 @@ class Activation:
                 turn.turn_id, "HostRestarted", INTERRUPTED_TURN, False, _usage(turn)
             )
             return
-        if not interrupted:
+        if not interrupted and not resumed:
             if turn.strategy == "rollback":
                 await self._reload_history()  # without what it rolled back
             self.history.append(ChatMessage(role="user", content=prompt))
@@ -239,9 +242,14 @@ class Activation:
             session_id=self.session_id,
             turn_id=turn.turn_id,
             agent=self.session.agent,
-            attempt=turn.attempt + 1,
+            attempt=turn.attempt if resumed else turn.attempt + 1,
+            resumed=resumed,
         )
-        prior_steps = await self._prior_steps(turn) if interrupted else 0
+        prior_steps = await self._prior_steps(turn) if interrupted or resumed else 0
+        approvals = None
+        if interrupted or resumed:  # its last step's calls may have been sent to a person
+            approvals = await self._store.turn_approvals(self.session_id, turn.turn_id)
+            self._outcomes.pop(turn.turn_id, None)  # its pause, if any: it goes on now
         self._current_turn = turn.turn_id
         started = time.monotonic()
         ids = {"tenant_id": self.session.tenant_id, "session_id": self.session_id}
@@ -249,10 +257,19 @@ class Activation:
         # The turn's task, its logs and its events carry the ids and the turn's span.
         with bound(**ids, turn_id=turn.turn_id), tracing.use(span):
             self._turn_task = asyncio.create_task(
-                self._loop.run_turn(context, self.history, self._journal, prior_steps=prior_steps)
+                self._loop.run_turn(
+                    context,
+                    self.history,
+                    self._journal,
+                    prior_steps=prior_steps,
+                    approvals=approvals,
+                    prior_usage=_usage(turn) if resumed else None,
+                )
             )
         try:
             result = await self._turn_task
+            if getattr(result, "status", None) == "awaiting_approval":
+                self._wake.set()  # look again: all may have been decided meanwhile
             span.set_attribute("agentcluster.turn.status", getattr(result, "status", "ended"))
             with bound(**ids, turn_id=turn.turn_id), tracing.use(span):
                 log.info(
@@ -334,20 +351,21 @@ class Activation:
         return sum(1 for m in messages if m.turn_id == turn.turn_id and m.role == "assistant")
 
     async def cancel(self, turn_id: str | None) -> bool:
-        """Cancel the running turn (at its next await) or a queued one; True if one was found."""
+        """Cancel the running turn (at its next await), the one waiting for a person (also when
+        ``turn_id`` is None) or a queued one; True if one was found."""
         if self._turn_task is not None and turn_id in (None, self._current_turn):
             self._turn_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._turn_task)
             return True
-        if turn_id is None:
-            return False
-        # Queued, or left running by a host the session moved from and not started here yet
-        # (once it ends here, starting it finds it closed: TurnNotOpen).
+        # Queued, paused, or left running by a host the session moved from and not started
+        # here yet (once it ends here, starting it finds it closed: TurnNotOpen).
         for turn in await self._store.open_turns(self.session_id):
-            if turn.turn_id == turn_id:
-                reason = "cancelled before it started"
-                await self._journal.turn_cancelled(turn_id, reason, _usage(turn))
+            paused = turn.status == "awaiting_approval"
+            if turn.turn_id == turn_id or (turn_id is None and paused):
+                reason = "cancelled while awaiting approval" if paused else ""
+                reason = reason or "cancelled before it started"
+                await self._journal.turn_cancelled(turn.turn_id, reason, _usage(turn))
                 return True
         return False
 
@@ -369,6 +387,12 @@ class Activation:
         for turn_id in list(self._waiters):
             self._settle(turn_id, None)  # they look in the store (or the next host) instead
         self.feed.close()
+
+
+def is_resumed(turn: Turn) -> bool:
+    """A queued turn that ran before: its tool calls were decided by a person and it goes on
+    where it paused (a queued turn never started begins with its message)."""
+    return turn.status == "queued" and turn.started_at is not None
 
 
 def _last_superseding(turns: list[tuple[Turn, str]]) -> int:

@@ -12,10 +12,18 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from agentcluster import events as ev
-from agentcluster.domain import MultitaskStrategy, Session, Submission, Turn
+from agentcluster.domain import (
+    Approval,
+    ApprovalDecision,
+    MultitaskStrategy,
+    Session,
+    Submission,
+    Turn,
+)
 from agentcluster.errors import DependencyUnavailable, TerminalFailure
 from agentcluster.runtime._feed import StreamItem
 from agentcluster.store import (
+    ApprovalStore,
     ScheduleStore,
     SessionStore,
     SharedDatabase,
@@ -53,7 +61,7 @@ class SessionRouter(Protocol):
 
 
 class RuntimeStore(
-    SessionStore, TenantStore, ScheduleStore, WebhookStore, SharedDatabase, Protocol
+    SessionStore, ApprovalStore, TenantStore, ScheduleStore, WebhookStore, SharedDatabase, Protocol
 ):
     """The store roles a :class:`Runtime` is given: the sessions, messages and turns it reads and
     writes (:class:`~agentcluster.store.SessionStore`; ``close``), and the roles the API built on
@@ -172,6 +180,48 @@ class Runtime:
         return await self.router.wait_turn(
             tenant_id, session_id, submission.turn_id, max(submission.seq - 1, 0), timeout_s
         )
+
+    async def approvals(
+        self, tenant_id: str, session_id: str, *, pending_only: bool = True
+    ) -> list[Approval]:
+        """The session's tool calls waiting for a person (``pending_only=False``: every one it
+        had, decided or not).
+
+        Raises:
+            NotFoundError: no such session for this tenant.
+        """
+        return await self.store.list_approvals(tenant_id, session_id, pending_only=pending_only)
+
+    async def decide_approval(
+        self,
+        tenant_id: str,
+        session_id: str,
+        tool_call_id: str,
+        decision: ApprovalDecision,
+        *,
+        decided_by: str,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> Approval:
+        """Decide a waiting tool call (committed with its ``tool.approval_decided`` event); the
+        last decision of a paused turn wakes the session's host to resume it.
+
+        Raises:
+            NotFoundError: no such session for this tenant, or no such waiting call.
+            ApprovalNotPending: it was decided already, expired, or its turn ended.
+        """
+        approval, resumed = await self.store.decide_approval(
+            tenant_id,
+            session_id,
+            tool_call_id,
+            decision,
+            decided_by=decided_by,
+            arguments=arguments,
+            message=message,
+        )
+        if resumed:
+            await self._wake(session_id, approval.turn_id)
+        return approval
 
     def stream(
         self,

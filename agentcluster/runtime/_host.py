@@ -23,7 +23,7 @@ from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import AgentLoop
 from agentcluster.errors import ConfigError, NotFoundError
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
-from agentcluster.runtime._activation import Activation, history_from_messages
+from agentcluster.runtime._activation import Activation, history_from_messages, is_resumed
 from agentcluster.runtime._feed import Refresh, StreamItem
 from agentcluster.store import ActivationStore
 from agentcluster.tracing import Carrier
@@ -141,7 +141,11 @@ class SessionHostCore:
         loop = deps.loops.get(session.agent)
         if loop is None:
             raise ConfigError(f"session {session_id}: agent {session.agent!r} has no profile")
-        queued = {t.turn_id for t in loaded.open_turns if t.status == "queued"}
+        # Turns not started yet see nothing of each other; a paused or resuming one has its
+        # steps in the history.
+        queued = {
+            t.turn_id for t in loaded.open_turns if t.status == "queued" and not is_resumed(t)
+        }
         history = history_from_messages(loaded.messages, exclude_turns=queued)
         activation = Activation(session, session.owner_epoch, history, deps.store, loop)
         if loaded.open_turns:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from agentcluster import events as ev
@@ -69,12 +70,14 @@ class StoreJournal(TurnJournal):
     def _ids(self) -> dict[str, str]:
         return {"tenant_id": self._tenant_id, "session_id": self._session_id}
 
-    async def turn_started(self, turn_id: str, attempt: int) -> None:
+    async def turn_started(self, turn_id: str, attempt: int, *, resumed: bool = False) -> None:
         async def change(writer: JournalWriter) -> None:
-            recorded = await writer.start_turn(turn_id)
+            recorded = await writer.start_turn(turn_id, resumed=resumed)
             if recorded is None:
                 raise TurnNotOpen(turn_id)
-            await writer.emit(ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded))
+            await writer.emit(
+                ev.TurnStarted(**self._ids(), turn_id=turn_id, attempt=recorded, resumed=resumed)
+            )
 
         await self._write(change)
         self._started[turn_id] = time.perf_counter()
@@ -178,6 +181,44 @@ class StoreJournal(TurnJournal):
         ran = decision == "allowed"
         seconds = outcome.latency_ms / 1000.0 if ran else None
         metrics.record_tool_call(call.name, decision, outcome.ok, seconds)
+
+    async def approval_requested(
+        self,
+        turn_id: str,
+        call: ToolCallSpec,
+        arguments: dict[str, Any],
+        reason: str,
+        timeout_s: float,
+    ) -> None:
+        expires_at = datetime.now(UTC) + timedelta(seconds=timeout_s)
+        reason = reason or f"tool {call.name} needs a person's approval"
+
+        async def change(writer: JournalWriter) -> None:
+            await writer.request_approval(turn_id, call.id, reason, expires_at)
+            await writer.emit(
+                ev.ToolApprovalRequested(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    tool_call_id=call.id,
+                    tool=call.name,
+                    arguments=arguments,
+                    reason=reason,
+                    expires_at=expires_at,
+                )
+            )
+
+        await self._write(change)
+        self._decisions.pop(call.id, None)
+
+    async def turn_paused(self, turn_id: str, tool_call_ids: list[str], usage: Usage) -> None:
+        async def change(writer: JournalWriter) -> None:
+            _paused, webhook = await writer.pause_turn(turn_id, usage.model_dump())
+            event = ev.TurnAwaitingApproval(
+                **self._ids(), turn_id=turn_id, tool_call_ids=tool_call_ids
+            )
+            await _emit_outcome(writer, event, webhook)
+
+        await self._write(change)
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None:
         async def change(writer: JournalWriter) -> None:

@@ -9,6 +9,7 @@ is the union of the roles.
 from agentcluster.store._migrate import current_revision, head_revision, upgrade
 from agentcluster.store._ports import (
     ActivationStore,
+    ApprovalStore,
     AttachmentStore,
     HistoryReader,
     JournalWriter,
@@ -28,6 +29,7 @@ from agentcluster.store._sql_writer import SessionWriter
 
 __all__ = [
     "ActivationStore",
+    "ApprovalStore",
     "AttachmentStore",
     "HistoryReader",
     "JournalWriter",

@@ -10,6 +10,7 @@ role                callers
 TenantStore         the gateway's admin routes and authentication, ``agentcluster init``
 SessionStore        the API (Runtime, the gateway service): sessions, messages, turns, events,
                     attachments as the API reads and writes them
+ApprovalStore       the API (tool calls waiting for a person), the host controller (expiry)
 AttachmentStore     the tool executor (files a tool produced), the attachments route
 HistoryReader       reads of a session's history (the API, and an activation reloading it)
 ActivationStore     session hosts: activate/claim with a fencing epoch, journal writes under
@@ -33,6 +34,8 @@ from agentcluster import events as ev
 from agentcluster.domain import (
     Activated,
     ApiKey,
+    Approval,
+    ApprovalDecision,
     Message,
     MessageRole,
     MissedTicks,
@@ -177,7 +180,13 @@ class JournalWriter(Protocol):
         webhook: str | None = None,
     ) -> None: ...
 
-    async def start_turn(self, turn_id: str) -> int | None: ...
+    async def start_turn(self, turn_id: str, *, resumed: bool = False) -> int | None: ...
+
+    async def pause_turn(self, turn_id: str, usage: dict[str, Any]) -> tuple[bool, str | None]: ...
+
+    async def request_approval(
+        self, turn_id: str, tool_call_id: str, reason: str, expires_at: datetime
+    ) -> None: ...
 
     async def finish_turn(
         self,
@@ -225,6 +234,8 @@ class ActivationStore(HistoryReader, Protocol):
     async def open_turns(self, session_id: str) -> list[Turn]: ...
 
     async def open_turns_with_prompts(self, session_id: str) -> list[tuple[Turn, str]]: ...
+
+    async def turn_approvals(self, session_id: str, turn_id: str) -> dict[str, Approval]: ...
 
     async def sessions_with_open_turns(
         self, owner_host: str, *, prefix: bool = False
@@ -308,6 +319,31 @@ class ScheduleStore(Protocol):
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool: ...
 
 
+class ApprovalStore(Protocol):
+    """Tool calls waiting for a person: the API lists and decides them (tenant-scoped); the
+    host controller expires the unanswered ones."""
+
+    async def list_approvals(
+        self, tenant_id: str, session_id: str, *, pending_only: bool = True
+    ) -> list[Approval]: ...
+
+    async def decide_approval(
+        self,
+        tenant_id: str,
+        session_id: str,
+        tool_call_id: str,
+        decision: ApprovalDecision,
+        *,
+        decided_by: str,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> tuple[Approval, bool]: ...
+
+    async def expire_approvals(
+        self, *, owner_prefix: str | None = None, limit: int = 100
+    ) -> list[str]: ...
+
+
 class WebhookStore(Protocol):
     """Turn outcomes waiting for their webhook, and each tenant's signing secret."""
 
@@ -333,6 +369,7 @@ class StateStore(
     TenantStore,
     SessionStore,
     ActivationStore,
+    ApprovalStore,
     ScheduleStore,
     WebhookStore,
     OutboxSource,

@@ -10,6 +10,7 @@ module              mixin                   role
 ``_sql_sessions``   ``SqlSessions``         SessionStore (with HistoryReader, AttachmentStore)
 ``_sql_activation`` ``SqlActivation``       ActivationStore
 ``_sql_outbox``     ``SqlOutbox``           OutboxSource, OutboxBacklog
+``_sql_approvals``  ``SqlApprovals``        ApprovalStore (and a resuming host's decisions)
 ==================  ======================  =====================================================
 """
 
@@ -21,6 +22,7 @@ from agentcluster.config import normalize_dsn
 from agentcluster.errors import ConfigError
 from agentcluster.store import _migrate
 from agentcluster.store._sql_activation import SqlActivation
+from agentcluster.store._sql_approvals import SqlApprovals
 from agentcluster.store._sql_base import describe_dsn, make_engine
 from agentcluster.store._sql_outbox import SqlOutbox
 from agentcluster.store._sql_schedules import SqlSchedules
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["SqlStateStore", "open_store"]
 
 
-class SqlStateStore(SqlTenants, SqlSessions, SqlActivation, SqlOutbox, SqlSchedules, SqlWebhooks):
+class SqlStateStore(
+    SqlTenants, SqlSessions, SqlActivation, SqlApprovals, SqlOutbox, SqlSchedules, SqlWebhooks
+):
     """The durable state store on PostgreSQL or embedded SQLite: every role of
     :mod:`agentcluster.store._ports` (see module docstring)."""
 

@@ -11,7 +11,13 @@ from sqlalchemy import Select, and_, not_, or_, select, update
 
 from agentcluster.domain import Activated, Turn
 from agentcluster.errors import NotFoundError
-from agentcluster.store._sql_base import OPEN_TURN_STATUSES, message_of, session_of, turn_of
+from agentcluster.store._sql_base import (
+    OPEN_TURN_STATUSES,
+    RUNNABLE_TURN_STATUSES,
+    message_of,
+    session_of,
+    turn_of,
+)
 from agentcluster.store._sql_writer import SqlWriting
 from agentcluster.store.models import MessageRow, SessionRow, TurnRow, utcnow
 
@@ -106,7 +112,7 @@ class SqlActivation(SqlWriting):
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
-            .where(owned, TurnRow.status.in_(OPEN_TURN_STATUSES))
+            .where(owned, TurnRow.status.in_(RUNNABLE_TURN_STATUSES))
             .distinct()
         )
         async with self.transaction() as connection:
@@ -141,7 +147,7 @@ class SqlActivation(SqlWriting):
         query = (
             select(SessionRow.session_id)
             .join(TurnRow, TurnRow.session_id == SessionRow.session_id)
-            .where(TurnRow.status.in_(OPEN_TURN_STATUSES), condition)
+            .where(TurnRow.status.in_(RUNNABLE_TURN_STATUSES), condition)
             .distinct()
             .limit(limit)
         )

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, exists, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DBAPIError,
@@ -36,7 +36,7 @@ from agentcluster.errors import (
     StaleEpochError,
     ValidationFailed,
 )
-from agentcluster.store.models import TenantRow
+from agentcluster.store.models import SessionRow, TenantRow, TurnRow
 
 __all__ = [
     "SqlStoreBase",
@@ -126,11 +126,14 @@ def make_engine(
 
 
 def session_of(row: Any) -> Session:
+    """A session from its row; ``awaiting_approval`` when the row comes with an ``awaiting``
+    column that is true (see :func:`awaiting_column`)."""
+    awaiting = row.status == "active" and bool(getattr(row, "awaiting", False))
     return Session(
         session_id=row.session_id,
         tenant_id=row.tenant_id,
         agent=row.agent,
-        status=row.status,
+        status="awaiting_approval" if awaiting else row.status,
         metadata=row._mapping["metadata"] or {},
         owner_host=row.owner_host,
         owner_epoch=row.owner_epoch,
@@ -142,8 +145,19 @@ def session_of(row: Any) -> Session:
     )
 
 
-OPEN_TURN_STATUSES = ("queued", "running")
-"""Turns a session still has to run (or finish)."""
+OPEN_TURN_STATUSES = ("queued", "running", "awaiting_approval")
+"""Turns a session still has to run, finish, or have decided (the session's next turns wait)."""
+RUNNABLE_TURN_STATUSES = ("queued", "running")
+"""Open turns a host can go on with now (not waiting for a person)."""
+
+
+def awaiting_column() -> Any:
+    """Whether the session (in a query on ``sessions``) has a turn waiting for a person."""
+    return (
+        exists()
+        .where(TurnRow.session_id == SessionRow.session_id, TurnRow.status == "awaiting_approval")
+        .label("awaiting")
+    )
 
 
 def message_of(row: Any) -> Message:

@@ -15,6 +15,7 @@ from agentcluster.domain import Message, MultitaskStrategy, Page, Session, Submi
 from agentcluster.errors import ConflictError, NotFoundError, TurnInProgress, ValidationFailed
 from agentcluster.store._sql_base import (
     OPEN_TURN_STATUSES,
+    awaiting_column,
     message_of,
     new_id,
     require_tenant,
@@ -97,7 +98,7 @@ class SqlSessions(SqlWriting):
         async with self.transaction() as connection:
             row = (
                 await connection.execute(
-                    select(SessionRow).where(
+                    select(SessionRow, awaiting_column()).where(
                         SessionRow.session_id == session_id, SessionRow.tenant_id == tenant_id
                     )
                 )
@@ -110,7 +111,7 @@ class SqlSessions(SqlWriting):
         self, tenant_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
         """Sessions of a tenant, oldest first, ``limit`` at a time."""
-        query = select(SessionRow).where(SessionRow.tenant_id == tenant_id)
+        query = select(SessionRow, awaiting_column()).where(SessionRow.tenant_id == tenant_id)
         if cursor:
             created_at, session_id = _decode_cursor(cursor)
             query = query.where(
@@ -300,7 +301,8 @@ class SqlSessions(SqlWriting):
 
 
 async def _refuse_while_open(connection: AsyncConnection, session_id: str) -> None:
-    """Raises TurnInProgress when the session has a turn queued or running."""
+    """Raises TurnInProgress when the session has a turn queued, running or waiting for a
+    person."""
     open_turn = (
         await connection.execute(
             select(TurnRow.turn_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, NoReturn
 
 from sqlalchemy import insert, select, update
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentcluster import events as ev
 from agentcluster.domain import MessageRole, MultitaskStrategy, TurnStatus
 from agentcluster.errors import NotFoundError, StaleEpochError
-from agentcluster.store._sql_base import OPEN_TURN_STATUSES, SqlStoreBase, new_id
+from agentcluster.store._sql_base import RUNNABLE_TURN_STATUSES, SqlStoreBase, new_id
 from agentcluster.store.models import (
     EventRow,
     MessageRow,
@@ -139,17 +140,19 @@ class SessionWriter:
             )
         )
 
-    async def start_turn(self, turn_id: str) -> int | None:
-        """Mark an open turn running and count the attempt; returns the attempt number, or None
-        when the turn is no longer open (cancelled or superseded since it was read)."""
+    async def start_turn(self, turn_id: str, *, resumed: bool = False) -> int | None:
+        """Mark an open turn running and count the attempt (not when it ``resumed`` after its
+        approvals: the same attempt goes on); returns the attempt number, or None when the turn
+        is no longer open (cancelled or superseded since it was read)."""
+        counted = TurnRow.attempt if resumed else TurnRow.attempt + 1
         result = await self._connection.execute(
             update(TurnRow)
             .where(
                 TurnRow.turn_id == turn_id,
                 TurnRow.session_id == self.session_id,
-                TurnRow.status.in_(OPEN_TURN_STATUSES),
+                TurnRow.status.in_(RUNNABLE_TURN_STATUSES),
             )
-            .values(status="running", attempt=TurnRow.attempt + 1, started_at=utcnow())
+            .values(status="running", attempt=counted, started_at=utcnow())
             .returning(TurnRow.attempt)
         )
         attempt = result.scalar_one_or_none()
@@ -177,6 +180,44 @@ class SessionWriter:
             .returning(TurnRow.webhook)
         )
         return str(webhook) if webhook else None
+
+    async def pause_turn(self, turn_id: str, usage: dict[str, Any]) -> tuple[bool, str | None]:
+        """The running turn waits for a person: ``awaiting_approval``, unless each of its calls
+        was decided meanwhile (then it is queued to resume at once). Returns whether it paused,
+        and the webhook its pause goes to."""
+        waiting = await self._connection.scalar(
+            select(ToolCallRow.row_id)
+            .where(ToolCallRow.turn_id == turn_id, ToolCallRow.status == "awaiting")
+            .limit(1)
+        )
+        status = "awaiting_approval" if waiting is not None else "queued"
+        webhook = await self._connection.scalar(
+            update(TurnRow)
+            .where(
+                TurnRow.turn_id == turn_id,
+                TurnRow.session_id == self.session_id,
+                TurnRow.status == "running",
+            )
+            .values(status=status, usage=usage)
+            .returning(TurnRow.webhook)
+        )
+        return waiting is not None, str(webhook) if webhook else None
+
+    async def request_approval(
+        self, turn_id: str, tool_call_id: str, reason: str, expires_at: datetime
+    ) -> None:
+        """The policy sends the turn's call ``tool_call_id`` to a person: it waits, unrun."""
+        await self._connection.execute(
+            update(ToolCallRow)
+            .where(
+                ToolCallRow.turn_id == turn_id,
+                ToolCallRow.tool_call_id == tool_call_id,
+                ToolCallRow.session_id == self.session_id,
+                ToolCallRow.finished_at.is_(None),
+                ToolCallRow.status == "requested",
+            )
+            .values(status="awaiting", decision="ask", reason=reason, expires_at=expires_at)
+        )
 
     async def add_webhook_delivery(self, turn_id: str, url: str, payload: str) -> None:
         """Queue ``payload`` (a turn's outcome) for ``url``, in this transaction: it is sent

@@ -151,7 +151,7 @@ class TurnRow(Base):
     tenant_id: Mapped[str] = mapped_column(String(64))
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id"))
     message_id: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(32), default="queued")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     usage: Mapped[dict[str, Any]] = mapped_column(default=dict)
     answer_message_id: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -167,7 +167,10 @@ class ToolCallRow(Base):
     """A tool call; ``tool_call_id`` is the model's id, unique only within its step."""
 
     __tablename__ = "tool_calls"
-    __table_args__ = (Index("ix_tool_calls_turn_id_call", "turn_id", "tool_call_id"),)
+    __table_args__ = (
+        Index("ix_tool_calls_turn_id_call", "turn_id", "tool_call_id"),
+        Index("ix_tool_calls_status_expires", "status", "expires_at"),
+    )
 
     row_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tool_call_id: Mapped[str] = mapped_column(String(128))
@@ -181,6 +184,11 @@ class ToolCallRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A call the policy sent to a person (status "awaiting" until decided): why, until when,
+    # and the decision (decision, arguments, message, decided_by, decided_at).
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    approval: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class EventRow(Base):

@@ -61,6 +61,8 @@ CODER_PROFILE = {
     "context_window": 16000,
 }
 WORKSPACE_MAX_BYTES = 8 * 1024 * 1024
+HASTY_PROFILE = {**PROFILE, "name": "hasty", "approval_timeout_s": 2}
+"""The tester whose tool calls, when a policy asks a person, expire unanswered after 2 s."""
 
 
 def _free_port() -> int:
@@ -89,6 +91,7 @@ def e2e_settings(
     (agents / "tester.yaml").write_text(yaml.safe_dump(PROFILE))
     (agents / "surfer.yaml").write_text(yaml.safe_dump(BROWSER_PROFILE))
     (agents / "coder.yaml").write_text(yaml.safe_dump(CODER_PROFILE))
+    (agents / "hasty.yaml").write_text(yaml.safe_dump(HASTY_PROFILE))
     return load_settings(
         {
             "db": {"dsn": postgres_dsn},

@@ -135,7 +135,7 @@ async def test_cards_a_plain_turn_and_its_continuation_in_the_same_context(
     assert card.security_schemes["bearer"].http_auth_security_scheme.scheme == "bearer"
     assert card.supported_interfaces[0].url == f"{gateway_url}/a2a/tester"
     default = await A2ACardResolver(http, gateway_url).get_agent_card()
-    assert default.name in {"tester", "surfer", "coder"}
+    assert default.name in {"tester", "surfer", "coder", "hasty"}
     assert default.supported_interfaces[0].url == f"{gateway_url}/a2a/{default.name}"
 
     token = uuid.uuid4().hex

@@ -53,7 +53,7 @@ def test_sync_http_client_round_trip(gateway_url: str, tenant_key: str, fake_llm
             if isinstance(item, ev.TurnCompleted) and item.turn_id == accepted.turn_id:
                 assert item.content == "sync answer"
                 break
-        assert [a.name for a in client.agents().items] == ["coder", "surfer", "tester"]
+        assert [a.name for a in client.agents().items] == ["coder", "hasty", "surfer", "tester"]
         assert client.ready().status == "ready"
 
 
@@ -80,7 +80,7 @@ async def test_handle_client_has_the_same_methods(
 
     await asyncio.wait_for(first_events(), 60)
     assert seen == [1, 2, 3, 4]
-    assert [a.name for a in (await client.agents()).items] == ["coder", "surfer", "tester"]
+    assert [a.name for a in (await client.agents()).items] == ["coder", "hasty", "surfer", "tester"]
     page = await client.list_sessions()
     assert session.session_id in [s.session_id for s in page.items]
 
