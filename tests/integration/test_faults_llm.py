@@ -43,7 +43,7 @@ class RecordingJournal(TurnJournal):
         self.deltas: list[str] = []
         self.ending: tuple[str, ...] = ()
 
-    async def turn_started(self, turn_id: str, attempt: int) -> None:
+    async def turn_started(self, turn_id: str, attempt: int, *, resumed: bool = False) -> None:
         pass
 
     async def delta(self, turn_id: str, step: int, text: str) -> None:

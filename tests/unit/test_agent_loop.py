@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentcluster.agent import AgentLoop, AgentProfile, TurnContext, TurnJournal
-from agentcluster.domain import Message
+from agentcluster.domain import Approval, ApprovalStatus, Message
 from agentcluster.errors import InfrastructureError
 from agentcluster.events import Usage
 from agentcluster.llm import (
@@ -61,8 +61,8 @@ class MemoryJournal(TurnJournal):
     def __init__(self) -> None:
         self.entries: list[tuple[str, Any]] = []
 
-    async def turn_started(self, turn_id: str, attempt: int) -> None:
-        self.entries.append(("started", attempt))
+    async def turn_started(self, turn_id: str, attempt: int, *, resumed: bool = False) -> None:
+        self.entries.append(("resumed" if resumed else "started", attempt))
 
     async def delta(self, turn_id: str, step: int, text: str) -> None:
         self.entries.append(("delta", text))
@@ -84,6 +84,19 @@ class MemoryJournal(TurnJournal):
         self, turn_id: str, call: ToolCallSpec, outcome: ToolOutcome, content: str
     ) -> None:
         self.entries.append(("completed", outcome.ok, outcome.error))
+
+    async def approval_requested(
+        self,
+        turn_id: str,
+        call: ToolCallSpec,
+        arguments: dict[str, Any],
+        reason: str,
+        timeout_s: float,
+    ) -> None:
+        self.entries.append(("asked", call.id, reason, timeout_s))
+
+    async def turn_paused(self, turn_id: str, tool_call_ids: list[str], usage: Usage) -> None:
+        self.entries.append(("paused", tool_call_ids, usage.total_tokens))
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None:
         self.entries.append(("done", content, usage.total_tokens))
@@ -262,3 +275,118 @@ def test_host_count_grows_with_load_and_shrinks_one_at_a_time() -> None:
     assert plan_host_count([400, 400], Bounds()) == 4
     assert plan_host_count([10, 10, 10], Bounds()) == 2
     assert plan_host_count([50, 40, 40], Bounds()) == 3
+
+
+class AskPolicy:
+    """Allows every call, asking a person first (what a tenant's approvals rule does)."""
+
+    async def decide_tool(self, invocation: Any) -> PolicyDecision:
+        return PolicyDecision(allowed=True, ask=True, reason="a person checks sums")
+
+
+def _approval(status: ApprovalStatus, call_id: str = "c1", **more: Any) -> Approval:
+    return Approval(
+        tool_call_id=call_id,
+        tenant_id="t1",
+        session_id="s1",
+        turn_id="u1",
+        tool="calculator",
+        arguments={"expression": "6*7"},
+        reason="a person checks sums",
+        status=status,
+        created_at=datetime.now(UTC),
+        decided_by="key:k1",
+        **more,
+    )
+
+
+def _paused_history() -> list[ChatMessage]:
+    calls = [
+        ToolCallSpec(id="c1", name="calculator", arguments='{"expression": "6*7"}'),
+        ToolCallSpec(id="c2", name="calculator", arguments='{"expression": "1+2"}'),
+    ]
+    return [
+        ChatMessage(role="user", content="x"),
+        ChatMessage(role="assistant", tool_calls=calls),
+    ]
+
+
+async def test_an_asked_call_pauses_the_turn_without_running() -> None:
+    two_calls = LlmResult(
+        model="openai/a",
+        tool_calls=[
+            ToolCallSpec(id="c1", name="calculator", arguments='{"expression": "6*7"}'),
+            ToolCallSpec(id="c2", name="current_time", arguments="{}"),
+        ],
+        usage=Usage(total_tokens=7),
+    )
+    journal = MemoryJournal()
+    history = [ChatMessage(role="user", content="x")]
+    result = await _loop(ScriptedLLM(two_calls), AskPolicy()).run_turn(CONTEXT, history, journal)
+    assert result.status == "awaiting_approval" and result.usage.total_tokens == 7
+    assert journal.kinds() == [
+        "started",
+        "llm",
+        "requested",
+        "asked",
+        "requested",
+        "asked",
+        "paused",
+    ]
+    assert ("asked", "c1", "a person checks sums", PROFILE.approval_timeout_s) in journal.entries
+    assert journal.entries[-1] == ("paused", ["c1", "c2"], 7)
+    assert [m.role for m in history] == ["user", "assistant"]  # nothing ran, nothing answered
+
+
+async def test_a_resumed_turn_runs_approved_and_edited_calls_and_reports_rejected_ones() -> None:
+    llm = ScriptedLLM(_answer("done"))
+    journal = MemoryJournal()
+    history = _paused_history()
+    approvals = {
+        "c1": _approval("edited", edited_arguments={"expression": "2*2"}),
+        "c2": _approval("rejected", "c2", message="not that one"),
+    }
+    context = CONTEXT.model_copy(update={"resumed": True})
+    result = await _loop(llm, AskPolicy()).run_turn(
+        context,
+        history,
+        journal,
+        prior_steps=1,
+        approvals=approvals,
+        prior_usage=Usage(total_tokens=7),
+    )
+    assert result.status == "completed" and result.usage.total_tokens == 12
+    # The approved call is decided again (the policy still asks: the person's approval counts).
+    assert journal.kinds() == ["resumed", "decided", "completed", "completed", "llm", "done"]
+    assert ("decided", True) in journal.entries
+    assert '"value": 4' in (history[2].content or "")  # ran with the edited arguments
+    assert history[3].content == '{"error": "rejected by a person: not that one"}'
+    assert ("completed", False, "rejected by a person: not that one") in journal.entries
+
+
+async def test_a_resumed_turn_with_a_call_still_undecided_pauses_again() -> None:
+    journal = MemoryJournal()
+    history = _paused_history()
+    approvals = {"c1": _approval("approved"), "c2": _approval("pending", "c2")}
+    context = CONTEXT.model_copy(update={"resumed": True})
+    result = await _loop(ScriptedLLM(), AskPolicy()).run_turn(
+        context, history, journal, prior_steps=1, approvals=approvals
+    )
+    assert result.status == "awaiting_approval"
+    assert journal.kinds() == ["resumed", "decided", "completed", "paused"]
+    assert journal.entries[-1] == ("paused", ["c2"], 0)
+
+
+async def test_an_approved_call_the_policy_now_denies_does_not_run() -> None:
+    journal = MemoryJournal()
+    only = ChatMessage(
+        role="assistant", tool_calls=[ToolCallSpec(id="c1", name="calculator", arguments="{}")]
+    )
+    history = [ChatMessage(role="user", content="x"), only]
+    policy = StaticPolicy({"calculator": "maths is off today"})
+    context = CONTEXT.model_copy(update={"resumed": True})
+    await _loop(ScriptedLLM(_answer("ok")), policy).run_turn(
+        context, history, journal, prior_steps=1, approvals={"c1": _approval("approved")}
+    )
+    assert ("decided", False) in journal.entries
+    assert "denied by policy: maths is off today" in (history[2].content or "")

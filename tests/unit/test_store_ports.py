@@ -15,6 +15,7 @@ import pytest
 from agentcluster.eventlog import OutboxSource as RelayOutboxSource
 from agentcluster.store import (
     ActivationStore,
+    ApprovalStore,
     AttachmentStore,
     HistoryReader,
     JournalWriter,
@@ -37,6 +38,7 @@ ROLES = [
     HistoryReader,
     AttachmentStore,
     ActivationStore,
+    ApprovalStore,
     OutboxSource,
     OutboxBacklog,
     StoreHealth,
