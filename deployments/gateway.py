@@ -171,6 +171,19 @@ class HandleMethods:
         return await self._service().cancel(await self._caller(api_key), session_id, turn_id)
 
     @_problems_as_errors
+    async def approvals(
+        self, api_key: str, session_id: str, all_: bool = False
+    ) -> api.ApprovalList:
+        return await self._service().approvals(await self._caller(api_key), session_id, all_)
+
+    @_problems_as_errors
+    async def decide_approval(
+        self, api_key: str, session_id: str, tool_call_id: str, body: api.ApprovalDecisionIn
+    ) -> api.ApprovalOut:
+        caller = await self._caller(api_key)
+        return await self._service().decide_approval(caller, session_id, tool_call_id, body)
+
+    @_problems_as_errors
     async def agents(self, api_key: str) -> api.AgentList:
         return self._service().agents(await self._caller(api_key))
 
