@@ -9,6 +9,11 @@ agent, else TaskNotFound). The message's ``messageId`` is its idempotency key: a
 same context returns the first turn. A blocking send or a stream holds one of the tenant's
 open-stream slots, as ``?wait=true`` does.
 
+A message naming a ``taskId`` answers a task in ``input-required`` (its turn's tool calls wait
+for a person): its decisions (see :func:`~._a2a_tasks.approval_decisions`) are made through the
+gateway's approvals and the task goes on, answered (or streamed) to its next end or pause; any
+other task takes no further message.
+
 Errors: what the caller got wrong is an A2A error (TaskNotFound for another tenant's task or
 context, InvalidParams, ...). What A2A has no code for (a policy denial, a rate or stream limit,
 an unreachable dependency) is left on the call for the route to answer as HTTP problem+json
@@ -67,10 +72,18 @@ from agentcluster.gateway._a2a_tasks import (
     StreamEvent,
     TaskStream,
     TaskView,
+    approval_decisions,
     message_text,
     task_of,
     task_state,
     views_of_session,
+)
+from agentcluster.gateway._approval_turns import (
+    Resumption,
+    decide,
+    follow_resumed,
+    wait_resumed,
+    waiting_calls,
 )
 from agentcluster.gateway._problems import ProblemError
 from agentcluster.gateway._service import Caller, GatewayService
@@ -232,14 +245,6 @@ class GatewayRequestHandler(RequestHandler):
     async def _session_of(self, call: A2ACall, message: Message) -> str:
         """The message's context (a session of the caller's tenant and this agent), or a new
         session when it names none."""
-        if message.task_id:
-            tenant_id = await call.service.authorize(call.caller, "session.read")
-            view = await _Tasks(call, tenant_id).view(message.task_id)
-            state = "has ended" if view.status in TERMINAL else "is still running"
-            raise UnsupportedOperationError(
-                f"task {message.task_id} {state}; a task takes one message here: send the next "
-                f"one with contextId {view.session_id} and no taskId"
-            )
         if not message.context_id:
             body = api.SessionCreateIn(agent=call.agent, metadata={"a2a": "message"})
             return (await call.service.create_session(call.caller, body)).session_id
@@ -277,6 +282,8 @@ class GatewayRequestHandler(RequestHandler):
         submitted)."""
         call = _call(context)
         with _mapped(call):
+            if params.message.task_id:
+                return await self._answer_task(call, params)
             if params.configuration.return_immediately:
                 session_id, content, submission = await self._submit(call, params, notify=True)
                 view = TaskView(
@@ -300,12 +307,68 @@ class GatewayRequestHandler(RequestHandler):
             raise TaskNotFoundError(f"task {submission.turn_id} not found")
         return task_of(found[0], history)
 
+    # -- answering a task that waits for approvals -----------------------------------------
+
+    async def _waiting_task(self, call: A2ACall, message: Message) -> tuple[_Tasks, TaskView]:
+        """The task a message names, which must wait for approvals."""
+        tenant_id = await call.service.authorize(call.caller, "session.read")
+        tasks = _Tasks(call, tenant_id)
+        view = await tasks.view(message.task_id)
+        if message.context_id and message.context_id != view.session_id:
+            raise InvalidParamsError(f"task {view.turn_id} is of context {view.session_id}")
+        if view.status != "awaiting_approval":
+            state = "has ended" if view.status in TERMINAL else "is still running"
+            raise UnsupportedOperationError(
+                f"task {message.task_id} {state}; a task takes a message only while it waits "
+                f"for approvals (input-required): send the next one with contextId "
+                f"{view.session_id} and no taskId"
+            )
+        return tasks, view
+
+    async def _decide(self, call: A2ACall, message: Message) -> tuple[_Tasks, Resumption]:
+        tasks, view = await self._waiting_task(call, message)
+        decisions = approval_decisions(message, waiting_calls(view.events))
+        return tasks, await decide(call.service, call.caller, view.session_id, decisions)
+
+    async def _answer_task(self, call: A2ACall, params: SendMessageRequest) -> Task:
+        """SendMessage to an input-required task: decide, then the task once its turn ended or
+        paused again (``returnImmediately``: as it stands after the decisions)."""
+        tasks, resumption = await self._decide(call, params.message)
+        if resumption.resumed and not params.configuration.return_immediately:
+            await wait_resumed(call.service, call.caller, resumption)
+        return task_of(await tasks.view(resumption.turn_id), _history_length_of(params))
+
+    async def _answer_task_streamed(
+        self, call: A2ACall, params: SendMessageRequest
+    ) -> tuple[Task, str, str, StreamItem | None, AsyncIterator[StreamItem] | None]:
+        """SendStreamingMessage to an input-required task: decide, then the task as it stands
+        and its resumed turn's items (none while calls still wait)."""
+        call.lease = await call.service.open_stream(call.caller)
+        tasks, resumption = await self._decide(call, params.message)
+        if not resumption.resumed:
+            return task_of(await tasks.view(resumption.turn_id)), "", "", None, None
+        items = follow_resumed(call.service, call.caller, resumption)
+        first = await anext(items, None)
+        task = task_of(await tasks.view(resumption.turn_id))
+        return task, resumption.turn_id, resumption.session_id, first, items
+
     @validate_request_params
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[StreamEvent]:
-        """SendStreamingMessage: the task (submitted), then its updates until it ends."""
+        """SendStreamingMessage: the task (submitted), then its updates until it ends (or
+        pauses: ``input-required``)."""
         call = _call(context)
+        if params.message.task_id:
+            with _mapped(call):
+                task, turn_id, session_id, first, resumed = await self._answer_task_streamed(
+                    call, params
+                )
+            yield task
+            if resumed is not None:
+                async for event in _task_events(turn_id, session_id, first, resumed):
+                    yield event
+            return
         with _mapped(call):
             call.lease = await call.service.open_stream(call.caller)
             session_id, content, submission = await self._submit(call, params, notify=False)

@@ -9,6 +9,12 @@ is the turn's answer. A failed or cancelled turn says why in its status message.
 A stream shows the same: the task (submitted), ``working`` status updates (those of tool calls
 carry their message), the answer as artifact chunks as the model writes it (the last chunk
 ``lastChunk: true``), then the final status.
+
+A turn whose tool calls wait for a person (``turn.awaiting_approval``) is ``input-required``: its
+status message says so in a text part and lists the waiting calls in a data part
+``{"approvals": [{tool_call_id, tool, arguments, reason, decisions, expires_at}]}``; a stream
+ends with that status. A message to the task (its ``taskId``) decides them (see
+:func:`approval_decisions`) and the task goes on from there.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.domain import TurnStatus
+from agentcluster.gateway._approval_turns import decision_of, waiting_calls, waiting_payload
 from agentcluster.runtime import Delta, StreamItem
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "TaskStream",
     "TaskView",
     "answer_artifact",
+    "approval_decisions",
     "message_text",
     "task_of",
     "task_state",
@@ -59,6 +68,7 @@ ANSWER_ARTIFACT = "answer"
 _STATES: dict[str, TaskState] = {
     "queued": TaskState.TASK_STATE_SUBMITTED,
     "running": TaskState.TASK_STATE_WORKING,
+    "awaiting_approval": TaskState.TASK_STATE_INPUT_REQUIRED,
     "completed": TaskState.TASK_STATE_COMPLETED,
     "failed": TaskState.TASK_STATE_FAILED,
     "cancelled": TaskState.TASK_STATE_CANCELED,
@@ -146,9 +156,36 @@ def tool_message(turn_id: str, session_id: str, event: ev.Event) -> Message | No
     return None
 
 
+def approval_message(
+    turn_id: str, session_id: str, waiting: list[ev.ToolApprovalRequested]
+) -> Message:
+    """The status message of a task waiting for a person: what waits (text), and each waiting
+    call (a data part ``{"approvals": [...]}``)."""
+    tools = ", ".join(request.tool for request in waiting) or "a tool call"
+    text = (
+        f"waiting for a person to approve {tools}: send a message to this task with a data part "
+        '{"approvals": [{"tool_call_id": ..., "decision": "approve" | "edit" | "reject", '
+        '"arguments"?: {...}, "message"?: "..."}]} (or the text approve / reject when one '
+        "call waits)"
+    )
+    payload = {"approvals": [waiting_payload(request) for request in waiting]}
+    message = Message(
+        message_id=f"{turn_id}-approval",
+        context_id=session_id,
+        task_id=turn_id,
+        role=Role.ROLE_AGENT,
+        parts=[_text_part(text), _data_part(payload)],
+    )
+    message.metadata.update({"kind": "approval_request"})
+    return message
+
+
 def _status(view: TaskView, state: TaskState, why: str | None) -> TaskStatus:
     status = TaskStatus(state=state, timestamp=_timestamp(view.updated_at))
-    if why:
+    if view.status == "awaiting_approval":
+        waiting = waiting_calls(view.events)
+        status.message.CopyFrom(approval_message(view.turn_id, view.session_id, waiting))
+    elif why:
         message_id = f"{view.turn_id}-status"
         message = _agent_message(view.turn_id, view.session_id, message_id, _text_part(why))
         status.message.CopyFrom(message)
@@ -203,6 +240,8 @@ class _Turn:
         self.updated_at = event.ts
         if isinstance(event, ev.TurnStarted):
             self.status = "running"
+        elif isinstance(event, ev.TurnAwaitingApproval):
+            self.status = "awaiting_approval"
         elif isinstance(event, ev.TurnCompleted):
             self.status, self.answer = "completed", event.content
         elif isinstance(event, ev.TurnFailed):
@@ -276,6 +315,65 @@ def message_text(message: Message) -> str:
     return text
 
 
+def _data_of(part: Part) -> Any:
+    return _integral(MessageToDict(part))["data"]
+
+
+def approval_decisions(
+    message: Message, waiting: list[ev.ToolApprovalRequested]
+) -> list[tuple[str, api.ApprovalDecisionIn]]:
+    """The decisions a user's message to an ``input-required`` task sends: its data parts'
+    ``{"approvals": [{"tool_call_id", "decision", "arguments"?, "message"?}]}`` (or one
+    ``{"decision", ...}`` when exactly one call waits), else its text: ``approve`` or
+    ``reject`` (what follows a colon is the message) when exactly one call waits.
+
+    Raises:
+        InvalidParamsError: no decision in it, or a bare decision while several calls wait.
+    """
+    if message.role == Role.ROLE_AGENT:
+        raise InvalidParamsError("the message must be the user's (role ROLE_USER)")
+    data = [_data_of(part) for part in message.parts if part.WhichOneof("content") == "data"]
+    if data:
+        return [item for payload in data for item in _data_decisions(payload, waiting)]
+    text = " ".join(part.text for part in message.parts if part.WhichOneof("content") == "text")
+    word, _colon, note = text.strip().partition(":")
+    if not word.strip():
+        raise InvalidParamsError("the task waits for approvals: send the decisions")
+    decision = decision_of(word.strip())
+    if note.strip():
+        decision = decision.model_copy(update={"message": note.strip()})
+    return [(_only_waiting(waiting), decision)]
+
+
+def _only_waiting(waiting: list[ev.ToolApprovalRequested]) -> str:
+    if len(waiting) != 1:
+        raise InvalidParamsError(
+            f"{len(waiting)} calls wait: name each with its tool_call_id in a data part "
+            '{"approvals": [...]}'
+        )
+    return waiting[0].tool_call_id
+
+
+def _data_decisions(
+    payload: Any, waiting: list[ev.ToolApprovalRequested]
+) -> list[tuple[str, api.ApprovalDecisionIn]]:
+    if isinstance(payload, dict) and isinstance(payload.get("approvals"), list):
+        items = payload["approvals"]
+    elif isinstance(payload, dict) and "decision" in payload:
+        items = [payload]
+    else:
+        raise InvalidParamsError('a data part of decisions is {"approvals": [...]}')
+    decided: list[tuple[str, api.ApprovalDecisionIn]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidParamsError("each approval is an object with tool_call_id and decision")
+        tool_call_id = item.get("tool_call_id") or _only_waiting(waiting)
+        if not isinstance(tool_call_id, str):
+            raise InvalidParamsError("tool_call_id is a string")
+        decided.append((tool_call_id, decision_of(item)))
+    return decided
+
+
 class TaskStream:
     """Turns one turn's stream items into A2A stream events (see the module's docstring)."""
 
@@ -284,6 +382,8 @@ class TaskStream:
         self.session_id = session_id
         self.streamed = ""
         self.chunks = 0
+        self.asked: list[ev.Event] = []
+        """The approval requests and decisions seen (what an input-required status lists)."""
 
     def _update(self, state: TaskState, message: Message | None = None) -> StreamEvent:
         status = TaskStatus(state=state, timestamp=_timestamp(None))
@@ -319,6 +419,13 @@ class TaskStream:
         if isinstance(item, ev.ToolRequested | ev.ToolCompleted):
             message = tool_message(self.turn_id, self.session_id, item)
             return [self._update(TaskState.TASK_STATE_WORKING, message)]
+        if isinstance(item, ev.ToolApprovalRequested | ev.ToolApprovalDecided):
+            self.asked.append(item)
+            return []
+        if isinstance(item, ev.TurnAwaitingApproval):
+            waiting = [r for r in waiting_calls(self.asked) if r.tool_call_id in item.tool_call_ids]
+            message = approval_message(self.turn_id, self.session_id, waiting)
+            return [self._update(TaskState.TASK_STATE_INPUT_REQUIRED, message)]
         if isinstance(item, ev.TurnCompleted):
             return [self._last_chunk(item.content), self._update(TaskState.TASK_STATE_COMPLETED)]
         if isinstance(item, ev.TurnFailed):

@@ -5,6 +5,7 @@ fake LLM."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -34,14 +35,18 @@ from a2a.types import (
 )
 from a2a.utils.errors import (
     ContentTypeNotSupportedError,
+    InvalidParamsError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
 )
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.struct_pb2 import Value
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn, tenant_policy
+
+ASK_CALCULATOR = {"approvals": [{"tools": ["calculator"], "reason": "a person checks sums"}]}
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -346,3 +351,153 @@ async def test_budgets_and_rate_limits_reach_the_client(
     cause = limited.value.__cause__
     assert isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 429
     assert int(cause.response.headers["retry-after"]) >= 1
+
+
+def _to_task(task: Task, part: Part) -> SendMessageRequest:
+    """A user's message to ``task`` (an answer to its input-required status)."""
+    message = Message(
+        message_id=uuid.uuid4().hex,
+        role=Role.ROLE_USER,
+        parts=[part],
+        context_id=task.context_id,
+        task_id=task.id,
+    )
+    return SendMessageRequest(message=message)
+
+
+def _data(payload: dict[str, object]) -> Part:
+    return Part(data=ParseDict(payload, Value()))
+
+
+def _waiting(message: Message) -> list[dict[str, object]]:
+    """The waiting calls an input-required status message lists in its data part."""
+    [data] = [MessageToDict(part)["data"] for part in message.parts if part.HasField("data")]
+    return list(data["approvals"])
+
+
+async def test_a_paused_streamed_task_is_input_required_and_an_approval_resumes_it(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    tenant_id, key = await new_tenant(http, "a2a-approve")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"it is 42 {token}")
+    client = await clients.make(key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        events = [event async for event in client.send_message(_send(f"compute {token}"))]
+        task = events[0].task
+        last = events[-1].status_update.status
+        assert last.state == TaskState.TASK_STATE_INPUT_REQUIRED  # the stream ends there
+        assert last.message.metadata["kind"] == "approval_request"
+        [waiting] = _waiting(last.message)
+        assert (waiting["tool"], waiting["arguments"]) == ("calculator", {"expression": "6*7"})
+        assert waiting["reason"] == "a person checks sums"
+        assert waiting["decisions"] == ["approve", "edit", "reject"]
+        stored = await client.get_task(GetTaskRequest(id=task.id))
+        assert stored.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        assert _waiting(stored.status.message) == [waiting]
+
+        decision = {"approvals": [{"tool_call_id": waiting["tool_call_id"], "decision": "approve"}]}
+        resumed = [event async for event in client.send_message(_to_task(task, _data(decision)))]
+        assert resumed[0].HasField("task") and resumed[0].task.id == task.id
+        assert resumed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+        results = [
+            MessageToDict(e.status_update.status.message.parts[0].data)
+            for e in resumed
+            if e.HasField("status_update") and e.status_update.status.message.metadata
+        ]
+        assert [r["tool"] for r in results] == ["calculator"] and "42" in str(results[0])
+        done = await client.get_task(GetTaskRequest(id=task.id))
+        assert done.status.state == TaskState.TASK_STATE_COMPLETED
+        assert _answer(done) == f"it is 42 {token}"
+        # The task has ended: it takes no more messages.
+        with pytest.raises(UnsupportedOperationError):
+            async for _ in client.send_message(_to_task(task, _data(decision))):
+                pass
+
+
+async def test_a_waiting_task_is_rejected_with_a_plain_text_answer(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    tenant_id, key = await new_tenant(http, "a2a-reject")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"no sum then {token}")
+    client = await clients.make(key, streaming=False)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        paused = await _task(client, _send(f"compute {token}"))
+        assert paused.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        with pytest.raises(InvalidParamsError):  # not a decision
+            await _task(client, _to_task(paused, Part(text="maybe later")))
+        done = await _task(client, _to_task(paused, Part(text="reject: too risky")))
+    assert done.id == paused.id and done.status.state == TaskState.TASK_STATE_COMPLETED
+    assert _answer(done) == f"no sum then {token}"
+    [result] = [m for m in done.history[1:] if m.metadata["kind"] == "tool_result"]
+    assert "rejected by a person: too risky" in str(MessageToDict(result.parts[0].data))
+    types = await _event_types(http, key, paused.context_id, 1)
+    assert "tool.approval_decided" in types and types[-1] == "turn.completed"
+
+
+async def _v03_stream(http: httpx.AsyncClient, key: str, message: dict[str, object]) -> list[dict]:
+    """The results of a v0.3 ``message/stream`` (no A2A-Version header), in order."""
+    request = {
+        "jsonrpc": "2.0",
+        "id": "s",
+        "method": "message/stream",
+        "params": {"message": message},
+    }
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    results = []
+    async with http.stream("POST", "/a2a/tester", json=request, headers=headers) as stream:
+        assert stream.status_code == 200
+        async for line in stream.aiter_lines():
+            if line.startswith("data:"):
+                results.append(json.loads(line[5:])["result"])
+    return results
+
+
+async def test_v03_message_stream_ends_input_required_and_message_send_answers_it(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "a2a-v03-approve")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"v03 sum {token}")
+    text = {"kind": "text", "text": f"compute {token}"}
+    message = {"kind": "message", "messageId": uuid.uuid4().hex, "role": "user", "parts": [text]}
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        results = await _v03_stream(http, key, message)
+        last = results[-1]
+        assert last["kind"] == "status-update" and last["status"]["state"] == "input-required"
+        [data] = [p["data"] for p in last["status"]["message"]["parts"] if p["kind"] == "data"]
+        [waiting] = data["approvals"]
+        answer = {
+            "kind": "message",
+            "messageId": uuid.uuid4().hex,
+            "role": "user",
+            "taskId": last["taskId"],
+            "contextId": last["contextId"],
+            "parts": [
+                {
+                    "kind": "data",
+                    "data": {
+                        "approvals": [
+                            {"tool_call_id": waiting["tool_call_id"], "decision": "approve"}
+                        ]
+                    },
+                }
+            ],
+        }
+        sent = await http.post(
+            "/a2a/tester",
+            json={
+                "jsonrpc": "2.0",
+                "id": "1",
+                "method": "message/send",
+                "params": {"message": answer},
+            },
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    task = sent.json()["result"]
+    assert task["id"] == last["taskId"] and task["status"]["state"] == "completed"
+    assert task["artifacts"][0]["parts"][0]["text"] == f"v03 sum {token}"
