@@ -1,6 +1,6 @@
 """Webhooks through the real gateway: a listener on 127.0.0.1 (which the tenant's policy allows)
-receives each turn's outcome signed with the tenant's secret, retried until it answers 2xx; a
-target the policy denies is never connected to."""
+receives each turn's outcome signed with the tenant's secret (and its pause for a person's
+approval), retried until it answers 2xx; a target the policy denies is never connected to."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule
+from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
 from agentcluster.webhooks import verify
 from tests.conftest import eventually
-from tests.e2e.conftest import new_tenant
+from tests.e2e.conftest import new_tenant, script_tool_turn
 from tests.support.opa import tenant_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -186,3 +186,37 @@ async def test_a_webhook_the_policy_denies_is_never_connected_to(
         return not listener.received
 
     assert await eventually(still_nothing, timeout=5, message="nothing received")
+
+
+async def test_a_turn_waiting_for_approval_calls_the_webhook_then_again_when_it_ends(
+    http: httpx.AsyncClient, fake_llm: FakeLLM, listener: Listener
+) -> None:
+    token = uuid.uuid4().hex
+    calculate = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, calculate, "forty-two")
+    tenant_id, key = await new_tenant(http, "webhooks-approval")
+    policy = {**LOOPBACK_ALLOWED, "approvals": [{"tools": ["calculator"]}]}
+    async with tenant_policy(tenant_id, policy):
+        session_id = await _session(http, key, listener.url)
+        turn_id = await _ask(http, key, session_id, {"content": token})
+
+        async def received(count: int) -> bool:
+            return len(listener.received) >= count
+
+        await eventually(lambda: received(1), timeout=60, message="the pause's webhook")
+        paused = json.loads(listener.received[0][1])
+        assert (paused["type"], paused["turn_id"]) == ("turn.awaiting_approval", turn_id)
+        [call_id] = paused["tool_call_ids"]
+        decided = await http.post(
+            f"/v1/sessions/{session_id}/approvals/{call_id}",
+            json={"decision": "approve"},
+            headers=_auth(key),
+        )
+        assert decided.status_code == 200, decided.text
+        await eventually(lambda: received(2), timeout=60, message="the outcome's webhook")
+    done = json.loads(listener.received[1][1])
+    assert (done["type"], done["turn_id"], done["content"]) == (
+        "turn.completed",
+        turn_id,
+        "forty-two",
+    )
