@@ -32,7 +32,9 @@ from tests.e2e.conftest import (
     PROFILE,
     new_tenant,
     script_tool_turn,
+    tenant_policy,
 )
+from tests.e2e.test_approval_clients import script_approval_turn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -95,14 +97,15 @@ def node_suite() -> Path:
     return SUITE
 
 
-async def _run_suite(suite: Path, env: dict[str, str]) -> tuple[int, str]:
+async def _run_suite(
+    suite: Path, env: dict[str, str], files: tuple[str, ...] = ("sse.test.mjs", "console.test.mjs")
+) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         "node",
         "--test",
         "--test-reporter=spec",
         "--test-concurrency=1",
-        "sse.test.mjs",
-        "console.test.mjs",
+        *files,
         cwd=suite,
         env=os.environ | env,
         stdout=asyncio.subprocess.PIPE,
@@ -172,4 +175,45 @@ async def test_console_in_a_browser(
     assert code == 0, (
         f"the console's browser tests failed (exit {code}); screenshots of each scenario are "
         f"in {tmp_path}:\n{output}"
+    )
+
+
+async def test_console_approvals(
+    console_url: str,
+    node_suite: Path,
+    http: httpx.AsyncClient,
+    fake_llm: FakeLLM,
+    tmp_path: Path,
+) -> None:
+    """The session view shows a call the tenant's policy sends to a person; approving, editing
+    and rejecting it in the browser resumes each turn to its answer (approvals.test.mjs)."""
+    tenant_id, tenant_key = await new_tenant(http, "ui-approvals")
+    token = uuid.uuid4().hex[:10]
+    reason = "a <b>person</b> checks every calculation"
+    hostile = "<img src=x onerror=alert(1)>6*7"
+    prompts = {
+        "APPROVE": (f"approve {token}-a", {"expression": "6*7"}, f"approved: 42 ({token})"),
+        "EDIT": (f"edit {token}-e", {"expression": hostile}, f"edited: 48 ({token})"),
+        "REJECT": (f"reject {token}-r", {"expression": "6*7"}, f"no tool then ({token})"),
+    }
+    env = {
+        "CONSOLE_URL": f"{console_url}/ui/",
+        "CHROMIUM_PATH": str(CHROMIUM),
+        "TENANT_KEY": tenant_key,
+        "AGENT": str(PROFILE["name"]),
+        "REASON": reason,
+        "EDIT_SHOWN": hostile,
+        "SCREENSHOT_DIR": str(tmp_path),
+    }
+    for name, (prompt, arguments, answer) in prompts.items():
+        script_approval_turn(fake_llm, prompt, arguments, answer)
+        env |= {f"{name}_PROMPT": prompt, f"{name}_ANSWER": answer}
+
+    policy = {"approvals": [{"tools": ["calculator"], "reason": reason}]}
+    async with tenant_policy(tenant_id, policy):
+        code, output = await _run_suite(node_suite, env, ("approvals.test.mjs",))
+    print(output)
+    assert code == 0, (
+        f"the console's approval tests failed (exit {code}); screenshots are in {tmp_path}:\n"
+        f"{output}"
     )

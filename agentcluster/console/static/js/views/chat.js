@@ -379,10 +379,11 @@ const HANDLERS = {
   },
   "tool.approval_decided"(e) {
     const item = this.tool(e);
-    const how = e.expired ? `${e.decision} (expired)` : `${e.decision} by ${e.decided_by}`;
+    const done = { approve: "approved", edit: "edited", reject: "rejected" }[e.decision] || e.decision;
+    const how = e.expired ? `${done} (expired unanswered)` : `${done} by ${e.decided_by}`;
     item.body.append(h("p", { class: `decision ${e.decision}`, dataset: { decision: e.decision } }, `person: ${how}`, e.message ? ` — ${e.message}` : ""));
     if (e.decision === "edit" && e.arguments) item.body.append(h("pre", { class: "args edited" }, jsonText(e.arguments)));
-    toolState(item, "decided", { approve: "approved", edit: "edited", reject: "rejected" }[e.decision] || e.decision);
+    toolState(item, "decided", done);
     this.approvals.refresh();
   },
   "turn.awaiting_approval"(e) {
