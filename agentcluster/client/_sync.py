@@ -209,7 +209,9 @@ class Client:
         turn_timeout: float | None = 330.0,
         multitask_strategy: MultitaskStrategy = "enqueue",
     ) -> TurnOut:
-        """Send a message and wait for its turn to finish (``?wait=true``).
+        """Send a message and wait for its turn to finish (``?wait=true``), or to pause: a turn
+        whose tool calls wait for a person answers ``status="awaiting_approval"`` with their ids
+        in ``awaiting_approval`` (decide them, then :meth:`follow_turn`).
 
         The gateway waits up to 5 minutes, then answers with the turn still ``running``;
         ``turn_timeout`` bounds the request in seconds (None: the client's timeout). Idempotency

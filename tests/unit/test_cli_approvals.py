@@ -15,7 +15,7 @@ from agentcluster.api import ApprovalOut, SessionOut
 from agentcluster.cli._chat import run_chat
 from agentcluster.client import StreamItem, error_from_problem
 from agentcluster.domain import ApprovalDecision
-from tests.unit.test_cli import SID, TURN, ScriptedApi, _ids, console, delta
+from tests.unit.test_cli import SID, TURN, ScriptedApi, _ids, console, delta, render
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -233,3 +233,35 @@ def test_arguments_cannot_carry_terminal_escapes() -> None:
 
     assert "\x1b" not in out and "\x07" not in out
     assert '{"expression": "\\u001b]0;owned\\u0007 1+1"}' in out
+
+
+def test_an_expired_approval_is_shown_and_an_edit_shows_the_arguments_that_ran() -> None:
+    expired = ev.ToolApprovalDecided(
+        **_ids(6),
+        tool_call_id=CALL,
+        tool="calculator",
+        decision="reject",
+        decided_by="expiry",
+        expired=True,
+    )
+    edited = ev.ToolApprovalDecided(
+        **_ids(6),
+        tool_call_id="c2",
+        tool="calculator",
+        decision="edit",
+        arguments={"expression": "6*8"},
+        decided_by="key k1",
+    )
+    ran = ev.ToolCompleted(
+        **_ids(7), tool_call_id="c2", tool="calculator", ok=True, result={"value": 48}
+    )
+    requested = ev.ToolRequested(
+        **_ids(3), tool_call_id="c2", tool="calculator", arguments={"expression": "6*7"}
+    )
+
+    text, _ = render([expired, requested, edited, ran])
+
+    assert text == (
+        "  [approval of calculator expired: rejected]\n"
+        '  [tool calculator {"expression": "6*8"} -> 48]\n'
+    )
