@@ -10,6 +10,12 @@ request are not sent again). Without it each request opens a new session (its id
 the ``X-Session-Id`` response header) and its one user message carries the earlier messages of
 the request as a plain transcript (``role: text`` lines under a header), followed by the last
 user message: the agent sees them as text in one message, not as turns of its own.
+
+Approvals: a response whose turn waits for a person holds ``mcp_approval_request`` items; a
+request with its ``previous_response_id`` and only ``mcp_approval_response`` input items decides
+them and continues that turn (see :mod:`._openai_responses`). Chat completions have no such
+item: a turn that pauses there is answered as one still open (504 ``turn_timeout``; decide its
+approvals through ``/v1/sessions/{id}/approvals``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from sse_starlette.sse import ServerSentEvent
 from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.domain import Submission
+from agentcluster.gateway._approval_turns import Resumption, decide, follow_resumed, wait_resumed
 from agentcluster.gateway._callers import CallerDep, ServiceDep
 from agentcluster.gateway._openai_errors import (
     ERROR_RESPONSES,
@@ -44,6 +51,7 @@ from agentcluster.gateway._openai_models import (
     ChatMessageOut,
     CompletionUsage,
     InputMessage,
+    McpApprovalResponseIn,
     ModelList,
     ModelOut,
     ResponseCreateIn,
@@ -339,16 +347,32 @@ async def create_chat_completion(
 # -- responses --------------------------------------------------------------------------------
 
 
+def _approval_inputs(body: ResponseCreateIn) -> list[McpApprovalResponseIn]:
+    """The request's ``mcp_approval_response`` items (then it has nothing else and continues
+    ``previous_response_id``)."""
+    if isinstance(body.input, str):
+        return []
+    found = [item for item in body.input if isinstance(item, McpApprovalResponseIn)]
+    if found and len(found) != len(body.input):
+        message = "send mcp_approval_response items alone (the turn they decide continues)"
+        raise OpenAIApiError(400, message, param="input")
+    if found and body.previous_response_id is None:
+        message = "mcp_approval_response items need the previous_response_id that asked them"
+        raise OpenAIApiError(400, message, param="previous_response_id")
+    return found
+
+
 def _response_input(body: ResponseCreateIn) -> str:
     if isinstance(body.input, str):
         current, earlier = body.input, list[tuple[str, str]]()
         if not current:
             raise OpenAIApiError(400, "input must not be empty", param="input")
     else:
-        if not body.input:
+        messages = [item for item in body.input if isinstance(item, InputMessage)]
+        if not messages:
             raise OpenAIApiError(400, "input must not be empty", param="input")
-        current = _last_user_text(body.input, "input")
-        earlier = [(str(m.role), _text(m.content)) for m in body.input[:-1]]
+        current = _last_user_text(messages, "input")
+        earlier = [(str(m.role), _text(m.content)) for m in messages[:-1]]
     if body.instructions:
         earlier.insert(0, ("instructions", body.instructions))
     return _transcript(earlier, current)
@@ -413,10 +437,14 @@ async def create_response(
     service: ServiceDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> Response:
-    """A turn of the agent ``model`` as a response (streamed, in the background, or waited)."""
+    """A turn of the agent ``model`` as a response (streamed, in the background, or waited);
+    with ``mcp_approval_response`` items, the previous response's turn decided and continued."""
     _require_agent(service, body.model)
-    content = _response_input(body)
+    approvals = _approval_inputs(body)
+    content = "" if approvals else _response_input(body)
     session = await _response_session(service, caller, body)
+    if approvals:
+        return await _continue_response(service, caller, body, session, approvals)
     session_id = session.session_id
     options = _options(body)
 
@@ -445,6 +473,73 @@ async def create_response(
         )
     response = await finish(submission, known)
     return JSONResponse(response.model_dump(mode="json"), headers={SESSION_HEADER: session_id})
+
+
+def _decisions(approvals: list[McpApprovalResponseIn]) -> list[tuple[str, api.ApprovalDecisionIn]]:
+    return [
+        (
+            item.approval_request_id,
+            api.ApprovalDecisionIn(
+                decision="approve" if item.approve else "reject", message=item.reason
+            ),
+        )
+        for item in approvals
+    ]
+
+
+async def _continue_response(
+    service: GatewayService,
+    caller: Caller,
+    body: ResponseCreateIn,
+    session: SessionRef,
+    approvals: list[McpApprovalResponseIn],
+) -> Response:
+    """Decide the previous response's waiting calls, then its turn from the decisions on (the
+    same response id): streamed, in the background (as it stands), or waited for its next end
+    or pause. While some of its calls still wait, the turn as it stands (those requests)."""
+    options = _options(body)
+    headers = {SESSION_HEADER: session.session_id}
+    if body.stream:
+        lease = await service.open_stream(caller)
+        async with release_on_error(lease):
+            resumption = await decide(service, caller, session.session_id, _decisions(approvals))
+            events = await _continued_events(service, caller, session, resumption, options)
+        return LeasedEventSource(events, lease, ping=HEARTBEAT_S, headers=headers)
+    resumption = await decide(service, caller, session.session_id, _decisions(approvals))
+    known: TurnState | None = None
+    if resumption.resumed and not body.background:
+        known = TurnState.of(await wait_resumed(service, caller, resumption))
+    after = resumption.after_seq if resumption.resumed else 0
+    _remember_session(session, resumption.turn_id)
+    response = await response_of_turn(service, session, resumption.turn_id, options, after, known)
+    return JSONResponse(response.model_dump(mode="json"), headers=headers)
+
+
+async def _continued_events(
+    service: GatewayService,
+    caller: Caller,
+    session: SessionRef,
+    resumption: Resumption,
+    options: ResponseOptions,
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of a continued response (its turn's items after the decisions)."""
+    after = resumption.after_seq if resumption.resumed else 0
+    turn_id = resumption.turn_id
+
+    async def finish() -> ResponseObject:
+        _remember_session(session, turn_id)
+        return await response_of_turn(service, session, turn_id, options, after)
+
+    async def nothing() -> AsyncIterator[StreamItem]:
+        none: tuple[StreamItem, ...] = ()
+        for item in none:
+            yield item
+
+    items = nothing()
+    if resumption.resumed:
+        items = await _started(follow_resumed(service, caller, resumption))
+    pending = pending_response(turn_id, session.agent, options)
+    return response_events(items, pending, turn_id, finish)
 
 
 @openai_router.get("/responses/{response_id}", response_model=ResponseObject)

@@ -28,6 +28,8 @@ __all__ = [
     "FunctionCallOutputItem",
     "InputMessage",
     "ItemEvent",
+    "McpApprovalRequestItem",
+    "McpApprovalResponseIn",
     "ModelList",
     "ModelOut",
     "OpenAIError",
@@ -174,10 +176,29 @@ class InputMessage(_In):
     content: str | list[TextPart]
 
 
+class McpApprovalResponseIn(_In):
+    """A decision on a tool call that waits for a person (an ``mcp_approval_request`` of the
+    response named by ``previous_response_id``)."""
+
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(
+        min_length=1, max_length=200, description="the request's id (the tool call's id)"
+    )
+    approve: bool
+    reason: str | None = Field(
+        default=None,
+        max_length=MAX_CONTENT_CHARS,
+        description="recorded with the decision; on a reject, what the agent reads as the error",
+    )
+    id: str | None = Field(default=None, max_length=200)
+
+
 class ResponseCreateIn(_In):
     model: Annotated[str, AGENT_NAME]
-    input: str | list[InputMessage] = Field(
-        description="text, or messages (text only); the last one is the user's"
+    input: str | list[InputMessage | McpApprovalResponseIn] = Field(
+        description="text, or messages (text only; the last one is the user's), or only "
+        "mcp_approval_response items deciding the waiting tool calls of previous_response_id "
+        "(the response then continues that turn)"
     )
     instructions: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
     previous_response_id: str | None = Field(
@@ -229,8 +250,20 @@ class FunctionCallOutputItem(_Out):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
+class McpApprovalRequestItem(_Out):
+    """A tool call that waits for a person (the policy asked): answer it with an
+    ``mcp_approval_response`` input item in a request continuing this response."""
+
+    type: Literal["mcp_approval_request"] = "mcp_approval_request"
+    id: str = Field(description="the tool call's id")
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+    server_label: Literal["agentcluster"] = "agentcluster"
+
+
 OutputItem = Annotated[
-    OutputMessage | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")
+    OutputMessage | FunctionCallItem | FunctionCallOutputItem | McpApprovalRequestItem,
+    Field(discriminator="type"),
 ]
 
 

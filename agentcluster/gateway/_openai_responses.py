@@ -6,6 +6,13 @@ call the agent made (``tool.requested``) as a ``function_call`` item, its result
 ``previous_response_id`` continues the previous response's session. ``store: false`` is kept on
 the session the request opens: its responses cannot be retrieved or continued (the turns are
 still recorded in the session, like every turn).
+
+A turn whose tool calls wait for a person (``turn.awaiting_approval``) is a ``completed``
+response holding an ``mcp_approval_request`` item per waiting call (``id`` the tool call's id,
+``server_label`` ``agentcluster``), as OpenAI's remote MCP tools ask for approval. A request with
+that ``previous_response_id`` and ``mcp_approval_response`` input items decides them; its
+response is the same turn (the same id) from the decisions on: the tool results and the answer,
+or new approval requests.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.domain import Session, Turn, TurnStatus
 from agentcluster.errors import NotFoundError
+from agentcluster.gateway._approval_turns import waiting_calls
 from agentcluster.gateway._openai_errors import OpenAIApiError
 from agentcluster.gateway._openai_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
     ItemEvent,
+    McpApprovalRequestItem,
     OutputItem,
     OutputMessage,
     OutputText,
@@ -63,6 +72,7 @@ EVENTS_PAGE = 500
 _STATUS: dict[str, ResponseStatus] = {
     "queued": "queued",
     "running": "in_progress",
+    "awaiting_approval": "completed",
     "completed": "completed",
     "failed": "failed",
     "cancelled": "cancelled",
@@ -158,7 +168,23 @@ def _tool_item(event: ev.Event) -> OutputItem | None:
         return FunctionCallOutputItem(
             id=f"fco_{event.tool_call_id}", call_id=event.tool_call_id, output=output
         )
+    if isinstance(event, ev.ToolApprovalRequested):
+        return McpApprovalRequestItem(
+            id=event.tool_call_id, name=event.tool, arguments=json.dumps(event.arguments)
+        )
     return None
+
+
+def _output_items(events: list[ev.Event]) -> list[OutputItem]:
+    """The tool call items of a turn's events; of its approval requests, those still waiting
+    (a decided one is answered: its result follows)."""
+    waiting = {request.tool_call_id for request in waiting_calls(events)}
+    shown = (
+        event
+        for event in events
+        if not isinstance(event, ev.ToolApprovalRequested) or event.tool_call_id in waiting
+    )
+    return [item for item in map(_tool_item, shown) if item is not None]
 
 
 def _message_item(turn_id: str, output_index: int, text: str) -> OutputMessage:
@@ -230,7 +256,7 @@ async def response_of_turn(
     if known is None:
         stored = await service.runtime.store.get_turn(session.tenant_id, turn_id)
         known = await _stored_turn(service, stored, found.events)
-    output = [item for item in map(_tool_item, found.events) if item is not None]
+    output = _output_items(found.events)
     if known.answer is not None:
         output.append(_message_item(turn_id, len(output), known.answer))
     previous = options.previous_response_id
@@ -315,7 +341,9 @@ class _Emitter:
     def tool(self, item: OutputItem) -> list[ServerSentEvent]:
         events = self.close_message()
         self.output_index += 1
-        running = item.model_copy(update={"status": "in_progress"})
+        running = item
+        if not isinstance(item, McpApprovalRequestItem):  # it has no status
+            running = item.model_copy(update={"status": "in_progress"})
         return [*events, self.item("added", running), self.item("done", item)]
 
     def delta(self, text: str) -> list[ServerSentEvent]:
@@ -376,9 +404,10 @@ async def response_events(
     turn_id: str,
     finish: Callable[[], Awaitable[ResponseObject]],
 ) -> AsyncIterator[ServerSentEvent]:
-    """The event sequence of a streamed response: created, in_progress, the tool call items, the
-    message item (part added, text deltas, text done, part done, item done), then completed
-    (``response.failed`` for a failed or cancelled turn) carrying the stored response."""
+    """The event sequence of a streamed response: created, in_progress, the tool call items (and
+    approval requests), the message item (part added, text deltas, text done, part done, item
+    done), then completed (also a turn that waits for approvals; ``response.failed`` for a
+    failed or cancelled turn) carrying the stored response."""
     emit = _Emitter(turn_id)
     yield emit.response("response.created", pending)
     yield emit.response("response.in_progress", pending)
@@ -386,7 +415,7 @@ async def response_events(
         if isinstance(item, Delta):
             for event in emit.delta(item.text):
                 yield event
-        elif isinstance(item, ev.ToolRequested | ev.ToolCompleted):
+        elif isinstance(item, ev.ToolRequested | ev.ToolCompleted | ev.ToolApprovalRequested):
             tool = _tool_item(item)
             assert tool is not None
             for event in emit.tool(tool):

@@ -3,6 +3,7 @@ official ``openai`` SDK (sync, async, streaming) against the real gateway and th
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -11,7 +12,9 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn, tenant_policy
+
+ASK_CALCULATOR = {"approvals": [{"tools": ["calculator"], "reason": "a person checks sums"}]}
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -310,3 +313,108 @@ async def test_idempotency_rate_limits_and_budgets_reach_the_sdk(
         for _ in range(30):  # the other replica applies the new limit within its refresh
             client.models.list()
     assert int(limited.value.response.headers["retry-after"]) >= 1
+
+
+async def test_a_paused_response_asks_for_approval_and_an_approval_response_continues_it(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "openai-approve")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"approved 42 {token}")
+    client = _sync(gateway_url, key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        paused = client.responses.create(model="tester", input=f"compute {token}")
+        assert paused.status == "completed" and paused.output_text == ""
+        assert [item.type for item in paused.output] == ["function_call", "mcp_approval_request"]
+        request = paused.output[1]
+        assert request.type == "mcp_approval_request" and request.server_label == "agentcluster"
+        assert request.name == "calculator" and json.loads(request.arguments) == {
+            "expression": "6*7"
+        }
+        assert request.id == paused.output[0].call_id  # type: ignore[union-attr]
+        assert client.responses.retrieve(paused.id).output[1].type == "mcp_approval_request"
+
+        with pytest.raises(openai.BadRequestError):  # approvals answer a previous response
+            client.responses.create(
+                model="tester",
+                input=[
+                    {
+                        "type": "mcp_approval_response",
+                        "approval_request_id": request.id,
+                        "approve": True,
+                    }
+                ],
+            )
+        resumed = client.responses.create(
+            model="tester",
+            previous_response_id=paused.id,
+            input=[
+                {
+                    "type": "mcp_approval_response",
+                    "approval_request_id": request.id,
+                    "approve": True,
+                }
+            ],
+        )
+        assert resumed.id == paused.id and resumed.status == "completed"
+        assert [item.type for item in resumed.output] == ["function_call_output", "message"]
+        assert "42" in str(resumed.output[0].output)  # type: ignore[union-attr]
+        assert resumed.output_text == f"approved 42 {token}"
+        with pytest.raises(openai.ConflictError):  # decided already
+            client.responses.create(
+                model="tester",
+                previous_response_id=paused.id,
+                input=[
+                    {
+                        "type": "mcp_approval_response",
+                        "approval_request_id": request.id,
+                        "approve": False,
+                    }
+                ],
+            )
+    retrieved = client.responses.retrieve(paused.id)
+    assert [item.type for item in retrieved.output] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+
+
+async def test_a_streamed_response_asks_and_a_streamed_rejection_continues_it(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "openai-reject")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"no sum {token}")
+    client = _async(gateway_url, key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        stream = await client.responses.create(
+            model="tester", input=f"compute {token}", stream=True
+        )
+        events = [event async for event in stream]
+        added = [e.item.type for e in events if e.type == "response.output_item.added"]
+        assert added == ["function_call", "mcp_approval_request"]
+        assert events[-1].type == "response.completed"
+        paused = events[-1].response  # type: ignore[union-attr]
+        request = paused.output[-1]
+        assert request.type == "mcp_approval_request"
+
+        answer = {
+            "type": "mcp_approval_response",
+            "approval_request_id": request.id,
+            "approve": False,
+            "reason": "not today",
+        }
+        stream = await client.responses.create(
+            model="tester", previous_response_id=paused.id, input=[answer], stream=True
+        )
+        events = [event async for event in stream]
+    assert [e.type for e in events][:2] == ["response.created", "response.in_progress"]
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert done[0].type == "function_call_output"
+    assert "rejected by a person: not today" in done[0].output  # type: ignore[union-attr]
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.output_text == f"no sum {token}"  # type: ignore[union-attr]
