@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 
 from agentcluster import tracing
 from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext, TurnNotOpen
@@ -82,7 +83,13 @@ class Activation:
         history: list[ChatMessage],
         store: ActivationStore,
         loop: AgentLoop,
+        *,
+        on_touch: Callable[[str], None] | None = None,
+        on_running: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_touch(session_id)`` is told each time it is used (its host keeps sessions in
+        the order of their last use, for passivation); ``on_running(+1 | -1)`` when a turn
+        starts and ends running here (its host's count)."""
         self.session = session
         self.epoch = epoch
         self.history = history
@@ -109,6 +116,14 @@ class Activation:
         self._stopping = False
         self.stale = False
         self.last_active = time.monotonic()
+        self._on_touch = on_touch
+        self._on_running = on_running
+
+    def touch(self) -> None:
+        """It was used now: idle from here on."""
+        self.last_active = time.monotonic()
+        if self._on_touch is not None:
+            self._on_touch(self.session.session_id)
 
     @property
     def session_id(self) -> str:
@@ -131,7 +146,7 @@ class Activation:
         """
         if turn_id is not None:
             self._remember_trace(turn_id, tracing.carrier() if trace is None else trace)
-        self.last_active = time.monotonic()
+        self.touch()
         self._wake.set()
         if not self.busy:
             self._worker = asyncio.create_task(self._work(), name=f"session-{self.session_id}")
@@ -216,7 +231,7 @@ class Activation:
         except Exception:
             log.exception("session %s: turn worker failed", self.session_id)
         finally:
-            self.last_active = time.monotonic()
+            self.touch()
             if self.stale:
                 for turn_id in list(self._waiters):
                     self._settle(turn_id, None)
@@ -251,6 +266,8 @@ class Activation:
             approvals = await self._store.turn_approvals(self.session_id, turn.turn_id)
             self._outcomes.pop(turn.turn_id, None)  # its pause, if any: it goes on now
         self._current_turn = turn.turn_id
+        if self._on_running is not None:
+            self._on_running(1)
         started = time.monotonic()
         ids = {"tenant_id": self.session.tenant_id, "session_id": self.session_id}
         span = self._turn_span(context)
@@ -293,8 +310,10 @@ class Activation:
         finally:
             span.end()
             self._current_turn = None
+            if self._on_running is not None:
+                self._on_running(-1)
             self._turn_task = None
-            self.last_active = time.monotonic()
+            self.touch()
 
     def _turn_span(self, context: TurnContext) -> tracing.Span:
         """The turn's span (GenAI ``invoke_agent``), under the trace of the request that queued

@@ -77,8 +77,11 @@ class SessionHostCore:
         self._ready_lock = asyncio.Lock()
         self._idle_passivate_s = idle_passivate_s
         self._reconcile_interval_s = reconcile_interval_s
+        # In the order of last use (a use moves a session to the end): the idle ones first.
         self._activations: dict[str, Activation] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._running_turns = 0
+        self._subscribers = 0
         self._reconciler: asyncio.Task[None] | None = None
         self.activations_total = 0
         self.passivations_total = 0
@@ -125,6 +128,7 @@ class SessionHostCore:
                 active = self._activations.get(session_id)
                 if active is None or active.stale:
                     active = await self._load(deps, session_id)
+                    self._activations.pop(session_id, None)  # a stale one: to the end, fresh
                     self._activations[session_id] = active
                     self.activations_total += 1
                     metrics.record_session_activated(self.host_id)
@@ -147,13 +151,30 @@ class SessionHostCore:
             t.turn_id for t in loaded.open_turns if t.status == "queued" and not is_resumed(t)
         }
         history = history_from_messages(loaded.messages, exclude_turns=queued)
-        activation = Activation(session, session.owner_epoch, history, deps.store, loop)
+        activation = Activation(
+            session,
+            session.owner_epoch,
+            history,
+            deps.store,
+            loop,
+            on_touch=self._touched,
+            on_running=self._count_running,
+        )
         if loaded.open_turns:
             # Whatever brought the session here, its open turns run here now: the host it left
             # (fenced from this epoch on) will not finish them. The worker starts only once the
             # caller yields, after a stream has subscribed.
             activation.pump()
         return activation
+
+    def _touched(self, session_id: str) -> None:
+        # Moved to the end: passivation reads from the front, the least recently used.
+        activation = self._activations.pop(session_id, None)
+        if activation is not None:
+            self._activations[session_id] = activation
+
+    def _count_running(self, delta: int) -> None:
+        self._running_turns += delta
 
     def refresh(self, session_id: str) -> bool:
         """Events were committed for the session outside this host (a webhook attempt): its
@@ -215,6 +236,7 @@ class SessionHostCore:
         activation = await self._owned(tenant_id, session_id)
         deps = await self._ready()
         queue = activation.feed.subscribe()  # first: nothing committed from now on is missed
+        self._subscribers += 1
         if wake:
             activation.pump(until_turn, trace)  # after subscribing: no delta can pass unseen
         try:
@@ -251,7 +273,8 @@ class SessionHostCore:
                     return
         finally:
             activation.feed.unsubscribe(queue)
-            activation.last_active = time.monotonic()
+            self._subscribers -= 1
+            activation.touch()
 
     # -- passivation ------------------------------------------------------------------------
 
@@ -261,6 +284,9 @@ class SessionHostCore:
         activation = self._activations.pop(session_id, None)
         if activation is None:
             return False
+        lock = self._locks.get(session_id)
+        if lock is not None and not lock.locked():
+            del self._locks[session_id]
         await activation.stop()
         if release and not activation.stale and self._deps is not None:
             await self._deps.store.release_session(session_id, activation.epoch)
@@ -270,14 +296,19 @@ class SessionHostCore:
         return True
 
     async def passivate_idle(self, idle_s: float | None = None) -> int:
-        """Passivate sessions idle for ``idle_s`` (default: the configured idle time)."""
+        """Passivate sessions idle for ``idle_s`` (default: the configured idle time).
+
+        Reads the sessions from the least recently used and stops at the first one used within
+        ``idle_s``: the work is what went idle (and the few busy ones among them), not every
+        session the host holds."""
         limit = self._idle_passivate_s if idle_s is None else idle_s
         now = time.monotonic()
-        idle = [
-            a.session_id
-            for a in self._activations.values()
-            if a.stale or (not a.busy and a.feed.subscribers == 0 and now - a.last_active >= limit)
-        ]
+        idle: list[str] = []
+        for session_id, a in self._activations.items():
+            if now - a.last_active < limit:
+                break  # every later one was used more recently
+            if a.stale or (not a.busy and a.feed.subscribers == 0):
+                idle.append(session_id)
         for session_id in idle:
             await self.passivate(session_id)
         return len(idle)
@@ -292,13 +323,13 @@ class SessionHostCore:
                 log.exception("host %s: reconcile tick failed", self.host_id)
 
     def stats(self) -> HostStats:
-        activations = list(self._activations.values())
+        """Counts kept as sessions change: constant time, whatever the host holds."""
         return HostStats(
             host_id=self.host_id,
             owner_id=self.owner_id,
-            active_sessions=len(activations),
-            running_turns=sum(1 for a in activations if a.current_turn is not None),
-            subscribers=sum(a.feed.subscribers for a in activations),
+            active_sessions=len(self._activations),
+            running_turns=self._running_turns,
+            subscribers=self._subscribers,
             activations=self.activations_total,
             passivations=self.passivations_total,
         )

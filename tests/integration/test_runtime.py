@@ -318,6 +318,47 @@ async def test_two_hosts_claiming_one_session_only_one_can_write(
         await deps.store.close()
 
 
+async def test_a_host_keeps_sessions_by_last_use_and_counts_without_walking_them(
+    settings: Settings, fake_llm: FakeLLM, store: SqlStateStore
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="late", ttft_s=60)))
+    tenant = await store.create_tenant("lru")
+    one, two, three = [
+        (await store.create_session(tenant.tenant_id, "tester")).session_id for _ in range(3)
+    ]
+    deps = await build_runtime_deps(settings)
+    host = SessionHostCore("lru-host", lambda: asyncio.sleep(0, deps))
+    try:
+
+        async def settled() -> bool:  # its worker looked for turns (a use too) and stopped
+            return not host.busy_session_ids()
+
+        for session_id in (one, two, three, one):  # one is used again: the most recent
+            await host.notify(session_id)
+            await eventually(settled, timeout=30, message="the session's worker done")
+        assert host.active_session_ids() == [two, three, one]
+        submission = await store.submit_message(tenant.tenant_id, three, token)
+        await host.notify(three)
+        assert host.active_session_ids() == [two, one, three]
+
+        async def running() -> bool:
+            return host.stats().running_turns == 1
+
+        await eventually(running, timeout=30, message="the slow turn running")
+        assert host.stats().active_sessions == 3
+        # Everything is idle but the session whose turn runs: it stays.
+        assert await host.passivate_idle(0) == 2
+        assert host.active_session_ids() == [three]
+        assert await host.cancel(tenant.tenant_id, three, submission.turn_id)
+        assert host.stats().running_turns == 0
+        assert await host.passivate_idle(0) == 1
+        assert host.stats().active_sessions == 0
+    finally:
+        await host.stop()
+        await deps.store.close()
+
+
 async def _wait_status(store: SqlStateStore, tenant_id: str, turn_id: str) -> str:
     async def done() -> str | None:
         turn = await store.get_turn(tenant_id, turn_id)
