@@ -11,6 +11,7 @@ turn from there to its next outcome (its end, or another pause).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,9 @@ from pydantic import ValidationError
 
 from agentcluster import api
 from agentcluster import events as ev
-from agentcluster.domain import Submission
+from agentcluster.domain import Submission, TurnStatus
 from agentcluster.errors import ValidationFailed
-from agentcluster.gateway._service import Caller, GatewayService
+from agentcluster.gateway._service import WAIT_TIMEOUT_S, Caller, GatewayService
 from agentcluster.gateway._streams import release_shielded
 from agentcluster.runtime import StreamItem
 
@@ -165,20 +166,70 @@ async def wait_resumed(
 ) -> api.TurnOut:
     """The resumed turn's next outcome (completed, failed, cancelled, or awaiting approval
     again), holding one of the tenant's open-stream slots while it waits, as ``?wait=true``
-    does; at once (``awaiting_approval``) when some of its calls still wait."""
+    does; at once (``awaiting_approval``) when some of its calls still wait.
+
+    It follows the turn's events after the decisions (a host remembers a turn's latest outcome,
+    the pause, until the resumed turn replaces it: waiting on the turn could answer the pause
+    again); past WAIT_TIMEOUT_S, or when the stream ends without an outcome, the turn as the
+    store has it."""
     if not resumption.resumed:
-        return api.TurnOut(
-            session_id=resumption.session_id,
-            message_id=resumption.message_id,
-            turn_id=resumption.turn_id,
-            status="awaiting_approval",
-            awaiting_approval=[a.tool_call_id for a in resumption.still_waiting],
-        )
+        awaiting = [approval.tool_call_id for approval in resumption.still_waiting]
+        return _turn_out(resumption, "awaiting_approval", awaiting_approval=awaiting)
     lease = await service.open_stream(caller)
     try:
-        return await service.wait(caller, resumption.session_id, resumption.submission())
+        outcome = await _next_outcome(follow_resumed(service, caller, resumption))
     finally:
         await release_shielded(lease)
+    if outcome is not None:
+        return _outcome_out(resumption, outcome)
+    return await _stored_out(service, caller, resumption)
+
+
+async def _next_outcome(items: AsyncIterator[StreamItem]) -> ev.TurnOutcome | None:
+    try:
+        async with asyncio.timeout(WAIT_TIMEOUT_S):
+            async for item in items:
+                if isinstance(item, ev.TURN_OUTCOMES):
+                    return item
+    except TimeoutError:
+        return None
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
+    return None
+
+
+def _turn_out(resumption: Resumption, status: TurnStatus, **fields: Any) -> api.TurnOut:
+    return api.TurnOut(
+        session_id=resumption.session_id,
+        message_id=resumption.message_id,
+        turn_id=resumption.turn_id,
+        status=status,
+        **fields,
+    )
+
+
+def _outcome_out(resumption: Resumption, outcome: ev.TurnOutcome) -> api.TurnOut:
+    if isinstance(outcome, ev.TurnCompleted):
+        return _turn_out(resumption, "completed", content=outcome.content, usage=outcome.usage)
+    if isinstance(outcome, ev.TurnFailed):
+        return _turn_out(resumption, "failed", error=outcome.error)
+    if isinstance(outcome, ev.TurnAwaitingApproval):
+        return _turn_out(resumption, "awaiting_approval", awaiting_approval=outcome.tool_call_ids)
+    return _turn_out(resumption, "cancelled", error=outcome.reason)
+
+
+async def _stored_out(
+    service: GatewayService, caller: Caller, resumption: Resumption
+) -> api.TurnOut:
+    store = service.runtime.store
+    turn = await store.get_turn(caller.tenant(), resumption.turn_id)
+    content = None
+    if turn.answer_message_id:
+        content = (await store.get_message(caller.tenant(), turn.answer_message_id)).content
+    usage = ev.Usage.model_validate(turn.usage or {})
+    return _turn_out(resumption, turn.status, content=content, error=turn.error, usage=usage)
 
 
 def follow_resumed(

@@ -10,7 +10,9 @@ session's stored history is the context. ``multitask_strategy`` is the native AP
 ``enqueue`` (the default) queues the turn after the open ones, ``reject`` answers 409 while a
 turn is open (nothing stored), ``interrupt`` cancels the open turns and runs, ``rollback`` also
 hides their messages (from the model and from the thread's state). Stateless runs
-(``/runs/...``) open a new session.
+(``/runs/...``) open a new session. A turn whose tool calls wait for a person is an interrupted
+run (see :mod:`._langgraph_resume`): ``runs/wait`` answers the values with ``__interrupt__``,
+a stream ends with it, and a run with ``command: {"resume": ...}`` continues it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from sse_starlette.sse import ServerSentEvent
 from agentcluster import api
 from agentcluster.agent import AgentProfile
 from agentcluster.domain import Submission
+from agentcluster.gateway._approval_turns import (
+    Resumption,
+    decide,
+    follow_resumed,
+    wait_resumed,
+)
 from agentcluster.gateway._callers import ServiceDep
 from agentcluster.gateway._langgraph_errors import (
     ERROR_RESPONSES,
@@ -37,7 +45,12 @@ from agentcluster.gateway._langgraph_errors import (
     LangGraphCallerDep,
     LangGraphRoute,
 )
-from agentcluster.gateway._langgraph_messages import assistant_id, input_text, messages_of
+from agentcluster.gateway._langgraph_messages import (
+    RunStatus,
+    assistant_id,
+    input_text,
+    messages_of,
+)
 from agentcluster.gateway._langgraph_models import (
     AssistantOut,
     AssistantSearchIn,
@@ -50,6 +63,11 @@ from agentcluster.gateway._langgraph_models import (
     ThreadOut,
     ThreadSearchIn,
     ThreadStateOut,
+)
+from agentcluster.gateway._langgraph_resume import (
+    interrupts_of,
+    resume_decisions,
+    waiting_approvals,
 )
 from agentcluster.gateway._langgraph_stream import (
     EVENT_ID_PATTERN,
@@ -248,7 +266,7 @@ async def _tenant_sessions(service: GatewayService, caller: Caller) -> list[Sess
     while len(found) < SEARCH_SCAN:
         page = await service.list_sessions(caller, 200, cursor)
         tenant_id = caller.tenant()
-        found.extend(Session.of(tenant_id, s) for s in page.items if s.status == "active")
+        found.extend(Session.of(tenant_id, s) for s in page.items if s.status != "closed")
         cursor = page.next_cursor
         if cursor is None:
             break
@@ -340,11 +358,16 @@ class _Run:
 
     session: Session
     profile: AgentProfile
-    message: api.MessageIn
+    message: api.MessageIn | None
+    """None: the run resumes the thread's interrupted run (``command``)."""
     stateless: bool = False
+    resume: Any = None
+    """``command.resume``: the decisions on the thread's interrupts."""
 
 
-def _input_message(body: RunCreateIn) -> api.MessageIn:
+def _input_message(body: RunCreateIn) -> api.MessageIn | None:
+    if body.input is None:
+        return None
     try:
         content = input_text(body.input.model_dump(), api.MAX_CONTENT_CHARS)
     except ValueError as exc:  # the model's rules already hold: a second line of defence
@@ -358,6 +381,8 @@ async def _prepare(
     """Check the request and find (or, stateless, open) the run's session."""
     message = _input_message(body)
     profile = agent_of(service, body.assistant_id)
+    if thread_id is None and message is None:
+        raise LangGraphApiError(422, "command resumes a thread's run: use /threads/{id}/runs")
     if thread_id is None:
         session = await _new_thread(service, caller, profile.name, {"langgraph": "stateless"})
         return _Run(session, profile, message, stateless=True)
@@ -367,7 +392,8 @@ async def _prepare(
     if found.agent != profile.name:
         detail = f"Thread {thread_id!r} talks to assistant {found.agent!r}, not {profile.name!r}"
         raise LangGraphApiError(409, detail)
-    return _Run(found, profile, message)
+    resume = body.command.resume if body.command is not None else None
+    return _Run(found, profile, message, resume=resume)
 
 
 def _run_url(request: Request, thread_id: str, run_id: str) -> str:
@@ -472,6 +498,8 @@ async def _stream(
 ) -> Response:
     modes = body.modes()
     session_id = run.session.session_id
+    if run.message is None:
+        return await _stream_resumed(request, service, caller, run, body)
     lease = await service.open_stream(caller)  # before the commit: a 429 leaves nothing
     async with release_on_error(lease):
         history = []
@@ -493,6 +521,54 @@ async def _stream(
     return LeasedEventSource(events, lease, ping=HEARTBEAT_S, headers=headers)
 
 
+def _turn_position(history: list[dict[str, Any]], turn_id: str) -> int:
+    """How many of the turn's messages after the user's are in ``history``."""
+    return sum(1 for message in history if str(message.get("id", "")).startswith(turn_id + "-"))
+
+
+async def _still_interrupted(
+    translator: RunStream, interrupts: list[dict[str, Any]]
+) -> AsyncIterator[ServerSentEvent]:
+    """The stream of a resume that left calls waiting: the run is still interrupted."""
+    yield _sse({"run_id": translator.run_id, "attempt": 1}, "metadata")
+    values = {"messages": translator.history, "__interrupt__": interrupts}
+    for event, data in (("updates", {"__interrupt__": interrupts}), ("values", values)):
+        if event in translator.modes:
+            yield _sse(data, event)
+
+
+async def _stream_resumed(
+    request: Request, service: GatewayService, caller: Caller, run: _Run, body: RunCreateIn
+) -> Response:
+    """A resuming run, streamed: decide, then the turn's items from the decisions on."""
+    modes = body.modes()
+    session_id = run.session.session_id
+    lease = await service.open_stream(caller)
+    async with release_on_error(lease):
+        history = await _history_before(service, run.session, None)
+        resumption = await _resume(service, caller, run, run.resume)
+        items = None
+        if resumption.resumed:
+            items = await _started(follow_resumed(service, caller, resumption))
+    turn_id = resumption.turn_id
+    translator = RunStream(
+        run_id=turn_id,
+        thread_id=session_id,
+        assistant=assistant_id(run.profile.name),
+        graph_id=run.profile.name,
+        modes=modes,
+        history=history,
+        first_position=_turn_position(history, turn_id),
+    )
+    headers = _stream_headers(request, session_id, turn_id, modes)
+    if items is None:
+        interrupts = await interrupts_of(service, caller, session_id, turn_id)
+        events = _still_interrupted(translator, interrupts)
+    else:
+        events = _run_events(translator, items, _exit_action(service, caller, run, turn_id, body))
+    return LeasedEventSource(events, lease, ping=HEARTBEAT_S, headers=headers)
+
+
 async def _values(service: GatewayService, session: Session) -> dict[str, Any]:
     stored = await service.runtime.store.list_messages(session.tenant_id, session.session_id)
     return {"messages": messages_of(stored)}
@@ -501,30 +577,55 @@ async def _values(service: GatewayService, session: Session) -> dict[str, Any]:
 async def _wait(
     request: Request, service: GatewayService, caller: Caller, run: _Run, key: str | None
 ) -> Response:
-    """Send and wait for the turn's end (as ``?wait=true``); the thread's values after it, or
-    ``__error__`` for a failed turn (the SDK raises it)."""
+    """Send and wait for the turn's end (as ``?wait=true``); the thread's values after it (with
+    ``__interrupt__`` when it waits for approvals), or ``__error__`` for a failed turn (the SDK
+    raises it). A resuming run decides, then waits for the resumed turn."""
     session_id = run.session.session_id
-    turn = await service.ask(caller, session_id, run.message, key)
+    if run.message is None:
+        resumption = await _resume(service, caller, run, run.resume)
+        turn = await wait_resumed(service, caller, resumption)
+    else:
+        turn = await service.ask(caller, session_id, run.message, key)
     if turn.status == "failed":
         values: dict[str, Any] = {"__error__": {"error": "TurnFailed", "message": turn.error}}
     else:
         values = await _values(service, run.session)
+    if turn.status == "awaiting_approval":
+        values["__interrupt__"] = await interrupts_of(service, caller, session_id, turn.turn_id)
     run_url = _run_url(request, session_id, turn.turn_id)
     headers = {"Content-Location": run_url, "Location": f"{run_url}/join"}
     return JSONResponse(values, headers=headers)
 
 
 async def _create(service: GatewayService, caller: Caller, run: _Run, key: str | None) -> RunOut:
-    submission = await service.submit(caller, run.session.session_id, run.message, key)
+    """A background run: the message committed (or the interrupt decided: pending again once
+    no call waits, still interrupted while some do)."""
+    if run.message is None:
+        resumption = await _resume(service, caller, run, run.resume)
+        turn_id = resumption.turn_id
+        status: RunStatus = "pending" if resumption.resumed else "interrupted"
+    else:
+        submission = await service.submit(caller, run.session.session_id, run.message, key)
+        turn_id, status = submission.turn_id, "pending"
     now = datetime.now(UTC).isoformat()
     return RunOut(
-        run_id=submission.turn_id,
+        run_id=turn_id,
         thread_id=run.session.session_id,
         assistant_id=assistant_id(run.profile.name),
         created_at=now,
         updated_at=now,
-        status="pending",
+        status=status,
     )
+
+
+# -- resuming an interrupted run ----------------------------------------------------------------
+
+
+async def _resume(service: GatewayService, caller: Caller, run: _Run, resume: Any) -> Resumption:
+    """Decide the thread's interrupts as ``resume`` says."""
+    session_id = run.session.session_id
+    waiting = await waiting_approvals(service, caller, session_id)
+    return await decide(service, caller, session_id, resume_decisions(resume, waiting))
 
 
 @langgraph_router.post("/threads/{thread_id}/runs", response_model=RunOut)

@@ -47,6 +47,7 @@ CURRENT = "[Current message]"
 _RUN_STATUS: dict[TurnStatus, RunStatus] = {
     "queued": "pending",
     "running": "running",
+    "awaiting_approval": "interrupted",
     "completed": "success",
     "failed": "error",
     "cancelled": "interrupted",
@@ -64,10 +65,12 @@ def run_status(status: TurnStatus) -> RunStatus:
 
 
 def thread_status(last_turn: TurnStatus | None) -> ThreadStatus:
-    """A thread is busy while its latest turn is queued or running, in error after a failed
-    one, idle otherwise."""
+    """A thread is busy while its latest turn is queued or running, interrupted while it waits
+    for approvals, in error after a failed one, idle otherwise."""
     if last_turn in ("queued", "running"):
         return "busy"
+    if last_turn == "awaiting_approval":
+        return "interrupted"
     return "error" if last_turn == "failed" else "idle"
 
 

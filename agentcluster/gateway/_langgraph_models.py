@@ -1,16 +1,17 @@
 """Request and response bodies of the LangGraph-compatible API (what ``langgraph-sdk`` 0.4 sends
 and reads). Requests refuse unknown fields; fields the SDK sends that mean nothing here are
 accepted and ignored (``config``, ``context``, ``stream_subgraphs``, ``durability``, ...), those
-asking for what agentcluster does not do (interrupts, webhooks, checkpoints, delays, supersteps,
-searching by values) are declared as null (or empty) only, so any other value is a 422 (the SDK
-leaves out what its caller did not set). ``multitask_strategy`` is the native API's (enqueue,
-reject, interrupt, rollback). Integers and booleans are strict: ``true`` is no ``limit``."""
+asking for what agentcluster does not do (interrupt_before/after, webhooks, checkpoints, delays,
+supersteps, searching by values) are declared as null (or empty) only, so any other value is a
+422 (the SDK leaves out what its caller did not set). ``multitask_strategy`` is the native
+API's (enqueue, reject, interrupt, rollback). Integers and booleans are strict: ``true`` is no
+``limit``. A run's ``command`` resumes an interrupt (tool calls waiting for a person)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from agentcluster.api import MAX_CONTENT_CHARS
 from agentcluster.gateway._langgraph_messages import RunStatus, ThreadStatus
@@ -19,6 +20,7 @@ from agentcluster.gateway._langgraph_stream import StreamMode
 __all__ = [
     "AssistantOut",
     "AssistantSearchIn",
+    "CommandIn",
     "GraphSchemaOut",
     "HistoryIn",
     "InfoOut",
@@ -207,12 +209,35 @@ class RunInput(BaseModel):
     )
 
 
+class CommandIn(_In):
+    """``Command(resume=...)``: the decisions on the thread's interrupts (tool calls that wait
+    for a person). ``resume`` is one decision for the one waiting call (``"approve"``,
+    ``"reject"``, or ``{"decision" | "type": "approve" | "edit" | "reject", "arguments"?,
+    "message"?}``), a map of interrupt id (the tool call's id) to decision, or
+    ``{"decisions": [...]}`` in the order of the interrupts."""
+
+    resume: Any = Field(description="a decision, or interrupt id -> decision")
+    goto: None = Field(default=None, description=UNSUPPORTED)
+    update: None = Field(default=None, description=UNSUPPORTED)
+
+    @model_validator(mode="after")
+    def _resume_given(self) -> CommandIn:
+        if self.resume is None:
+            raise ValueError("command.resume is required: the decisions on the interrupts")
+        return self
+
+
 class RunCreateIn(_In):
-    """A run: one turn of the thread's session with the input's last message."""
+    """A run: one turn of the thread's session with the input's last message, or (``command``)
+    the thread's interrupted run resumed with decisions."""
 
     assistant_id: str = Field(min_length=1, max_length=200)
-    input: RunInput
-    command: None = Field(default=None, description=UNSUPPORTED + " (resuming an interrupt)")
+    input: RunInput | None = Field(
+        default=None, description="required, unless command resumes the interrupted run"
+    )
+    command: CommandIn | None = Field(
+        default=None, description="resume the thread's interrupted run (then no input)"
+    )
     stream_mode: StreamMode | list[StreamMode] = "values"
     stream_subgraphs: StrictBool = False
     stream_resumable: StrictBool = False
@@ -234,6 +259,12 @@ class RunCreateIn(_In):
     durability: Literal["sync", "async", "exit"] | None = None
     strict_resume: StrictBool | None = None
     langsmith_tracer: Json | None = None
+
+    @model_validator(mode="after")
+    def _input_or_command(self) -> RunCreateIn:
+        if (self.input is None) == (self.command is None):
+            raise ValueError("a run takes input, or command to resume an interrupt (not both)")
+        return self
 
     def modes(self) -> frozenset[str]:
         modes = [self.stream_mode] if isinstance(self.stream_mode, str) else self.stream_mode

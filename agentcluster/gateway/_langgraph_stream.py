@@ -16,11 +16,14 @@ event's id does not depend on the modes asked. The agent is drawn as LangGraph's
   ``_stream``/``_end`` per step, ``on_tool_start``/``on_tool_end`` per tool call.
 
 ``debug``, ``tasks``, ``checkpoints``, ``custom`` and ``tools`` are accepted and send nothing. A
-failed turn ends with an ``error`` event. Every event but the first (``metadata``) has an id
-``<seq>-<n>``: the seq of the persisted event it comes from and its index among what that event
-(and the live tokens after it) produced; a client resuming with ``Last-Event-ID`` gets the turn
-replayed from the store with everything up to that id left out (tokens are live only: a resumed
-stream carries the steps' complete messages).
+failed turn ends with an ``error`` event. A turn that pauses for approvals ends as an interrupted
+LangGraph run does: ``values`` with ``__interrupt__`` (the waiting calls as interrupts) beside
+the messages, and ``updates`` ``{"__interrupt__": [...]}``.
+
+Every event but the first (``metadata``) has an id ``<seq>-<n>``: the seq of the persisted event it
+comes from and its index among what that event (and the live tokens after it) produced; a client
+resuming with ``Last-Event-ID`` gets the turn replayed from the store with everything up to that id
+left out (tokens are live only: a resumed stream carries the steps' complete messages).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentcluster import events as ev
+from agentcluster.gateway._approval_turns import waiting_calls, waiting_payload
 from agentcluster.gateway._langgraph_messages import (
     agent_message,
     human_message,
@@ -128,6 +132,8 @@ class RunStream:
         modes: the requested stream modes.
         history: the thread's messages before this turn (for ``values``).
         resume_after: leave out what was sent up to this id (``Last-Event-ID``).
+        first_position: the turn's messages after the user's already in ``history`` (a run
+            resumed after approvals streams on from there).
     """
 
     run_id: str
@@ -137,6 +143,7 @@ class RunStream:
     modes: frozenset[str]
     history: list[dict[str, Any]] = field(default_factory=list)
     resume_after: EventId | None = None
+    first_position: int = 0
     ended: bool = False
     cut: bool = False
     _seq: int = 0
@@ -147,6 +154,10 @@ class RunStream:
     _tools: dict[str, str] = field(default_factory=dict)
     _pending_calls: int = 0
     _current: _Message = field(default_factory=_Message)
+    _asked: list[ev.Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._position = self.first_position
 
     def feed(self, item: StreamItem) -> list[SseOut]:
         """The SSE events of one stream item (sets ``ended`` at the turn's end, ``cut`` when the
@@ -215,7 +226,18 @@ class RunStream:
             return self._completed(event)
         if isinstance(event, ev.TurnFailed):
             return [("error", {"error": event.error_type, "message": event.error})]
+        if isinstance(event, ev.ToolApprovalRequested | ev.ToolApprovalDecided):
+            self._asked.append(event)
+            return []
+        if isinstance(event, ev.TurnAwaitingApproval):
+            return self._interrupted(event)
         return []
+
+    def _interrupted(self, event: ev.TurnAwaitingApproval) -> list[tuple[str, Any]]:
+        waiting = [r for r in waiting_calls(self._asked) if r.tool_call_id in event.tool_call_ids]
+        interrupts = [{"value": waiting_payload(r), "id": r.tool_call_id} for r in waiting]
+        values = {"messages": [*self.history, *self._turn], "__interrupt__": interrupts}
+        return [("updates", {"__interrupt__": interrupts}), ("values", values)]
 
     def _values(self) -> tuple[str, Any]:
         return "values", {"messages": [*self.history, *self._turn]}

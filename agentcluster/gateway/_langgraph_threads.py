@@ -1,7 +1,12 @@
 """Assistants, threads, states and runs of the LangGraph-compatible API, read through
 :class:`GatewayService` (tenant-scoped, policy-checked): an assistant is an agent, a thread a
 session (a closed session is a deleted thread), a run a turn, a thread's checkpoints the ends of
-its turns."""
+its turns.
+
+A turn whose tool calls wait for a person is an interrupted run of an ``interrupted`` thread:
+each waiting call is an interrupt (``id`` the tool call's id, ``value`` the call: tool_call_id,
+tool, arguments, reason, decisions, expires_at), listed in the thread's ``interrupts`` (under
+the run's id) and in its state's ``interrupts`` and ``tasks`` (node ``tools``)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from agentcluster import events as ev
 from agentcluster.agent import AgentProfile
 from agentcluster.domain import Message, Turn, TurnStatus
 from agentcluster.errors import NotFoundError
+from agentcluster.gateway._approval_turns import waiting_payload
 from agentcluster.gateway._langgraph_errors import LangGraphApiError
 from agentcluster.gateway._langgraph_messages import (
     assistant_id,
@@ -41,6 +47,7 @@ __all__ = [
     "ended",
     "graph_of",
     "history_of",
+    "interrupt_of",
     "run_of_turn",
     "schemas_of",
     "state_of",
@@ -174,23 +181,36 @@ async def thread_session(service: GatewayService, caller: Caller, thread_id: str
     return Session.of(caller.tenant(), session)
 
 
+def interrupt_of(request: ev.ToolApprovalRequested | api.ApprovalOut) -> dict[str, Any]:
+    """A waiting tool call as a LangGraph interrupt (resumed by its id)."""
+    return {"value": waiting_payload(request), "id": request.tool_call_id}
+
+
 @dataclass(frozen=True)
 class ThreadView:
-    """A thread as read: its session, stored messages and latest turn's status."""
+    """A thread as read: its session, stored messages and latest turn's status (and, when that
+    turn waits for approvals, its id and interrupts)."""
 
     session: Session
     messages: list[Message]
     last_turn: TurnStatus | None
+    last_turn_id: str | None = None
+    interrupts: tuple[dict[str, Any], ...] = ()
 
 
 async def thread_view(service: GatewayService, session: Session) -> ThreadView:
     store = service.runtime.store
     messages = await store.list_messages(session.tenant_id, session.session_id)
     last = next((m for m in reversed(messages) if m.role == "user" and m.turn_id), None)
-    status = None
-    if last is not None and last.turn_id is not None:
-        status = (await store.get_turn(session.tenant_id, last.turn_id)).status
-    return ThreadView(session, messages, status)
+    if last is None or last.turn_id is None:
+        return ThreadView(session, messages, None)
+    status = (await store.get_turn(session.tenant_id, last.turn_id)).status
+    interrupts: tuple[dict[str, Any], ...] = ()
+    if status == "awaiting_approval":
+        waiting = await service.runtime.approvals(session.tenant_id, session.session_id)
+        found = [api.ApprovalOut.of(a) for a in waiting if a.turn_id == last.turn_id]
+        interrupts = tuple(interrupt_of(approval) for approval in found)
+    return ThreadView(session, messages, status, last.turn_id, interrupts)
 
 
 def thread_out(view: ThreadView) -> ThreadOut:
@@ -202,6 +222,7 @@ def thread_out(view: ThreadView) -> ThreadOut:
         metadata={**session.metadata, "graph_id": session.agent},
         status=thread_status(view.last_turn),
         values={"messages": messages_of(view.messages)},
+        interrupts={view.last_turn_id: list(view.interrupts)} if view.interrupts else {},
     )
 
 
@@ -214,11 +235,19 @@ def state_of(view: ThreadView) -> ThreadStateOut:
     """The thread's state now: its messages, checkpointed at the last of them."""
     messages = messages_of(view.messages)
     created = view.messages[-1].created_at if view.messages else view.session.created_at
+    interrupts = list(view.interrupts)
+    tasks = []
+    if interrupts:
+        task = {"id": view.last_turn_id, "name": "tools", "error": None, "interrupts": interrupts}
+        tasks.append({**task, "checkpoint": None, "state": None, "result": None})
     return ThreadStateOut(
         values={"messages": messages},
+        next=["tools"] if interrupts else [],
         checkpoint=_checkpoint(view.session, messages),
         metadata={"source": "loop", "graph_id": view.session.agent},
         created_at=timestamp(created),
+        tasks=tasks,
+        interrupts=interrupts,
     )
 
 
@@ -337,6 +366,8 @@ def _record(records: dict[str, TurnRecord], event: ev.Event) -> None:
     record.updated = event.ts
     if isinstance(event, ev.TurnStarted):
         record.status = "running"
+    elif isinstance(event, ev.TurnAwaitingApproval):
+        record.status = "awaiting_approval"
     elif event.type in _OUTCOME_STATUS:
         record.status = _OUTCOME_STATUS[event.type]
 

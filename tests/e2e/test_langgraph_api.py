@@ -20,7 +20,9 @@ from langgraph_sdk.errors import (
 
 from agentcluster.gateway._langgraph_messages import assistant_id
 from agentcluster.testing.fake_llm import FakeLLM, Reply, Rule, ToolCall
-from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, script_tool_turn, tenant_policy
+
+ASK_CALCULATOR = {"approvals": [{"tools": ["calculator"], "reason": "a person checks sums"}]}
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -277,4 +279,94 @@ async def test_the_tenants_rate_limit_is_the_sdks_rate_limit_error(
         for _ in range(30):  # the other replica applies the new limit within its refresh
             await client.assistants.search()
     assert int(limited.value.response.headers["retry-after"]) >= 1
+    await client.aclose()
+
+
+async def test_an_interrupted_run_is_shown_as_langgraph_shows_it_and_resumed_by_command(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "langgraph-approve")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"approved 42 {token}")
+    client = _async(gateway_url, key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        thread_id = (await client.threads.create(graph_id="tester"))["thread_id"]
+        paused = await client.runs.wait(thread_id, "tester", input=_human(f"compute {token}"))
+        assert isinstance(paused, dict)
+        [interrupt] = paused["__interrupt__"]
+        asked = interrupt["value"]
+        assert (asked["tool"], asked["arguments"]) == ("calculator", {"expression": "6*7"})
+        assert (
+            asked["reason"] == "a person checks sums" and interrupt["id"] == asked["tool_call_id"]
+        )
+        assert [m["type"] for m in paused["messages"]] == ["human", "ai"]
+
+        thread = await client.threads.get(thread_id)
+        [run] = await client.runs.list(thread_id)
+        assert thread["status"] == "interrupted" and run["status"] == "interrupted"
+        assert thread["interrupts"] == {run["run_id"]: [interrupt]}
+        state = await client.threads.get_state(thread_id)
+        assert state["interrupts"] == [interrupt] and state["next"] == ["tools"]
+        assert state["tasks"][0]["interrupts"] == [interrupt]
+        assert [t["thread_id"] for t in await client.threads.search(status="interrupted")] == [
+            thread_id
+        ]
+
+        resumed = await client.runs.wait(
+            thread_id, "tester", command={"resume": {interrupt["id"]: "approve"}}
+        )
+        assert isinstance(resumed, dict) and "__interrupt__" not in resumed
+        assert [m["type"] for m in resumed["messages"]] == ["human", "ai", "tool", "ai"]
+        assert resumed["messages"][-1]["content"] == f"approved 42 {token}"
+        assert "42" in str(resumed["messages"][2]["content"])
+        thread = await client.threads.get(thread_id)
+        assert thread["status"] == "idle" and thread["interrupts"] == {}
+        assert [r["status"] for r in await client.runs.list(thread_id)] == ["success"]
+        with pytest.raises(ConflictError):  # nothing waits any more
+            await client.runs.create(thread_id, "tester", command={"resume": "approve"})
+    await client.aclose()
+
+
+async def test_a_streamed_run_ends_with_its_interrupt_and_a_streamed_resume_rejects(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "langgraph-reject")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"no sum {token}")
+    client = _async(gateway_url, key)
+    modes: list[Any] = ["values", "updates"]
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        thread_id = (await client.threads.create(graph_id="tester"))["thread_id"]
+        parts = [
+            part
+            async for part in client.runs.stream(
+                thread_id, "tester", input=_human(f"compute {token}"), stream_mode=modes
+            )
+        ]
+        updates = [p.data for p in parts if p.event == "updates"]
+        values = [p.data for p in parts if p.event == "values"]
+        [interrupt] = updates[-1]["__interrupt__"]
+        assert values[-1]["__interrupt__"] == [interrupt]
+        assert interrupt["value"]["tool"] == "calculator"
+
+        resume = {"resume": {"type": "reject", "message": "not today"}}
+        parts = [
+            part
+            async for part in client.runs.stream(
+                thread_id, "tester", command=resume, stream_mode=modes
+            )
+        ]
+    assert parts[0].event == "metadata"
+    final = [p.data for p in parts if p.event == "values"][-1]
+    assert "__interrupt__" not in final
+    assert [m["type"] for m in final["messages"]] == ["human", "ai", "tool", "ai"]
+    assert "rejected by a person: not today" in str(final["messages"][2]["content"])
+    assert final["messages"][-1]["content"] == f"no sum {token}"
+    ids = [m["id"] for m in final["messages"]]
+    assert len(set(ids)) == len(ids)
+    # The thread's state says the same as the stream.
+    state = await client.threads.get_state(thread_id)
+    assert [m["id"] for m in state["values"]["messages"]] == ids
     await client.aclose()
