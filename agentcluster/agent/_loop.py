@@ -136,6 +136,12 @@ class TurnJournal(Protocol):
 
     async def turn_completed(self, turn_id: str, content: str, usage: Usage) -> None: ...
 
+    async def turn_answered(self, turn_id: str, step: int, result: LlmResult, usage: Usage) -> None:
+        """The step's answer ends the turn (no tool calls): ``llm_completed`` then
+        ``turn_completed``, which a journal may record as one commit."""
+        await self.llm_completed(turn_id, step, result)
+        await self.turn_completed(turn_id, result.content or "", usage)
+
     async def turn_failed(
         self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage
     ) -> None: ...
@@ -337,11 +343,13 @@ class AgentLoop:
             result = await self._llm_step(context, history, journal, step)
             tally.usage = add_usage(tally.usage, result.usage)
             if not result.tool_calls:
+                # The step and the turn's end in one commit.
+                await journal.turn_answered(context.turn_id, step, result, tally.usage)
                 content = result.content or ""
-                await journal.turn_completed(context.turn_id, content, tally.usage)
                 return TurnResult(
                     status="completed", content=content, usage=tally.usage, steps=step
                 )
+            await journal.llm_completed(context.turn_id, step, result)
             waiting = [
                 call.id
                 for call in result.tool_calls
@@ -384,7 +392,6 @@ class AgentLoop:
                 role="assistant", content=result.content, tool_calls=result.tool_calls or None
             )
         )
-        await journal.llm_completed(context.turn_id, step, result)
         return result
 
     async def _tool_call(

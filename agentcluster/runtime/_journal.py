@@ -235,6 +235,34 @@ class StoreJournal(TurnJournal):
 
         await self._write(change)
 
+    async def turn_answered(self, turn_id: str, step: int, result: LlmResult, usage: Usage) -> None:
+        """The answer, its ``llm.completed``, the turn's end and ``turn.completed`` in one
+        transaction (a one-step turn commits twice: started, answered)."""
+        content = result.content or ""
+
+        async def change(writer: JournalWriter) -> None:
+            answer = await writer.add_message("assistant", content, turn_id=turn_id)
+            await writer.emit(
+                ev.LlmCompleted(
+                    **self._ids(),
+                    turn_id=turn_id,
+                    step=step,
+                    model=result.model,
+                    content=result.content,
+                    usage=result.usage,
+                    latency_ms=result.latency_ms,
+                )
+            )
+            webhook = await writer.finish_turn(
+                turn_id, "completed", usage=usage.model_dump(), answer_message_id=answer
+            )
+            completed = ev.TurnCompleted(
+                **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
+            )
+            await _emit_outcome(writer, completed, webhook)
+
+        await self._write(change)
+
     async def turn_failed(
         self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage
     ) -> None:
