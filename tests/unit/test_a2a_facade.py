@@ -44,6 +44,7 @@ from agentcluster.gateway._a2a_handler import (
 )
 from agentcluster.gateway._a2a_tasks import (
     TaskStream,
+    approval_decisions,
     message_text,
     task_of,
     views_of_session,
@@ -258,3 +259,77 @@ def test_the_openapi_document_has_the_cards_and_the_jsonrpc_endpoint() -> None:
 
 def test_task_type_is_the_sdks() -> None:
     assert isinstance(task_of(views_of_session(_session_events())[0]), Task)
+
+
+def _paused_events() -> list[ev.Event]:
+    """A turn whose two calculator calls wait for a person; the first is then decided."""
+    asked = {"turn_id": "u1", "tool": "calc", "reason": "sums", "expires_at": T0}
+    return [
+        ev.MessageReceived(**_at(1), message_id="m1", turn_id="u1", content="sum twice"),
+        ev.TurnStarted(**_at(2), turn_id="u1"),
+        ev.ToolApprovalRequested(**_at(3), **asked, tool_call_id="c1", arguments={"x": "1+1"}),
+        ev.ToolApprovalRequested(**_at(4), **asked, tool_call_id="c2", arguments={"x": "2+2"}),
+        ev.TurnAwaitingApproval(**_at(5), turn_id="u1", tool_call_ids=["c1", "c2"]),
+    ]
+
+
+def _listed(message: Message) -> list[dict[str, Any]]:
+    [data] = [_data(part) for part in message.parts if part.WhichOneof("content") == "data"]
+    return list(data["approvals"])
+
+
+def test_a_paused_turn_is_an_input_required_task_listing_what_still_waits() -> None:
+    events = _paused_events()
+    [view] = views_of_session(events)
+    task = task_of(view)
+    assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert task.status.message.metadata["kind"] == "approval_request"
+    waiting = _listed(task.status.message)
+    assert [(w["tool_call_id"], w["arguments"]) for w in waiting] == [
+        ("c1", {"x": "1+1"}),
+        ("c2", {"x": "2+2"}),
+    ]
+    assert waiting[0]["decisions"] == ["approve", "edit", "reject"]
+    assert waiting[0]["expires_at"] == T0.isoformat() and waiting[0]["reason"] == "sums"
+    decided = ev.ToolApprovalDecided(
+        **_at(6), turn_id="u1", tool_call_id="c1", tool="calc", decision="approve", decided_by="k"
+    )
+    [view] = views_of_session([*events, decided])
+    assert [w["tool_call_id"] for w in _listed(task_of(view).status.message)] == ["c2"]
+
+    stream = TaskStream("u1", "s1")
+    updates = [event for item in events[1:] for event in stream.events(item)]
+    final = updates[-1]
+    assert isinstance(final, TaskStatusUpdateEvent)
+    assert final.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert [w["tool_call_id"] for w in _listed(final.status.message)] == ["c1", "c2"]
+
+
+def _answer(*parts: Part) -> Message:
+    return Message(message_id="a", role=Role.ROLE_USER, parts=list(parts), task_id="u1")
+
+
+def test_an_answer_to_an_input_required_task_is_read_as_its_decisions() -> None:
+    waiting = [e for e in _paused_events() if isinstance(e, ev.ToolApprovalRequested)]
+    data = {
+        "approvals": [
+            {"tool_call_id": "c1", "decision": "approve"},
+            {"tool_call_id": "c2", "decision": "edit", "arguments": {"x": "3+3"}},
+        ]
+    }
+    decided = approval_decisions(_answer(Part(data=ParseDict(data, Value()))), waiting)
+    assert [(call, d.decision, d.arguments) for call, d in decided] == [
+        ("c1", "approve", None),
+        ("c2", "edit", {"x": "3+3"}),
+    ]
+    with pytest.raises(InvalidParamsError, match="2 calls wait"):  # a bare word: which one?
+        approval_decisions(_answer(Part(text="approve")), waiting)
+    [(call, rejected)] = approval_decisions(_answer(Part(text="Reject: too risky")), waiting[:1])
+    assert (call, rejected.decision, rejected.message) == ("c1", "reject", "too risky")
+    with pytest.raises(ValidationFailed):  # not a decision
+        approval_decisions(_answer(Part(text="perhaps")), waiting[:1])
+    edit_without_arguments = {"approvals": [{"tool_call_id": "c1", "decision": "edit"}]}
+    with pytest.raises(ValidationFailed, match="arguments"):
+        approval_decisions(_answer(Part(data=ParseDict(edit_without_arguments, Value()))), waiting)
+    with pytest.raises(InvalidParamsError):
+        approval_decisions(_answer(Part(data=ParseDict({"yes": 1}, Value()))), waiting)

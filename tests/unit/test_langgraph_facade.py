@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.exceptions import RequestValidationError
 
+from agentcluster import api
 from agentcluster import events as ev
 from agentcluster.domain import Message
 from agentcluster.errors import DependencyUnavailable, NotFoundError, RateLimited, ValidationFailed
@@ -31,6 +32,7 @@ from agentcluster.gateway._langgraph_models import (
     ThreadCreateIn,
     ThreadSearchIn,
 )
+from agentcluster.gateway._langgraph_resume import resume_decisions
 from agentcluster.gateway._langgraph_stream import EventId, RunStream, SseOut, parse_event_id
 from agentcluster.runtime import Delta, Overflow, StreamItem
 
@@ -302,6 +304,7 @@ def test_thread_status_follows_the_latest_turn() -> None:
     assert thread_status(None) == "idle" and thread_status("completed") == "idle"
     assert thread_status("queued") == thread_status("running") == "busy"
     assert thread_status("failed") == "error"
+    assert thread_status("awaiting_approval") == "interrupted"
 
 
 def test_run_requests_refuse_what_this_server_cannot_do() -> None:
@@ -374,3 +377,103 @@ def test_errors_are_detail_objects_with_the_statuses_the_sdk_types() -> None:
     )
     assert _error(missing)[1] == {"detail": "assistant_id: Field required"}
     assert _error(RuntimeError("boom"))[:2] == (500, {"detail": "internal error"})
+
+
+def _waiting(*tool_call_ids: str) -> list[api.ApprovalOut]:
+    return [
+        api.ApprovalOut(
+            tool_call_id=call,
+            session_id=S,
+            turn_id=RUN,
+            tool="calculator",
+            arguments={"expression": "6*7"},
+            reason="sums",
+            status="pending",
+            decisions=["approve", "edit", "reject"],
+            created_at=NOW,
+        )
+        for call in tool_call_ids
+    ]
+
+
+def test_a_paused_turn_streams_its_interrupts_and_a_resumed_one_goes_on_numbering() -> None:
+    asked = {"turn_id": RUN, "tool": "calculator", "arguments": {"expression": "6*7"}}
+    items: list[StreamItem] = [
+        ev.MessageReceived(**_ids(), seq=10, message_id=USER_MSG, turn_id=RUN, content="6*7?"),
+        ev.TurnStarted(**_ids(), seq=11, turn_id=RUN),
+        ev.LlmCompleted(
+            **_ids(), seq=12, turn_id=RUN, step=1, model="m", content=None, tool_calls=[CALL]
+        ),
+        ev.ToolRequested(**_ids(), seq=13, tool_call_id="call-1", **asked),
+        ev.ToolApprovalRequested(**_ids(), seq=14, tool_call_id="call-1", reason="sums", **asked),
+        ev.TurnAwaitingApproval(**_ids(), seq=15, turn_id=RUN, tool_call_ids=["call-1"]),
+    ]
+    stream = RunStream(RUN, S, "a", "tester", frozenset({"values", "updates"}))
+    out = [sse for item in items for sse in stream.feed(item)]
+    assert stream.ended
+    update, values = out[-2:]
+    [interrupt] = update.data["__interrupt__"]
+    assert interrupt["id"] == "call-1" and interrupt["value"]["tool"] == "calculator"
+    assert interrupt["value"]["decisions"] == ["approve", "edit", "reject"]
+    assert values.event == "values" and values.data["__interrupt__"] == [interrupt]
+    assert [m["type"] for m in values.data["messages"]] == ["human", "ai"]
+
+    history = values.data["messages"]
+    resumed = RunStream(
+        RUN, S, "a", "tester", frozenset({"values"}), history=history, first_position=1
+    )
+    after = [
+        ev.TurnStarted(**_ids(), seq=17, turn_id=RUN, resumed=True),
+        ev.ToolCompleted(
+            **_ids(),
+            seq=18,
+            turn_id=RUN,
+            tool_call_id="call-1",
+            tool="calculator",
+            ok=True,
+            result=42,
+        ),
+        ev.LlmCompleted(**_ids(), seq=19, turn_id=RUN, step=2, model="m", content="42"),
+        ev.TurnCompleted(**_ids(), seq=20, turn_id=RUN, message_id="a", content="42"),
+    ]
+    final = [sse for item in after for sse in resumed.feed(item)][-1].data["messages"]
+    assert [m["type"] for m in final] == ["human", "ai", "tool", "ai"]
+    assert [m["id"] for m in final[1:]] == [f"{RUN}-1", f"{RUN}-2", f"{RUN}-3"]
+
+
+def test_a_resume_is_one_decision_a_map_of_interrupt_ids_or_the_decisions_in_order() -> None:
+    one, two = _waiting("c1"), _waiting("c1", "c2")
+    [(call, decision)] = resume_decisions("approve", one)
+    assert (call, decision.decision) == ("c1", "approve")
+    [(_, edited)] = resume_decisions({"type": "edit", "arguments": {"expression": "1"}}, one)
+    assert (edited.decision, edited.arguments) == ("edit", {"expression": "1"})
+    mapped = resume_decisions({"c2": {"decision": "reject", "message": "no"}, "c1": "yes"}, two)
+    assert [(c, d.decision, d.message) for c, d in mapped] == [
+        ("c2", "reject", "no"),
+        ("c1", "approve", None),
+    ]
+    ordered = resume_decisions({"decisions": [{"type": "approve"}, {"type": "reject"}]}, two)
+    assert [(c, d.decision) for c, d in ordered] == [("c1", "approve"), ("c2", "reject")]
+    with pytest.raises(LangGraphApiError) as several:  # one decision, two interrupts
+        resume_decisions("approve", two)
+    assert several.value.status == 422
+    with pytest.raises(LangGraphApiError) as nothing:
+        resume_decisions("approve", [])
+    assert nothing.value.status == 409
+    with pytest.raises(ValidationFailed):
+        resume_decisions({"type": "edit"}, one)  # edit needs the arguments
+    with pytest.raises(LangGraphApiError):
+        resume_decisions(42, one)
+
+
+def test_a_run_takes_input_or_a_command_to_resume() -> None:
+    resume = RunCreateIn.model_validate({"assistant_id": "t", "command": {"resume": "approve"}})
+    assert resume.input is None and resume.command is not None
+    for body in (
+        {"command": {"resume": None}},
+        {"command": {"resume": "approve", "goto": "tools"}},
+        {"command": {"resume": "approve", "update": {"x": 1}}},
+        {"command": {"resume": "approve"}, "input": {"messages": ["hi"]}},
+    ):
+        with pytest.raises(ValueError):
+            RunCreateIn.model_validate({"assistant_id": "t", **body})

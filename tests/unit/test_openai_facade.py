@@ -8,12 +8,20 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
+from agentcluster import events as ev
 from agentcluster.config import Settings, load_settings
 from agentcluster.errors import DependencyUnavailable, NotFoundError, RateLimited, ValidationFailed
 from agentcluster.gateway import ProblemError, create_app
-from agentcluster.gateway._openai import CURRENT, EARLIER, _chat_input, _response_input
+from agentcluster.gateway._openai import (
+    CURRENT,
+    EARLIER,
+    _approval_inputs,
+    _chat_input,
+    _response_input,
+)
 from agentcluster.gateway._openai_errors import OpenAIApiError, openai_error
 from agentcluster.gateway._openai_models import ChatCompletionIn, ResponseCreateIn
+from agentcluster.gateway._openai_responses import _output_items
 from agentcluster.runtime import Runtime
 
 
@@ -103,3 +111,52 @@ def test_the_openapi_document_describes_the_routes_and_their_openai_errors() -> 
     assert {"X-Session-Id", "Idempotency-Key"} <= headers
     # The rest of the API keeps problem+json.
     assert "422" in paths["/v1/sessions"]["post"]["responses"]
+
+
+def _approval(approve: bool) -> dict[str, Any]:
+    return {"type": "mcp_approval_response", "approval_request_id": "c1", "approve": approve}
+
+
+def test_approval_responses_come_alone_and_answer_a_previous_response() -> None:
+    body = ResponseCreateIn.model_validate(
+        {"model": "tester", "previous_response_id": "resp_t", "input": [_approval(False)]}
+    )
+    [item] = _approval_inputs(body)
+    assert (item.approval_request_id, item.approve) == ("c1", False)
+    message = {"role": "user", "content": "and this"}
+    for fields in (
+        {"input": [_approval(True)]},  # which response?
+        {"previous_response_id": "resp_t", "input": [_approval(True), message]},
+    ):
+        mixed = ResponseCreateIn.model_validate({"model": "tester", **fields})
+        try:
+            _approval_inputs(mixed)
+        except OpenAIApiError as exc:
+            assert exc.status == 400
+        else:
+            raise AssertionError(f"accepted {fields}")
+    plain = ResponseCreateIn.model_validate({"model": "tester", "input": [message]})
+    assert _approval_inputs(plain) == [] and _response_input(plain) == "and this"
+
+
+def test_a_paused_turns_output_asks_for_what_still_waits() -> None:
+    ids = {"tenant_id": "t", "session_id": "s", "turn_id": "u"}
+    call = {"tool": "calculator", "arguments": {"expression": "6*7"}}
+    events: list[ev.Event] = [
+        ev.ToolRequested(**ids, seq=1, tool_call_id="c1", **call),
+        ev.ToolApprovalRequested(**ids, seq=2, tool_call_id="c1", **call),
+        ev.TurnAwaitingApproval(**ids, seq=3, tool_call_ids=["c1"]),
+    ]
+    function_call, request = _output_items(events)
+    assert function_call.type == "function_call"
+    assert request.model_dump() == {
+        "type": "mcp_approval_request",
+        "id": "c1",
+        "name": "calculator",
+        "arguments": '{"expression": "6*7"}',
+        "server_label": "agentcluster",
+    }
+    decided = ev.ToolApprovalDecided(
+        **ids, seq=4, tool_call_id="c1", tool="calculator", decision="approve", decided_by="k"
+    )
+    assert [item.type for item in _output_items([*events, decided])] == ["function_call"]
