@@ -5,10 +5,10 @@ with ``?wait=true``), run by uvicorn with one worker. It does the work a one-ste
 cluster must do, and nothing of the distribution around it:
 
 * the real store (:func:`agentcluster.bootstrap.open_state_store`, PostgreSQL, its own database);
-* ``submit_message`` (user message, queued turn, ``message.received``), then three fenced writer
+* ``submit_message`` (user message, queued turn, ``message.received``), then two fenced writer
   transactions exactly as :class:`agentcluster.runtime._journal.StoreJournal` writes a one-step
-  turn: ``start_turn`` + ``turn.started``; the assistant message + ``llm.completed``;
-  ``finish_turn`` + ``turn.completed``;
+  turn: ``start_turn`` + ``turn.started``; then ``turn_answered``, the assistant message +
+  ``llm.completed`` + ``finish_turn`` + ``turn.completed`` in one transaction;
 * the LLM call through :class:`~agentcluster.llm.LiteLLMClient` (streaming, same settings), with
   the agent profile's system prompt, the session's history kept in memory and trimmed to the
   profile's context window, as the agent loop does.
@@ -61,7 +61,8 @@ async def _no_delta(_text: str) -> None:
 
 
 async def run_turn(state: BaselineState, session_id: str, content: str) -> api.TurnOut:
-    """One one-step turn: commit the message, call the LLM, record it as the journal does."""
+    """One one-step turn: commit the message, call the LLM, record it as the journal does (two
+    commits after the message: started, answered)."""
     submission = await state.store.submit_message(state.tenant_id, session_id, content)
     turn_id = submission.turn_id
     await _turn_started(state, session_id, turn_id)
@@ -69,8 +70,7 @@ async def run_turn(state: BaselineState, session_id: str, content: str) -> api.T
     history.append(ChatMessage(role="user", content=content))
     result = await _complete(state, history)
     history.append(ChatMessage(role="assistant", content=result.content))
-    answer_id = await _llm_completed(state, session_id, turn_id, result)
-    await _turn_completed(state, session_id, turn_id, answer_id, result)
+    await _turn_answered(state, session_id, turn_id, result)
     return api.TurnOut(
         session_id=session_id,
         message_id=submission.message_id,
@@ -93,9 +93,11 @@ async def _turn_started(state: BaselineState, session_id: str, turn_id: str) -> 
         )
 
 
-async def _llm_completed(
+async def _turn_answered(
     state: BaselineState, session_id: str, turn_id: str, result: LlmResult
-) -> str:
+) -> None:
+    """The step's answer ends the turn: answer, ``llm.completed``, the turn's end and
+    ``turn.completed`` in one transaction, as ``StoreJournal.turn_answered``."""
     async with state.store.writer(session_id, tenant_id=state.tenant_id) as writer:
         answer_id = await writer.add_message("assistant", result.content or "", turn_id=turn_id)
         await writer.emit(
@@ -105,18 +107,10 @@ async def _llm_completed(
                 step=1,
                 model=result.model,
                 content=result.content,
-                tool_calls=[],
                 usage=result.usage,
                 latency_ms=result.latency_ms,
             )
         )
-    return answer_id
-
-
-async def _turn_completed(
-    state: BaselineState, session_id: str, turn_id: str, answer_id: str, result: LlmResult
-) -> None:
-    async with state.store.writer(session_id, tenant_id=state.tenant_id) as writer:
         await writer.finish_turn(
             turn_id, "completed", usage=result.usage.model_dump(), answer_message_id=answer_id
         )
