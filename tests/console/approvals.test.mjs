@@ -9,6 +9,7 @@
 //   EDIT_PROMPT / EDIT_ANSWER / EDIT_SHOWN  a turn whose call (hostile arguments with markup,
 //                                           EDIT_SHOWN is their text) is edited to 6*8
 //   REJECT_PROMPT / REJECT_ANSWER           a turn whose call is rejected with a message
+//   CANCEL_PROMPT                           a turn whose waiting call is left, the turn cancelled
 //   SCREENSHOT_DIR                          optional: a PNG after each scenario
 
 import assert from "node:assert/strict";
@@ -36,6 +37,7 @@ const env = Object.fromEntries(
     "EDIT_SHOWN",
     "REJECT_PROMPT",
     "REJECT_ANSWER",
+    "CANCEL_PROMPT",
   ].map((name) => [name, need(name)]),
 );
 const CONSOLE = new URL(env.CONSOLE_URL);
@@ -171,6 +173,19 @@ describe("approvals in the web console", { concurrency: false }, () => {
     await page.locator("li.msg.assistant.final", { hasText: env.REJECT_ANSWER }).waitFor();
     assert.equal(await page.locator('[data-decision="reject"]').count(), 1);
     assert.equal(await page.getByRole("region", { name: "Waiting for your approval" }).isVisible(), false);
+  });
+
+  test("cancels a turn while its call waits", async () => {
+    await send(env.CANCEL_PROMPT);
+    const { panel } = await pending();
+    await page.locator('[data-testid="session-status"][data-status="awaiting_approval"]').waitFor();
+    await page.getByRole("button", { name: "Cancel turn" }).click();
+    await page.locator("li.note", { hasText: "turn cancelled" }).waitFor();
+    await panel.waitFor({ state: "hidden" });
+    await page.locator('[data-testid="session-status"][data-status="active"]').waitFor();
+    assert.equal(await page.getByRole("button", { name: "Cancel turn" }).isVisible(), false);
+    const left = await api("GET", `v1/sessions/${encodeURIComponent(shared.sessionId)}/approvals`);
+    assert.deepEqual(left.body.items, []);
   });
 
   test("raised no uncaught errors in the page", () => {

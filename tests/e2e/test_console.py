@@ -186,7 +186,8 @@ async def test_console_approvals(
     tmp_path: Path,
 ) -> None:
     """The session view shows a call the tenant's policy sends to a person; approving, editing
-    and rejecting it in the browser resumes each turn to its answer (approvals.test.mjs)."""
+    and rejecting it in the browser resumes each turn to its answer, and a waiting turn can be
+    cancelled (approvals.test.mjs)."""
     tenant_id, tenant_key = await new_tenant(http, "ui-approvals")
     token = uuid.uuid4().hex[:10]
     reason = "a <b>person</b> checks every calculation"
@@ -208,6 +209,8 @@ async def test_console_approvals(
     for name, (prompt, arguments, answer) in prompts.items():
         script_approval_turn(fake_llm, prompt, arguments, answer)
         env |= {f"{name}_PROMPT": prompt, f"{name}_ANSWER": answer}
+    env["CANCEL_PROMPT"] = f"cancel {token}-c"
+    script_approval_turn(fake_llm, env["CANCEL_PROMPT"], {"expression": "1"}, "never answered")
 
     policy = {"approvals": [{"tools": ["calculator"], "reason": reason}]}
     async with tenant_policy(tenant_id, policy):

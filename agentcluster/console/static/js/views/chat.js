@@ -41,6 +41,7 @@ class ChatView {
     this.blobUrls = [];
     this.resumeAfter = 0; // the event stream's last seq (it is complete and in order)
     this.running = null;
+    this.paused = null; // a turn waiting for approvals (it can still be cancelled)
     this.closed = false;
     this.build();
   }
@@ -189,7 +190,8 @@ class ChatView {
 
   async cancelTurn() {
     try {
-      const turnId = this.running && this.running !== "sending" ? this.running : undefined;
+      const running = this.running && this.running !== "sending" ? this.running : null;
+      const turnId = running || this.paused || undefined;
       const out = await this.ctx.api.json("POST", `${this.path}/cancel`, { body: { turn_id: turnId } });
       if (!out.cancelled) this.ctx.toast("Nothing to cancel.");
     } catch (error) {
@@ -199,6 +201,7 @@ class ChatView {
 
   turnStarted(turnId) {
     this.running = turnId;
+    if (this.paused === turnId) this.paused = null;
     this.send.disabled = true;
     this.cancel.hidden = false;
   }
@@ -206,7 +209,15 @@ class ChatView {
   turnEnded() {
     this.running = null;
     this.send.disabled = this.closed;
-    this.cancel.hidden = true;
+    this.cancel.hidden = !this.paused;
+  }
+
+  /** A turn's outcome: it is neither running nor paused any more. */
+  turnOver(turnId) {
+    // A turn cancelled (or failed) while paused leaves its calls cancelled: no approval event.
+    if (this.paused === turnId || !this.approvals.root.hidden) this.approvals.refresh();
+    if (this.paused === turnId) this.paused = null;
+    if (this.running === turnId || !this.running) this.turnEnded();
   }
 
   // -- rendering ------------------------------------------------------------------------
@@ -390,7 +401,8 @@ const HANDLERS = {
     this.note("waiting for approval", "quiet", e.seq);
     this.setStatus("awaiting_approval");
     for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
-    if (this.running === e.turn_id) this.turnEnded();
+    this.paused = e.turn_id;
+    if (this.running === e.turn_id || !this.running) this.turnEnded();
     this.approvals.refresh();
   },
   "tool.completed"(e) {
@@ -416,19 +428,19 @@ const HANDLERS = {
     item.classList.add("final");
     const u = e.usage || {};
     if (u.total_tokens) item.append(h("div", { class: "usage muted small" }, `${u.total_tokens} tokens`));
-    if (this.running === e.turn_id) this.turnEnded();
+    this.turnOver(e.turn_id);
     this.setStatus("active");
   },
   "turn.failed"(e) {
     this.note(`turn failed (${e.error_type}): ${e.error}`, "error", e.seq);
     for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
-    if (this.running === e.turn_id) this.turnEnded();
+    this.turnOver(e.turn_id);
     this.setStatus("active");
   },
   "turn.cancelled"(e) {
     this.note(`turn cancelled${e.reason ? `: ${e.reason}` : ""}`, "quiet", e.seq);
     for (const item of this.turn(e.turn_id).steps.values()) item.classList.remove("streaming");
-    if (this.running === e.turn_id) this.turnEnded();
+    this.turnOver(e.turn_id);
     this.setStatus("active");
   },
 };
