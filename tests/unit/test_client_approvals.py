@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
 from agentcluster import events as ev
-from agentcluster.api import ApprovalOut
-from agentcluster.client import Conflict, InvalidRequest
+from agentcluster.api import ApprovalDecisionIn, ApprovalList, ApprovalOut
+from agentcluster.client import Conflict, HandleClient, InvalidRequest
 from tests.unit.test_client import (
+    KEY,
     NOW,
     SID,
     Api,
@@ -252,3 +255,96 @@ async def test_follow_turn_stops_at_the_next_pause(api: Api, gateway: FakeGatewa
     items = await api.collect("follow_turn", SID, "t1", after=7)
 
     assert [i.seq for i in items] == [8, 9]
+
+
+# --- the handle client ------------------------------------------------------------------------
+
+
+class FakeStream:
+    """What ``handle.options(stream=True).events.remote(...)`` returns: an async iterator of
+    items with ``cancel()`` (the replica's call cancelled when the caller stops early)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    """The gateway deployment's handle as the client uses it: records each remote call."""
+
+    def __init__(self, stream: FakeStream) -> None:
+        self.stream = stream
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def options(self, *, stream: bool) -> FakeHandle:
+        return self
+
+    def __getattr__(self, method: str) -> Any:
+        handle = self
+
+        class Method:
+            @staticmethod
+            def remote(*args: Any) -> Any:
+                handle.calls.append((method, args))
+                if method == "events":
+                    return handle.stream
+                return _answer(method, args)
+
+        return Method()
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+def _answer(method: str, args: tuple[Any, ...]) -> Any:
+    if method == "approvals":
+        return _value(ApprovalList(items=[ApprovalOut.model_validate(approval_body(CALL))]))
+    body = args[-1]
+    status = _DECIDED[body.decision]
+    return _value(ApprovalOut.model_validate(approval_body(args[2], status)))
+
+
+async def test_handle_follow_turn_keeps_its_turn_and_stops_at_its_end() -> None:
+    other = ev.TurnStarted(tenant_id="tn", session_id=SID, seq=6, turn_id="t2")
+    resumed = ev.TurnStarted(tenant_id="tn", session_id=SID, seq=7, turn_id="t1", resumed=True)
+    stream = FakeStream([other, resumed, paused(8, "call_2"), completed(9)])
+    handle = FakeHandle(stream)
+    client = HandleClient(handle, KEY)
+
+    items = [i async for i in client.follow_turn(SID, "t1", after=5)]
+
+    assert [i.seq for i in items] == [7, 8]  # t2's event skipped; stopped at the next pause
+    assert handle.calls == [("events", (KEY, SID, 5))]
+    assert stream.cancelled  # the replica's stream is not left open
+
+
+async def test_handle_decisions_carry_the_api_models() -> None:
+    handle = FakeHandle(FakeStream([]))
+    client = HandleClient(handle, KEY)
+
+    assert [a.tool_call_id for a in await client.approvals(SID, all=True)] == [CALL]
+    edited = await client.edit(SID, CALL, {"expression": "6*8"}, message="rounded")
+    rejected = await client.reject(SID, CALL, "no")
+
+    assert (edited.status, rejected.status) == ("edited", "rejected")
+    assert handle.calls[0] == ("approvals", (KEY, SID, True))
+    method, (key, session_id, call_id, body) = handle.calls[1]
+    assert (method, key, session_id, call_id) == ("decide_approval", KEY, SID, CALL)
+    assert body == ApprovalDecisionIn(
+        decision="edit", arguments={"expression": "6*8"}, message="rounded"
+    )
+    assert handle.calls[2][1][3] == ApprovalDecisionIn(decision="reject", message="no")
+    with pytest.raises(PydanticValidationError):  # refused before any call
+        await client.decide(SID, CALL, "edit")
+    assert len(handle.calls) == 3
