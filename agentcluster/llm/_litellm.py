@@ -77,6 +77,9 @@ from agentcluster.llm._types import (  # noqa: E402
 __all__ = ["RETRY_AFTER_CAP_S", "BreakerRegistry", "LiteLLMClient", "Sleep", "wire_tool_name"]
 
 litellm.suppress_debug_info = True
+# LiteLLM's own success logging hands every streamed chunk to a thread pool and prices each call
+# again; nothing here reads it (usage, cost, metrics and traces are ours): off.
+litellm.disable_streaming_logging = True
 
 RETRY_AFTER_CAP_S = 10.0
 """The longest ``Retry-After`` honoured by sleeping; longer ones move on to the next model."""
