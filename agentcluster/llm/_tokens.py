@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import tiktoken
@@ -71,12 +73,48 @@ def _encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+class _CountCache:
+    """Token counts of recently counted texts, by encoding, at most ``max_chars`` of text kept.
+
+    A turn counts the session's whole history to fit it in the window; each message's text is
+    counted once, not on every step of every turn (the history's strings are the same objects,
+    whose hash Python keeps)."""
+
+    def __init__(self, max_chars: int) -> None:
+        self._max_chars = max_chars
+        self._chars = 0
+        self._counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._lock = threading.Lock()  # a browser task's model may count from its thread
+
+    def count(self, encoding: str, text: str) -> int:
+        key = (encoding, text)
+        with self._lock:
+            found = self._counts.get(key)
+            if found is not None:
+                self._counts.move_to_end(key)
+                return found
+        # disallowed_special=() counts text such as "<|endoftext|>" as plain text.
+        counted = len(_encoding(encoding).encode(text, disallowed_special=()))
+        if len(text) > self._max_chars // 16:  # a huge text would evict everything else
+            return counted
+        with self._lock:
+            if key not in self._counts:
+                self._counts[key] = counted
+                self._chars += len(text)
+            while self._chars > self._max_chars:
+                (_name, old), _ = self._counts.popitem(last=False)
+                self._chars -= len(old)
+        return counted
+
+
+_COUNTS = _CountCache(max_chars=8_000_000)
+
+
 def count_text(text: str, model: str = "") -> int:
     """Tokens of ``text`` in the encoding of ``model``."""
     if not text:
         return 0
-    # disallowed_special=() counts text such as "<|endoftext|>" as plain text instead of raising.
-    return len(_encoding(encoding_name_for(model)).encode(text, disallowed_special=()))
+    return _COUNTS.count(encoding_name_for(model), text)
 
 
 def count_message(message: ChatMessage, model: str = "") -> int:

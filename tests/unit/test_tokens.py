@@ -160,3 +160,18 @@ def test_error_names_the_numbers_when_nothing_fits() -> None:
     assert f"only {needed - 10} fit" in message
     with pytest.raises(ValueError, match="leaves no room"):
         trim_history(messages, 100, 100)
+
+
+def test_counts_are_remembered_within_a_bounded_amount_of_text() -> None:
+    from agentcluster.llm._tokens import _CountCache
+
+    cache = _CountCache(max_chars=160)
+    first = cache.count("cl100k_base", "hello world, counted once")
+    assert cache.count("cl100k_base", "hello world, counted once") == first == 5
+    for index in range(20):  # more text than it keeps: the oldest go first
+        assert cache.count("cl100k_base", f"text number {index:04d}") > 0
+    assert cache._chars <= 160
+    assert ("cl100k_base", "hello world, counted once") not in cache._counts
+    huge = "word " * 100  # over a sixteenth of the budget: counted, never kept
+    assert cache.count("cl100k_base", huge) == 101
+    assert ("cl100k_base", huge) not in cache._counts
