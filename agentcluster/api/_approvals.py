@@ -27,7 +27,7 @@ class ApprovalDecisionIn(_In):
         default=None,
         description=(
             "edit only (and required there): the arguments the tool runs with instead, a JSON "
-            "object of at most 16 KiB and 8 levels; the policy decides them again"
+            "object of at most 16 KiB and 16 levels; the policy decides them again"
         ),
     )
     message: str | None = Field(
