@@ -17,8 +17,9 @@ from agentcluster.gateway._responses import problem_responses
 
 __all__ = ["TOOL_CALL_ID_PATTERN", "approvals_router", "include_approvals_api"]
 
-TOOL_CALL_ID_PATTERN = r"^[A-Za-z0-9_.:~-]{1,128}$"
-"""A tool call id as models write them (``call_...``, ``toolu_...``)."""
+TOOL_CALL_ID_PATTERN = r"^[!-.0-~]{1,128}$"
+"""A tool call id as a model wrote it (``call_...``, ``toolu_...``): printable ASCII but ``/``,
+as the store keeps it (128 characters at most)."""
 
 SessionId = Annotated[
     str, Path(description="a session's id", json_schema_extra={"pattern": api.ID_PATTERN})
