@@ -382,7 +382,8 @@ async def _prepare(
     message = _input_message(body)
     profile = agent_of(service, body.assistant_id)
     if thread_id is None and message is None:
-        raise LangGraphApiError(422, "command resumes a thread's run: use /threads/{id}/runs")
+        detail = "a stateless run opens a new thread, which has no interrupt to resume"
+        raise LangGraphApiError(409, detail)
     if thread_id is None:
         session = await _new_thread(service, caller, profile.name, {"langgraph": "stateless"})
         return _Run(session, profile, message, stateless=True)
@@ -745,11 +746,18 @@ async def _wait_ended(
 async def join_run(
     thread_id: str, run_id: str, caller: LangGraphCallerDep, service: ServiceDep
 ) -> dict[str, Any]:
-    """Wait for the run to end; the thread's values then."""
+    """Wait for the run to end; the thread's values then (an interrupted run answers at once,
+    with ``__interrupt__``)."""
     session, turn = await thread_turn(service, caller, thread_id, run_id)
-    if not ended(turn.status):
+    if not ended(turn.status) and turn.status != "awaiting_approval":
         await _wait_ended(service, caller, session, turn.message_id, turn.turn_id)
-    return await _values(service, session)
+        turn = (await thread_turn(service, caller, thread_id, run_id))[1]
+    values = await _values(service, session)
+    if turn.status == "awaiting_approval":
+        values["__interrupt__"] = await interrupts_of(
+            service, caller, session.session_id, turn.turn_id
+        )
+    return values
 
 
 def _join_modes(stream_mode: Sequence[str]) -> frozenset[str]:

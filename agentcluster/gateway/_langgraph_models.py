@@ -216,7 +216,10 @@ class CommandIn(_In):
     "message"?}``), a map of interrupt id (the tool call's id) to decision, or
     ``{"decisions": [...]}`` in the order of the interrupts."""
 
-    resume: Any = Field(description="a decision, or interrupt id -> decision")
+    resume: Any = Field(
+        description="a decision, or interrupt id -> decision",
+        json_schema_extra={"not": {"type": "null"}},
+    )
     goto: None = Field(default=None, description=UNSUPPORTED)
     update: None = Field(default=None, description=UNSUPPORTED)
 
@@ -227,9 +230,21 @@ class CommandIn(_In):
         return self
 
 
+_NOT_NULL: dict[str, Any] = {"not": {"type": "null"}}
+_INPUT_OR_COMMAND: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["input"], "properties": {"input": _NOT_NULL, "command": {"type": "null"}}},
+        {"required": ["command"], "properties": {"command": _NOT_NULL, "input": {"type": "null"}}},
+    ]
+}
+"""A run's body has ``input`` or ``command`` (not null), not both."""
+
+
 class RunCreateIn(_In):
     """A run: one turn of the thread's session with the input's last message, or (``command``)
     the thread's interrupted run resumed with decisions."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_INPUT_OR_COMMAND)
 
     assistant_id: str = Field(min_length=1, max_length=200)
     input: RunInput | None = Field(

@@ -552,10 +552,11 @@ async def get_response(response_id: str, caller: CallerDep, service: ServiceDep)
 async def cancel_response(
     response_id: str, caller: CallerDep, service: ServiceDep
 ) -> ResponseObject:
-    """Cancel the response's turn (queued or running) and answer the response once the turn has
-    ended (or after CANCEL_WAIT_S, still in progress); an ended turn is answered as it is."""
+    """Cancel the response's turn (queued, running or waiting for approvals) and answer the
+    response once the turn has ended (or after CANCEL_WAIT_S, still in progress); an ended turn
+    is answered as it is."""
     session, turn = await session_of_response(service, caller, response_id)
-    if turn.status in ("queued", "running"):
+    if turn.status in ("queued", "running", "awaiting_approval"):
         await service.cancel(caller, session.session_id, turn.turn_id)
         submission = Submission(message_id=turn.message_id, turn_id=turn.turn_id, created=False)
         await service.runtime.wait_turn(

@@ -175,10 +175,11 @@ def _tool_item(event: ev.Event) -> OutputItem | None:
     return None
 
 
-def _output_items(events: list[ev.Event]) -> list[OutputItem]:
+def _output_items(events: list[ev.Event], paused: bool = True) -> list[OutputItem]:
     """The tool call items of a turn's events; of its approval requests, those still waiting
-    (a decided one is answered: its result follows)."""
-    waiting = {request.tool_call_id for request in waiting_calls(events)}
+    while it is ``paused`` (a decided one is answered: its result follows; none waits in a turn
+    that ended)."""
+    waiting = {request.tool_call_id for request in waiting_calls(events)} if paused else set()
     shown = (
         event
         for event in events
@@ -256,7 +257,7 @@ async def response_of_turn(
     if known is None:
         stored = await service.runtime.store.get_turn(session.tenant_id, turn_id)
         known = await _stored_turn(service, stored, found.events)
-    output = _output_items(found.events)
+    output = _output_items(found.events, paused=known.status == "awaiting_approval")
     if known.answer is not None:
         output.append(_message_item(turn_id, len(output), known.answer))
     previous = options.previous_response_id

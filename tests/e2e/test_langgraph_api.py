@@ -309,6 +309,8 @@ async def test_an_interrupted_run_is_shown_as_langgraph_shows_it_and_resumed_by_
         state = await client.threads.get_state(thread_id)
         assert state["interrupts"] == [interrupt] and state["next"] == ["tools"]
         assert state["tasks"][0]["interrupts"] == [interrupt]
+        joined = await client.runs.join(thread_id, run["run_id"])  # at once: it waits for a person
+        assert isinstance(joined, dict) and joined["__interrupt__"] == [interrupt]
         assert [t["thread_id"] for t in await client.threads.search(status="interrupted")] == [
             thread_id
         ]

@@ -418,3 +418,19 @@ async def test_a_streamed_response_asks_and_a_streamed_rejection_continues_it(
     final = events[-1]
     assert final.type == "response.completed"
     assert final.response.output_text == f"no sum {token}"  # type: ignore[union-attr]
+
+
+async def test_a_paused_response_can_be_cancelled(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "openai-cancel-paused")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"never {token}")
+    client = _sync(gateway_url, key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        paused = client.responses.create(model="tester", input=f"compute {token}")
+        assert paused.output[-1].type == "mcp_approval_request"
+        cancelled = client.responses.cancel(paused.id)
+    assert cancelled.status == "cancelled"
+    assert [item.type for item in cancelled.output] == ["function_call"]  # nothing asks any more

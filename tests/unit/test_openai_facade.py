@@ -160,3 +160,4 @@ def test_a_paused_turns_output_asks_for_what_still_waits() -> None:
         **ids, seq=4, tool_call_id="c1", tool="calculator", decision="approve", decided_by="k"
     )
     assert [item.type for item in _output_items([*events, decided])] == ["function_call"]
+    assert [item.type for item in _output_items(events, paused=False)] == ["function_call"]
