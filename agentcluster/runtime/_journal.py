@@ -50,8 +50,12 @@ class StoreJournal(TurnJournal):
         # Turns a later message supersedes: the turn that does, and whether it rolls back.
         self._superseded: dict[str, tuple[str, bool]] = {}
 
-    async def _write(self, change: Callable[[JournalWriter], Awaitable[None]]) -> None:
-        async with self._store.writer(self._session_id, epoch=self._epoch) as writer:
+    async def _write(
+        self, change: Callable[[JournalWriter], Awaitable[None]], events: int = 1
+    ) -> None:
+        """Run ``change`` in one fenced transaction; ``events``: how many it emits (each step
+        emits one), so their numbers come with the lock."""
+        async with self._store.writer(self._session_id, epoch=self._epoch, events=events) as writer:
             await change(writer)
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
@@ -261,7 +265,7 @@ class StoreJournal(TurnJournal):
             )
             await _emit_outcome(writer, completed, webhook)
 
-        await self._write(change)
+        await self._write(change, events=2)
 
     async def turn_failed(
         self, turn_id: str, error_type: str, error: str, retryable: bool, usage: Usage

@@ -228,7 +228,12 @@ class ActivationStore(HistoryReader, Protocol):
     async def release_session(self, session_id: str, epoch: int) -> bool: ...
 
     def writer(
-        self, session_id: str, *, epoch: int | None = None, tenant_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        epoch: int | None = None,
+        tenant_id: str | None = None,
+        events: int = 0,
     ) -> AbstractAsyncContextManager[JournalWriter]: ...
 
     async def open_turns(self, session_id: str) -> list[Turn]: ...

@@ -143,7 +143,7 @@ class SqlSessions(SqlWriting):
         TurnInProgress (nothing is written; checked under the session's write lock, so two
         rejecting messages never both start); the others queue the turn, and its host cancels
         the open turns before it for ``interrupt`` and ``rollback``."""
-        async with self.writer(session_id, tenant_id=tenant_id) as writer:
+        async with self.writer(session_id, tenant_id=tenant_id, events=1) as writer:
             if idempotency_key is not None:
                 existing = (
                     await writer.connection.execute(

@@ -294,7 +294,12 @@ class SqlWriting(SqlStoreBase):
 
     @asynccontextmanager
     async def writer(
-        self, session_id: str, *, epoch: int | None = None, tenant_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        epoch: int | None = None,
+        tenant_id: str | None = None,
+        events: int = 0,
     ) -> AsyncIterator[SessionWriter]:
         """A fenced, serialized unit of work on a session; commits on exit, rolls back on error.
 
@@ -302,6 +307,9 @@ class SqlWriting(SqlStoreBase):
             session_id: the session to write.
             epoch: the writer's owner epoch; when given, the write is rejected unless it is current.
             tenant_id: when given, the session must belong to this tenant.
+            events: how many events the work will emit, when known: their sequence numbers are
+                taken with the lock, saving the statement that would advance them at the end
+                (any other count emitted is set right at the end, under the same lock).
 
         Raises:
             StaleEpochError: ``epoch`` is no longer the session's owner epoch.
@@ -317,7 +325,7 @@ class SqlWriting(SqlStoreBase):
                 await connection.execute(
                     update(SessionRow)
                     .where(*conditions)
-                    .values(updated_at=utcnow())
+                    .values(updated_at=utcnow(), next_seq=SessionRow.next_seq + events)
                     .returning(
                         SessionRow.tenant_id,
                         SessionRow.next_seq,
@@ -328,16 +336,17 @@ class SqlWriting(SqlStoreBase):
             ).one_or_none()
             if locked is None:
                 await self._explain_missing(connection, session_id, epoch, tenant_id)
+            stored_next = locked.next_seq  # with the reserved numbers taken
             writer = SessionWriter(
                 connection,
                 locked.tenant_id,
                 session_id,
-                seq=locked.next_seq,
+                seq=stored_next - events,
                 status=locked.status,
                 webhook=locked.webhook,
             )
             yield writer
-            if writer.next_seq != locked.next_seq:
+            if writer.next_seq != stored_next:
                 await connection.execute(
                     update(SessionRow)
                     .where(SessionRow.session_id == session_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -266,3 +267,22 @@ async def test_activation_claims_and_loads_in_one_go(store: SqlStateStore) -> No
     assert [t.turn_id for t in loaded.open_turns] == [first.turn_id, second.turn_id]
     with pytest.raises(NotFoundError):
         await store.activate_session("no-such-session", "host-x")
+
+
+async def test_event_numbers_taken_with_the_lock_stay_gapless_whatever_is_emitted(
+    store: SqlStateStore,
+) -> None:
+    tenant_id = await _tenant(store)
+    session = await store.create_session(tenant_id, "default")  # seq 1
+    closed = ev.SessionClosed(tenant_id=tenant_id, session_id=session.session_id)
+    for reserved, emitted in [(2, 2), (2, 1), (1, 0), (0, 2), (1, 3)]:
+        async with store.writer(session.session_id, events=reserved) as writer:
+            for _ in range(emitted):
+                await writer.emit(closed.model_copy(update={"event_id": str(uuid.uuid4())}))
+    seqs = [e.seq for e in await store.list_events(tenant_id, session.session_id)]
+    assert seqs == list(range(1, 10))  # 1 + 2 + 1 + 0 + 2 + 3 events, no gap
+    assert (await store.get_session(tenant_id, session.session_id)).last_seq == 9
+    again = await store.submit_message(tenant_id, session.session_id, "hi", idempotency_key="k")
+    replay = await store.submit_message(tenant_id, session.session_id, "hi", idempotency_key="k")
+    assert replay.turn_id == again.turn_id  # emitted nothing: its reserved number went back
+    assert (await store.get_session(tenant_id, session.session_id)).last_seq == 10
