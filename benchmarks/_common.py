@@ -53,6 +53,7 @@ __all__ = [
     "percentile",
     "replace_section",
     "server_dsn",
+    "service_variables",
     "total_memory",
     "wait_healthy",
     "warm_sessions",
@@ -169,6 +170,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVICE_VARIABLES = (
+    "SA01_DB_DSN",
+    "SA01_KAFKA_BOOTSTRAP_SERVERS",
+    "SA01_REDIS_URL",
+    "SA01_POLICY_URL",
+)
+
+
+def service_variables(names: Sequence[str] = SERVICE_VARIABLES) -> dict[str, str]:
+    """The local services' settings among ``names``: each from the environment, else from
+    ``.data/services.env`` (written by ``make deps-up``, what ``make stack-up`` sources); the ones
+    set in neither are left out."""
+    found = {name: value for name in names if (value := env(name))}
+    services = project_root() / ".data" / "services.env"
+    if services.exists():
+        for line in services.read_text().splitlines():
+            key, _, raw = line.strip().removeprefix("export ").partition("=")
+            if key in names and key not in found and raw:
+                found[key] = shlex.split(raw)[0]
+    return found
+
+
 def server_dsn() -> str:
     """The PostgreSQL server to create benchmark databases on: ``SA01_DB_DSN``, else the one in
     ``.data/services.env`` (written by ``make deps-up``).
@@ -176,13 +199,7 @@ def server_dsn() -> str:
     Raises:
         SystemExit: no PostgreSQL DSN is configured.
     """
-    dsn = env("SA01_DB_DSN")
-    services = project_root() / ".data" / "services.env"
-    if not dsn and services.exists():
-        for line in services.read_text().splitlines():
-            key, _, raw = line.strip().removeprefix("export ").partition("=")
-            if key == "SA01_DB_DSN":
-                dsn = shlex.split(raw)[0]
+    dsn = service_variables(["SA01_DB_DSN"]).get("SA01_DB_DSN")
     if not dsn or make_url(dsn).get_backend_name() != "postgresql":
         raise SystemExit("SA01_DB_DSN: a PostgreSQL DSN is needed (start services: make deps-up)")
     return dsn
