@@ -501,3 +501,26 @@ async def test_v03_message_stream_ends_input_required_and_message_send_answers_i
     task = sent.json()["result"]
     assert task["id"] == last["taskId"] and task["status"]["state"] == "completed"
     assert task["artifacts"][0]["parts"][0]["text"] == f"v03 sum {token}"
+
+
+async def test_an_input_required_task_can_be_cancelled(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    tenant_id, key = await new_tenant(http, "a2a-cancel-waiting")
+    token = uuid.uuid4().hex
+    call = ToolCall(name="calculator", arguments={"expression": "6*7"})
+    script_tool_turn(fake_llm, token, call, f"never {token}")
+    client = await clients.make(key, streaming=False)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        paused = await _task(client, _send(f"compute {token}"))
+        assert paused.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        listed = await client.list_tasks(
+            ListTasksRequest(
+                status=TaskState.TASK_STATE_INPUT_REQUIRED, context_id=paused.context_id
+            )
+        )
+        assert [task.id for task in listed.tasks] == [paused.id]
+        cancelled = await client.cancel_task(CancelTaskRequest(id=paused.id))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+    with pytest.raises(UnsupportedOperationError):  # ended: no more answers
+        await _task(client, _to_task(paused, Part(text="approve")))
