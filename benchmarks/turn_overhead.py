@@ -1071,10 +1071,9 @@ def cpu_split(report: Report, stack: Stack) -> list[str]:
         return []
     bare, proxy = block.phase(BARE, top), block.phase("proxy", top)
     ours, bare_ours = block.ours_ms_per_turn("proxy", top), block.ours_ms_per_turn(BARE, top)
-    parts = ", ".join(
-        f"{role} {proxy.cpu_ms_per_turn(role):.1f} ms"
-        for role in (HOST, REPLICA, PROXY, RAY, POSTGRES, SERVICES)
-    )
+    # The cluster's own roles, then the servers its stack uses.
+    roles = [HOST, REPLICA, PROXY, RAY, *block.roles("proxy")[5:]]
+    parts = ", ".join(f"{role} {proxy.cpu_ms_per_turn(role):.1f} ms" for role in roles)
     bare_app = bare.cpu_ms_per_turn(BARE_APP)
     lines = [
         f"- CPU at c={top}: {ours:.0f} ms per turn in our processes and the servers they use for "
