@@ -65,6 +65,8 @@ class ApiKey(_Record):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None = None
+    roles: list[str] = Field(default_factory=list)
+    """What the tenant's policy may require of a caller for an action (``action_roles``)."""
 
 
 class Session(_Record):

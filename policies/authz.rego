@@ -135,7 +135,21 @@ _port_list(value) if {
 	}
 }
 
-_malformed contains "approvals" if not is_array(setting("approvals"))
+# Missing keys (data from before they existed) mean none: only a present, malformed one denies.
+_malformed contains "approvals" if {
+	value := setting("approvals")
+	not is_array(value)
+}
+
+_malformed contains "action_roles" if {
+	value := setting("action_roles")
+	not is_object(value)
+}
+
+_malformed contains concat(".", ["action_roles", action]) if {
+	some action, roles in setting("action_roles")
+	not _string_list(roles)
+}
 
 _malformed contains concat("", ["approvals[", format_int(index, 10), "]"]) if {
 	some index, rule in setting("approvals")
@@ -749,6 +763,30 @@ denials contains msg if {
 	input.kind == "api"
 	input.action in setting("deny_actions")
 	msg := concat("", ["action ", input.action, " is disabled for tenant ", _tenant_name])
+}
+
+# A tenant may require a role of the calling key for an action (`action_roles`: action -> roles,
+# any one of which will do), e.g. only approvers decide approvals.
+denials contains msg if {
+	input.kind == "api"
+	required := object.get(setting("action_roles"), input.action, null)
+	_string_list(required)
+	not _has_role_in(required)
+	msg := concat("", [
+		"action ", input.action, " needs a key with the role ", concat(" or ", sort(required)),
+		" in tenant ", _tenant_name,
+	])
+}
+
+_has_role_in(required) if {
+	some role in object.get(input, "roles", [])
+	role in required
+}
+
+denials contains "api request roles must be a list of strings" if {
+	input.kind == "api"
+	_has_key(input, "roles")
+	not _string_list(input.roles)
 }
 
 denials contains "api request agent must be a string or null" if {

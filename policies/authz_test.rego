@@ -28,6 +28,8 @@ tenants := {
 		{"tools": ["http_fetch", "browser_navigate"], "argument": "url", "match": ["https://pay.test/*"]},
 	]},
 	"badrules": {"approvals": [{"tools": ["x"], "argument": "url"}]},
+	"roles": {"action_roles": {"session.approve": ["approver", "admin"]}},
+	"badroles": {"action_roles": {"session.approve": "approver"}},
 }
 
 tool(tenant, agent, name, arguments) := {
@@ -563,3 +565,33 @@ test_approvals_not_a_list_denies if {
 }
 
 test_session_approve_is_an_api_action if allowed(api("t0", "session.approve", null, false))
+
+# ---------------------------------------------------------------- roles the tenant requires
+
+api_with_roles(tenant, action, roles) := object.union(api(tenant, action, null, false), {"roles": roles})
+
+test_an_action_with_required_roles_needs_one_of_them if {
+	allowed(api_with_roles("roles", "session.approve", ["approver"]))
+	allowed(api_with_roles("roles", "session.approve", ["reader", "admin"]))
+	not allowed(api_with_roles("roles", "session.approve", ["reader"]))
+	not allowed(api("roles", "session.approve", null, false))
+	reason(api_with_roles("roles", "session.approve", [])) == "action session.approve needs a key with the role admin or approver in tenant roles"
+}
+
+test_other_actions_need_no_role if allowed(api_with_roles("roles", "session.read", []))
+
+test_malformed_action_roles_deny_naming_them if {
+	not allowed(api_with_roles("badroles", "session.read", ["approver"]))
+	contains(reason(api_with_roles("badroles", "session.read", [])), "malformed at action_roles.session.approve")
+}
+
+test_roles_must_be_strings if {
+	not allowed(api_with_roles("t0", "session.read", [1]))
+}
+
+test_data_without_approvals_or_action_roles_still_decides if {
+	d := authz.decision with input as tool("t0", "a", "calculator", {}) with data.agentcluster.defaults as {"agents": ["*"], "tools": {"allow": ["*"], "deny": []}, "deny_actions": [], "network": {}, "limits": {"python_exec_max_code_bytes": 10, "url_schemes": ["https"]}}
+	d == {"allowed": true, "reason": "tool calculator is allowed for agent a in tenant t0"}
+	a := authz.decision with input as api("t0", "session.approve", null, false) with data.agentcluster.defaults as {"agents": ["*"], "tools": {"allow": ["*"], "deny": []}, "deny_actions": [], "network": {}, "limits": {}}
+	a.allowed == true
+}

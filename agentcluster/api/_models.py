@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,6 +52,8 @@ CURSOR_PATTERN = r"^[0-9]{1,17}\.[0-9a-f-]{1,36}$"
 string of this form is a valid position (a page starts after it)."""
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$"
 """1-200 printable ASCII characters."""
+ROLE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""An API key's role: lowercase letters, digits, ``_ . -``, at most 64 characters."""
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 """Ids of sessions, messages, turns and keys: lowercase UUIDs (any other is unknown)."""
 MAX_METADATA_DEPTH = 16
@@ -285,6 +287,14 @@ class KeyCreateIn(_In):
     name: str = Field(min_length=1, max_length=200)
     tenant_id: str | None = Field(default=None, max_length=64)
     tenant_name: str | None = Field(default=None, min_length=1, max_length=200)
+    roles: list[Annotated[str, Field(pattern=ROLE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "roles the tenant's policy may require for an action (its `action_roles`, e.g. "
+            "who may decide approvals)"
+        ),
+    )
 
 
 class KeyOut(_Out):
@@ -294,6 +304,7 @@ class KeyOut(_Out):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None = None
+    roles: list[str] = Field(default_factory=list)
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyOut:

@@ -165,7 +165,9 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     admin_key = resolve_admin_key(args.admin_key, settings)
     with Client(args.url, admin_key) as client:
         if args.keys_command == "create":
-            return run_keys_create(client, args.name, args.tenant_id, args.tenant_name, sys.stdout)
+            return run_keys_create(
+                client, args.name, args.tenant_id, args.tenant_name, sys.stdout, args.roles
+            )
         if args.keys_command == "list":
             return run_keys_list(client, args.tenant_id, sys.stdout)
         return run_keys_revoke(client, args.key_id, sys.stdout)
@@ -275,6 +277,13 @@ def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     tenant = create.add_mutually_exclusive_group(required=True)
     tenant.add_argument("--tenant-id", help="an existing tenant")
     tenant.add_argument("--tenant-name", help="create a new tenant with this name")
+    create.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        dest="roles",
+        help="a role of the key (repeatable), which the tenant's policy may require",
+    )
     listing = keys_commands.add_parser(
         "list", parents=[admin], help="list keys (secrets are never shown)"
     )

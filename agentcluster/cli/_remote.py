@@ -10,6 +10,7 @@ the data dir.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal, TextIO
 
 from agentcluster.api import KeyOut
@@ -97,13 +98,20 @@ def run_status(client: Client, url: str, out: TextIO) -> int:
 
 
 def run_keys_create(
-    client: Client, name: str, tenant_id: str | None, tenant_name: str | None, out: TextIO
+    client: Client,
+    name: str,
+    tenant_id: str | None,
+    tenant_name: str | None,
+    out: TextIO,
+    roles: Sequence[str] = (),
 ) -> int:
     """Create a key and print it, with its secret (shown this once)."""
-    created = client.create_key(name, tenant_id=tenant_id, tenant_name=tenant_name)
+    created = client.create_key(name, tenant_id=tenant_id, tenant_name=tenant_name, roles=roles)
     print(f"key_id      {created.key_id}", file=out)
     print(f"tenant_id   {created.tenant_id}", file=out)
     print(f"name        {created.name}", file=out)
+    if created.roles:
+        print(f"roles       {', '.join(created.roles)}", file=out)
     print(f"secret      {created.secret}", file=out)
     print("(the secret is shown only this once: store it now)", file=out)
     return 0

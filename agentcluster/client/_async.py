@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -339,11 +339,16 @@ class AsyncClient:
     # --- keys (admin key) ---------------------------------------------------------------------
 
     async def create_key(
-        self, name: str, tenant_id: str | None = None, tenant_name: str | None = None
+        self,
+        name: str,
+        tenant_id: str | None = None,
+        tenant_name: str | None = None,
+        roles: Sequence[str] = (),
     ) -> KeyCreated:
-        """Create an API key for ``tenant_id`` (or a new tenant ``tenant_name``). The secret is
-        only in this answer. Not resent after an ambiguous failure."""
-        return await self._run(calls.create_key(name, tenant_id, tenant_name))
+        """Create an API key for ``tenant_id`` (or a new tenant ``tenant_name``), with
+        ``roles`` (what the tenant's policy may require for an action). The secret is only in
+        this answer. Not resent after an ambiguous failure."""
+        return await self._run(calls.create_key(name, tenant_id, tenant_name, roles))
 
     async def list_keys(self, tenant_id: str | None = None) -> KeyList:
         """API keys, of one tenant or all."""

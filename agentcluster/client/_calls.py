@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -320,8 +320,14 @@ def ready() -> Call[Ready]:
 # --- keys (admin) -----------------------------------------------------------------------------
 
 
-def create_key(name: str, tenant_id: str | None, tenant_name: str | None) -> Call[KeyCreated]:
-    body = _body(KeyCreateIn, name=name, tenant_id=tenant_id, tenant_name=tenant_name)
+def create_key(
+    name: str, tenant_id: str | None, tenant_name: str | None, roles: Sequence[str] = ()
+) -> Call[KeyCreated]:
+    body = _body(
+        KeyCreateIn, name=name, tenant_id=tenant_id, tenant_name=tenant_name, roles=list(roles)
+    )
+    if not roles:
+        del body["roles"]  # what a server without key roles takes too
     return Call("POST", "/v1/keys", _model(KeyCreated, 201), body=body, replay_safe=False)
 
 

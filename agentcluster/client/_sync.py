@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -327,11 +327,16 @@ class Client:
     # --- keys (admin key) ---------------------------------------------------------------------
 
     def create_key(
-        self, name: str, tenant_id: str | None = None, tenant_name: str | None = None
+        self,
+        name: str,
+        tenant_id: str | None = None,
+        tenant_name: str | None = None,
+        roles: Sequence[str] = (),
     ) -> KeyCreated:
-        """Create an API key for ``tenant_id`` (or a new tenant ``tenant_name``). The secret is
-        only in this answer. Not resent after an ambiguous failure."""
-        return self._run(calls.create_key(name, tenant_id, tenant_name))
+        """Create an API key for ``tenant_id`` (or a new tenant ``tenant_name``), with
+        ``roles`` (what the tenant's policy may require for an action). The secret is only in
+        this answer. Not resent after an ambiguous failure."""
+        return self._run(calls.create_key(name, tenant_id, tenant_name, roles))
 
     def list_keys(self, tenant_id: str | None = None) -> KeyList:
         """API keys, of one tenant or all."""

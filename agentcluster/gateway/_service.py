@@ -44,6 +44,8 @@ class Caller:
     tenant_id: str | None
     key_id: str | None
     admin: bool = False
+    roles: tuple[str, ...] = ()
+    """The key's roles, which the tenant's policy may require for an action."""
 
     def tenant(self) -> str:
         if self.tenant_id is None:
@@ -168,7 +170,7 @@ class GatewayService:
         self.limits = limits
         # (tenant, action, agent, admin) -> the policy's decision; SHA-256 of a key -> its caller.
         cache_s = settings.auth.cache_s
-        self._decisions: _Recent[tuple[str, str, str | None, bool], PolicyDecision]
+        self._decisions: _Recent[tuple[str, str, str | None, bool, tuple[str, ...]], PolicyDecision]
         self._decisions = _Recent(cache_s)
         self._callers: _Recent[bytes, Caller | None] = _Recent(cache_s)
         self._open_streams = 0  # streams and waits this replica serves now, all tenants
@@ -187,7 +189,9 @@ class GatewayService:
 
         async def lookup() -> Caller | None:
             key = await self.runtime.store.authenticate(token)
-            return None if key is None else Caller(tenant_id=key.tenant_id, key_id=key.key_id)
+            if key is None:
+                return None
+            return Caller(tenant_id=key.tenant_id, key_id=key.key_id, roles=tuple(key.roles))
 
         caller = await self._callers.load(digest, lookup, keep=lambda found: found is not None)
         if caller is None:
@@ -253,11 +257,13 @@ class GatewayService:
         bind_for_task(tenant_id=tenant_id)  # this request's log lines carry the tenant
         if self.policy is None:
             return tenant_id
-        key = (tenant_id, action, agent, caller.admin)
+        key = (tenant_id, action, agent, caller.admin, caller.roles)
         policy = self.policy
         decision = await self._decisions.load(
             key,
-            lambda: policy.decide_action(tenant_id, action, agent=agent, admin=caller.admin),
+            lambda: policy.decide_action(
+                tenant_id, action, agent=agent, admin=caller.admin, roles=caller.roles
+            ),
             keep=lambda found: not found.failed,  # an outage is asked about again
         )
         if decision.failed:
@@ -502,7 +508,7 @@ class GatewayService:
             tenant_id = (await store.get_tenant(body.tenant_id)).tenant_id
         else:
             tenant_id = (await store.create_tenant(body.tenant_name or body.name)).tenant_id
-        key, secret = await store.create_api_key(tenant_id, body.name)
+        key, secret = await store.create_api_key(tenant_id, body.name, body.roles)
         return api.KeyCreated(**api.KeyOut.of(key).model_dump(), secret=secret)
 
     async def list_keys(self, caller: Caller, tenant_id: str | None = None) -> api.KeyList:

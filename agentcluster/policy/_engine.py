@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentcluster.policy._inputs import (
@@ -71,9 +71,13 @@ class RegoPolicyEngine(ABC):
         *,
         agent: str | None = None,
         admin: bool = False,
+        roles: Sequence[str] = (),
     ) -> PolicyDecision:
-        """Decide one API action of a tenant (``agent`` names the agent involved, if any)."""
-        return await self.decide(api_input(tenant_id, action, agent=agent, admin=admin))
+        """Decide one API action of a tenant (``agent`` names the agent involved, if any;
+        ``roles`` are the calling key's)."""
+        return await self.decide(
+            api_input(tenant_id, action, agent=agent, admin=admin, roles=roles)
+        )
 
     @abstractmethod
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ Three kinds of request (the shapes are fixed; ``policies/README.md`` documents t
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from agentcluster.tools import AddressCategory, PolicyDecision, ToolInvocation
@@ -75,10 +75,23 @@ def network_input(
 
 
 def api_input(
-    tenant_id: str, action: ApiAction, *, agent: str | None = None, admin: bool = False
+    tenant_id: str,
+    action: ApiAction,
+    *,
+    agent: str | None = None,
+    admin: bool = False,
+    roles: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The policy input for one API action (``agent`` is None for actions on no agent)."""
-    return {"kind": "api", "tenant": tenant_id, "action": action, "agent": agent, "admin": admin}
+    """The policy input for one API action (``agent`` is None for actions on no agent;
+    ``roles``: the calling key's)."""
+    return {
+        "kind": "api",
+        "tenant": tenant_id,
+        "action": action,
+        "agent": agent,
+        "admin": admin,
+        "roles": list(roles),
+    }
 
 
 def classify_address(ip: str) -> NetworkCategory:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -31,6 +32,7 @@ def _api_key(row: Any) -> ApiKey:
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        roles=list(row.roles or []),
     )
 
 
@@ -56,8 +58,11 @@ class SqlTenants(SqlStoreBase):
             raise NotFoundError(f"tenant {tenant_id} not found")
         return Tenant(tenant_id=row.tenant_id, name=row.name, created_at=row.created_at)
 
-    async def create_api_key(self, tenant_id: str, name: str) -> tuple[ApiKey, str]:
-        """Create a key; returns its record and the secret (stored hashed, never shown again)."""
+    async def create_api_key(
+        self, tenant_id: str, name: str, roles: Sequence[str] = ()
+    ) -> tuple[ApiKey, str]:
+        """Create a key (with ``roles``); returns its record and the secret (stored hashed,
+        never shown again)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
             key_id=new_id(),
@@ -66,6 +71,7 @@ class SqlTenants(SqlStoreBase):
             prefix=secret[:10],
             key_hash=hash_api_key(secret),
             created_at=utcnow(),
+            roles=sorted(set(roles)) or None,
         )
         async with self.transaction() as connection:
             await require_tenant(connection, tenant_id)
@@ -77,6 +83,7 @@ class SqlTenants(SqlStoreBase):
                     prefix=row.prefix,
                     key_hash=row.key_hash,
                     created_at=row.created_at,
+                    roles=row.roles,
                 )
             )
         return _api_key(row), secret

@@ -100,6 +100,8 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    roles: Mapped[list[Any] | None] = mapped_column(default=None)
+    """Roles the tenant's policy may require for an action (``action_roles``)."""
 
 
 class SessionRow(Base):

@@ -17,7 +17,7 @@ import ray
 from agentcluster.config import Settings
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
 from tests.conftest import eventually
-from tests.e2e.conftest import new_tenant, tenant_policy
+from tests.e2e.conftest import ADMIN_KEY, new_tenant, tenant_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -348,3 +348,35 @@ async def test_another_tenant_can_neither_see_nor_decide_an_approval(
         assert [a["status"] for a in all_items.json()["items"]] == ["cancelled"]
         late = await _decide(http, key, session_id, call_id, decision="approve")
         assert late.status_code == 409
+
+
+async def test_a_tenant_may_leave_approvals_to_keys_with_a_role(
+    http: httpx.AsyncClient, fake_llm: FakeLLM
+) -> None:
+    tenant_id, key = await new_tenant(http)
+    created = await http.post(
+        "/v1/keys",
+        json={"name": "approver", "tenant_id": tenant_id, "roles": ["approver"]},
+        headers=_auth(ADMIN_KEY),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["roles"] == ["approver"]
+    approver_key = created.json()["secret"]
+    bad_role = await http.post(
+        "/v1/keys",
+        json={"name": "x", "tenant_id": tenant_id, "roles": ["Not A Role!"]},
+        headers=_auth(ADMIN_KEY),
+    )
+    assert bad_role.status_code == 422
+    policy = {**ASK_CALCULATOR, "action_roles": {"session.approve": ["approver"]}}
+    async with tenant_policy(tenant_id, policy):
+        session_id = await _session(http, key)
+        turn, _token = await _paused_turn(http, fake_llm, key, session_id, _call("6*7"))
+        (call_id,) = turn["awaiting_approval"]
+        refused = await _decide(http, key, session_id, call_id, decision="approve")
+        assert refused.status_code == 403
+        assert "needs a key with the role approver" in refused.json()["detail"]
+        assert (await _pending(http, key, session_id))[0]["status"] == "pending"
+        decided = await _decide(http, approver_key, session_id, call_id, decision="approve")
+        assert decided.status_code == 200, decided.text
+        assert decided.json()["decided_by"] == f"key:{created.json()['key_id']}"
