@@ -524,3 +524,37 @@ async def test_an_input_required_task_can_be_cancelled(
     assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
     with pytest.raises(UnsupportedOperationError):  # ended: no more answers
         await _task(client, _to_task(paused, Part(text="approve")))
+
+
+async def test_two_waiting_calls_are_answered_one_message_at_a_time(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient, clients: _Clients
+) -> None:
+    tenant_id, key = await new_tenant(http, "a2a-two-calls")
+    token = uuid.uuid4().hex
+    calls = [
+        ToolCall(name="calculator", arguments={"expression": "1+1"}),
+        ToolCall(name="calculator", arguments={"expression": "2+2"}),
+    ]
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: token in str(r.messages) and r.messages[-1]["role"] == "tool",
+            reply=Reply(content=f"both done {token}"),
+        )
+    )
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(tool_calls=calls)))
+    client = await clients.make(key, streaming=False)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        paused = await _task(client, _send(f"compute {token}"))
+        first, second = _waiting(paused.status.message)
+        one = {"approvals": [{"tool_call_id": first["tool_call_id"], "decision": "approve"}]}
+        still = await _task(client, _to_task(paused, _data(one)))
+        assert still.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        assert _waiting(still.status.message) == [second]
+        edit = {"tool_call_id": second["tool_call_id"], "decision": "edit"}
+        edit["arguments"] = {"expression": "3+3"}
+        done = await _task(client, _to_task(paused, _data({"approvals": [edit]})))
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    results = [MessageToDict(m.parts[0].data) for m in done.history[1:]]
+    outputs = [str(r["result"]) for r in results if "result" in r and r.get("ok")]
+    assert len(outputs) == 2 and "6" in outputs[1]  # the edited 3+3 ran, not 2+2
+    assert not any("4" in output for output in outputs)
