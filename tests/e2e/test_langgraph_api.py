@@ -372,3 +372,46 @@ async def test_a_streamed_run_ends_with_its_interrupt_and_a_streamed_resume_reje
     state = await client.threads.get_state(thread_id)
     assert [m["id"] for m in state["values"]["messages"]] == ids
     await client.aclose()
+
+
+async def test_two_interrupts_resumed_one_at_a_time(
+    gateway_url: str, fake_llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    tenant_id, key = await new_tenant(http, "langgraph-two-calls")
+    token = uuid.uuid4().hex
+    calls = [
+        ToolCall(name="calculator", arguments={"expression": "1+1"}),
+        ToolCall(name="calculator", arguments={"expression": "2+2"}),
+    ]
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: token in str(r.messages) and r.messages[-1]["role"] == "tool",
+            reply=Reply(content=f"both done {token}"),
+        )
+    )
+    fake_llm.script.add_rule(Rule(when_last_user_contains=token, reply=Reply(tool_calls=calls)))
+    client = _async(gateway_url, key)
+    async with tenant_policy(tenant_id, ASK_CALCULATOR):
+        thread_id = (await client.threads.create(graph_id="tester"))["thread_id"]
+        paused = await client.runs.wait(thread_id, "tester", input=_human(f"compute {token}"))
+        assert isinstance(paused, dict)
+        first, second = paused["__interrupt__"]
+        parts = [
+            part
+            async for part in client.runs.stream(
+                thread_id,
+                "tester",
+                command={"resume": {first["id"]: "approve"}},
+                stream_mode=["values", "updates"],
+            )
+        ]
+        assert [p.event for p in parts] == ["metadata", "updates", "values"]
+        assert parts[-1].data["__interrupt__"] == [second]  # still interrupted by the other
+        done = await client.runs.wait(
+            thread_id, "tester", command={"resume": {"decisions": [{"type": "reject"}]}}
+        )
+    assert isinstance(done, dict) and "__interrupt__" not in done
+    assert [m["type"] for m in done["messages"]] == ["human", "ai", "tool", "tool", "ai"]
+    assert "rejected by a person" in str(done["messages"][3]["content"])
+    assert done["messages"][-1]["content"] == f"both done {token}"
+    await client.aclose()
