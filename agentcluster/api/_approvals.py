@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from agentcluster.api._models import MAX_CONTENT_CHARS, _In, _Out, check_metadata
 from agentcluster.domain import Approval, ApprovalDecision, ApprovalStatus
@@ -35,6 +37,39 @@ class ApprovalDecisionIn(_In):
         max_length=MAX_CONTENT_CHARS,
         description="a note for the record; on reject, what the model reads as the tool's error",
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """One shape per decision (``edit`` requires ``arguments``, the others take none), as
+        the validator below enforces: the document says exactly what is accepted."""
+        fields = handler(core_schema)
+        fields = handler.resolve_ref_schema(fields)
+        properties = fields["properties"]
+        message = properties["message"]
+        arguments = {k: v for k, v in properties["arguments"].items() if k != "default"}
+        arguments.pop("anyOf", None)
+        arguments.update({"type": "object", "additionalProperties": True})
+
+        def shape(decision: str, **more: Any) -> dict[str, Any]:
+            return {
+                "type": "object",
+                "properties": {"decision": {"type": "string", "const": decision}, **more},
+                "required": ["decision", *(["arguments"] if decision == "edit" else [])],
+                "additionalProperties": False,
+            }
+
+        no_arguments = {"type": "null", "description": "edit only"}
+        return {
+            "title": "ApprovalDecisionIn",
+            "description": fields.get("description", ""),
+            "oneOf": [
+                shape("approve", arguments=no_arguments, message=message),
+                shape("edit", arguments=arguments, message=message),
+                shape("reject", arguments=no_arguments, message=message),
+            ],
+        }
 
     @model_validator(mode="after")
     def _arguments_for_edit(self) -> ApprovalDecisionIn:

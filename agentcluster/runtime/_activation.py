@@ -18,7 +18,7 @@ from agentcluster import tracing
 from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext, TurnNotOpen
 from agentcluster.domain import SUPERSEDING, Message, Session, Turn
 from agentcluster.errors import StaleEpochError
-from agentcluster.events import TurnOutcome, Usage
+from agentcluster.events import TurnAwaitingApproval, TurnOutcome, Usage
 from agentcluster.llm import ChatMessage, ToolCallSpec
 from agentcluster.logs import bound
 from agentcluster.runtime._feed import LiveFeed
@@ -146,6 +146,8 @@ class Activation:
         """
         if turn_id is not None:
             self._remember_trace(turn_id, tracing.carrier() if trace is None else trace)
+            if isinstance(self._outcomes.get(turn_id), TurnAwaitingApproval):
+                del self._outcomes[turn_id]  # woken to resume: its pause is no answer now
         self.touch()
         self._wake.set()
         if not self.busy:
@@ -161,6 +163,9 @@ class Activation:
         """Pump, then wait for ``turn_id``'s outcome event; None when it does not come from this
         activation (it ended elsewhere or earlier, the session moved) or not within the time."""
         known = self._outcomes.get(turn_id)
+        if isinstance(known, TurnAwaitingApproval) and not await self._still_paused(turn_id):
+            del self._outcomes[turn_id]  # decided since: wait for where the resumed turn ends
+            known = None
         if known is not None:
             return known
         waiter: asyncio.Future[TurnOutcome | None] = asyncio.get_running_loop().create_future()
@@ -177,6 +182,10 @@ class Activation:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._waiters[turn_id]
+
+    async def _still_paused(self, turn_id: str) -> bool:
+        turns = await self._store.open_turns(self.session_id)
+        return any(t.turn_id == turn_id and t.status == "awaiting_approval" for t in turns)
 
     def _remember_trace(self, turn_id: str, trace: Carrier) -> None:
         # The first caller's wins: the request that queued the turn, not a later waiter.
