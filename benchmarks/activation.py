@@ -68,6 +68,10 @@ DOC_TITLE = (
 )
 TARGET_P99_MS = 25.0
 TARGET_KIB = 200.0
+TARGET_P99_AT_MOST_MS = 15.0
+"""Issue 17: activation p99 with 100,000 sessions on the node at most this..."""
+TARGET_GROWTH = 1.25
+"""...and within this factor of the p99 at 10,000."""
 WARMUP_SESSIONS = 20
 BATCH = 200
 PACE_S = 0.01  # between latency samples, so one sample's worker does not overlap the next
@@ -94,6 +98,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=2, help="SessionHost actors")
     parser.add_argument("--isolation-sessions", type=int, default=20, help="isolation baseline")
     parser.add_argument(
+        "--levels",
+        default="1000,10000,100000",
+        help="session counts the hosts hold while activation is measured again (comma-separated;"
+        " --sessions is always one of them)",
+    )
+    parser.add_argument(
         "--out", default=None, help="file to update (default docs/benchmarks.md; '-': none)"
     )
     parser.add_argument(
@@ -104,6 +114,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.activations, args.isolation_sessions = 1000, 40, 4
+        args.levels = "200,1000"
+    try:
+        levels = {int(level) for level in str(args.levels).split(",") if level.strip()}
+    except ValueError:
+        parser.error("--levels must be comma-separated numbers")
+    args.levels = sorted(levels | {args.sessions})
+    if args.levels[0] < 1:
+        parser.error("--levels must be >= 1")
     if args.out is None:
         args.out = "-" if args.quick else "docs/benchmarks.md"
     for name in ("sessions", "history", "activations", "hosts", "isolation_sessions"):
@@ -218,7 +236,7 @@ async def seed(store: SqlStateStore, args: argparse.Namespace) -> Population:
     population = Population(
         tenant_id=tenant_id,
         warmup=await seed_sessions(store, tenant_id, WARMUP_SESSIONS, 4),
-        memory=await seed_sessions(store, tenant_id, args.sessions, 4),
+        memory=await seed_sessions(store, tenant_id, max(args.levels), 4),
         sampled=await seed_sessions(store, tenant_id, sampled_count, args.history),
     )
     async with store.engine.begin() as connection:
@@ -250,6 +268,17 @@ async def settle(probe: Callable[[], Memory]) -> Memory:
 
 
 @dataclass
+class Level:
+    """What the hosts do while holding ``sessions`` idle sessions."""
+
+    sessions: int
+    activation_ms: list[float]
+    call_ms: list[float]
+    stats_ms: list[float]
+    per_session: Memory
+
+
+@dataclass
 class ModeResult:
     activation_ms: list[float]
     per_session: Memory
@@ -259,6 +288,7 @@ class ModeResult:
     base: Memory = field(default_factory=lambda: Memory(0, 0, 0))
     after: Memory = field(default_factory=lambda: Memory(0, 0, 0))
     sessions: int = 0
+    levels: list[Level] = field(default_factory=list)
 
 
 async def activate_all(router: RaySessionRouter, session_ids: Sequence[str]) -> None:
@@ -278,49 +308,70 @@ async def active_sessions(hosts: Sequence[Any]) -> int:
     return sum(item.active_sessions for item in stats)
 
 
-async def virtual_mode(settings: Settings, population: Population, hosts: int) -> ModeResult:
-    """Many sessions per host: memory of ``--sessions`` idle ones, then activation latency."""
+async def sample_activations(
+    router: RaySessionRouter, sampled: Sequence[str]
+) -> tuple[list[float], list[float], list[float]]:
+    """Activation of each passivated sampled session, with a bare Ray call and ``stats`` on its
+    host just before: (activation, call, stats) milliseconds."""
+    await activate_all(router, sampled)  # so that each sample is a passivated session
+    await asyncio.sleep(1.0)
+    await passivate_all(router, sampled)
+    call_ms: list[float] = []
+    stats_ms: list[float] = []
+    activation_ms: list[float] = []
+    for session_id in sampled:
+        host: Any = router.actor(session_id)
+        call_ms.append(await timed(host.pid.remote))
+        stats_ms.append(await timed(host.stats.remote))
+        activation_ms.append(await timed(functools.partial(host.notify.remote, session_id)))
+        await asyncio.sleep(PACE_S)
+    await asyncio.sleep(1.0)
+    await passivate_all(router, sampled)
+    return activation_ms, call_ms, stats_ms
+
+
+async def virtual_mode(
+    settings: Settings, population: Population, hosts: int, levels: Sequence[int], main: int
+) -> ModeResult:
+    """Many sessions per host: at each level of idle sessions held, their memory and the
+    activation latency; the ``main`` level's figures are the mode's."""
     router = RaySessionRouter(settings, use_controller=False, count=hosts)
     await router.ensure_hosts(hosts)  # builds each host's deps: LiteLLM import, store pool
     handles = list({router.actor(session_id) for session_id in population.memory})
     pids: list[int] = list(await asyncio.gather(*(handle.pid.remote() for handle in handles)))
+    measured: list[Level] = []
     try:
         await activate_all(router, population.warmup)
         await passivate_all(router, population.warmup)
         base = await settle(lambda: total_memory(pids))
-
-        await activate_all(router, population.memory)
-        if await active_sessions(handles) != len(population.memory):
-            raise RuntimeError("not every session is active on the hosts")
-        after = await settle(lambda: total_memory(pids))
-
-        sampled = population.sampled
-        await activate_all(router, sampled)  # so that each sample is a passivated session
-        await asyncio.sleep(1.0)
-        await passivate_all(router, sampled)
-        call_ms: list[float] = []
-        stats_ms: list[float] = []
-        activation_ms: list[float] = []
-        for session_id in sampled:
-            host: Any = router.actor(session_id)
-            call_ms.append(await timed(host.pid.remote))
-            stats_ms.append(await timed(host.stats.remote))
-            activation_ms.append(await timed(functools.partial(host.notify.remote, session_id)))
-            await asyncio.sleep(PACE_S)
-        await asyncio.sleep(1.0)
-        await passivate_all(router, sampled)
+        main_after = base
+        held = 0
+        for level in levels:
+            await activate_all(router, population.memory[held:level])
+            held = level
+            if await active_sessions(handles) != level:
+                raise RuntimeError(f"not every one of {level} sessions is active on the hosts")
+            after = await settle(lambda: total_memory(pids))
+            activation_ms, call_ms, stats_ms = await sample_activations(router, population.sampled)
+            measured.append(
+                Level(level, activation_ms, call_ms, stats_ms, (after - base).per(level))
+            )
+            print(f"measured with {level:,} sessions held", file=sys.stderr)
+            if level == main:
+                main_after = after
     finally:
         for handle in handles:
             ray.kill(handle, no_restart=True)
-    count = len(population.memory)
+    at_main = next(item for item in measured if item.sessions == main)
     return ModeResult(
-        activation_ms=activation_ms,
-        per_session=(after - base).per(count),
-        call_ms=call_ms,
-        stats_ms=stats_ms,
+        activation_ms=at_main.activation_ms,
+        per_session=at_main.per_session,
+        call_ms=at_main.call_ms,
+        stats_ms=at_main.stats_ms,
         base=base,
-        after=after,
-        sessions=count,
+        after=main_after,
+        sessions=main,
+        levels=measured,
     )
 
 
@@ -438,7 +489,7 @@ def details(report: Report) -> list[str]:
         f"- Ray call alone on the same host (`pid.remote()`): p50 {_ms(virtual.call_ms, 50)} ms, "
         f"p99 {_ms(virtual.call_ms, 99)} ms; activation minus that call, per sample: "
         f"p50 {_ms(overhead, 50)} ms, p99 {_ms(overhead, 99)} ms. `stats.remote()` on the same "
-        f"host (walks its ~{virtual.sessions // hosts:,} sessions): "
+        f"host (~{virtual.sessions // hosts:,} sessions each): "
         f"p50 {_ms(virtual.stats_ms, 50)} ms, p99 {_ms(virtual.stats_ms, 99)} ms.",
         f"- Slowest virtual activation: {max(virtual.activation_ms):.1f} ms; slowest isolated: "
         f"{max(report.isolation.activation_ms):,.0f} ms.",
@@ -450,6 +501,48 @@ def details(report: Report) -> list[str]:
         f"sessions: {virtual.after.pss / MIB:,.0f} MiB PSS in all, i.e. "
         f"{virtual.after.pss / virtual.sessions / KIB:,.0f} KiB PSS per session "
         f"counting the hosts themselves.",
+    ]
+
+
+def level_table(report: Report) -> str:
+    """Activation and memory as the hosts fill (issue 17: cost flat in the sessions held)."""
+    rows = [
+        [
+            f"{level.sessions:,}",
+            _ms(level.activation_ms, 50),
+            _ms(level.activation_ms, 99),
+            _ms(level.call_ms, 50),
+            _ms(level.call_ms, 99),
+            _ms(level.stats_ms, 99),
+            _kib(level.per_session.uss),
+            _kib(level.per_session.pss),
+        ]
+        for level in report.virtual.levels
+    ]
+    headers = [
+        f"sessions held ({report.args.hosts} hosts)",
+        "activation p50 ms",
+        "activation p99 ms",
+        "Ray call p50 ms",
+        "Ray call p99 ms",
+        "stats p99 ms",
+        "USS KiB/session",
+        "PSS KiB/session",
+    ]
+    return markdown_table(headers, rows)
+
+
+def level_verdicts(report: Report) -> list[str]:
+    by_count = {level.sessions: level for level in report.virtual.levels}
+    most, ten = by_count.get(100_000), by_count.get(10_000)
+    if most is None or ten is None:
+        return ["- Flat cost (100,000 vs 10,000 sessions): not measured (levels without both)."]
+    p99, p99_ten = percentile(most.activation_ms, 99), percentile(ten.activation_ms, 99)
+    met = p99 <= TARGET_P99_AT_MOST_MS and p99 <= TARGET_GROWTH * p99_ten
+    return [
+        f"- Activation p99 with 100,000 sessions <= {TARGET_P99_AT_MOST_MS:.0f} ms and within "
+        f"{TARGET_GROWTH}x of 10,000: **{'met' if met else 'missed'}** ({p99:.1f} ms vs "
+        f"{p99_ten:.1f} ms, {p99 / p99_ten:.2f}x)."
     ]
 
 
@@ -496,9 +589,15 @@ def markdown(report: Report) -> str:
             "",
             *details(report),
             "",
+            "As the hosts fill (the same sampled activations, measured again at each count of idle "
+            "sessions held):",
+            "",
+            level_table(report),
+            "",
             "Targets:",
             "",
             *verdicts(report),
+            *level_verdicts(report),
             "",
             method,
         ]
@@ -536,7 +635,7 @@ async def run(args: argparse.Namespace, command: str) -> Report:
         finally:
             await store.close()
         print(f"seeded in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        virtual = await virtual_mode(settings, population, args.hosts)
+        virtual = await virtual_mode(settings, population, args.hosts, args.levels, args.sessions)
         print("virtual actors measured", file=sys.stderr)
         inprocess = await inprocess_activations(settings, population)
         isolated = population.sampled[: args.isolation_sessions]
