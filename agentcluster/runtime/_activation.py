@@ -146,8 +146,6 @@ class Activation:
         """
         if turn_id is not None:
             self._remember_trace(turn_id, tracing.carrier() if trace is None else trace)
-            if isinstance(self._outcomes.get(turn_id), TurnAwaitingApproval):
-                del self._outcomes[turn_id]  # woken to resume: its pause is no answer now
         self.touch()
         self._wake.set()
         if not self.busy:
@@ -273,7 +271,6 @@ class Activation:
         approvals = None
         if interrupted or resumed:  # its last step's calls may have been sent to a person
             approvals = await self._store.turn_approvals(self.session_id, turn.turn_id)
-            self._outcomes.pop(turn.turn_id, None)  # its pause, if any: it goes on now
         self._current_turn = turn.turn_id
         if self._on_running is not None:
             self._on_running(1)
@@ -391,8 +388,9 @@ class Activation:
         for turn in await self._store.open_turns(self.session_id):
             paused = turn.status == "awaiting_approval"
             if turn.turn_id == turn_id or (turn_id is None and paused):
-                reason = "cancelled while awaiting approval" if paused else ""
-                reason = reason or "cancelled before it started"
+                reason = (
+                    "cancelled while awaiting approval" if paused else "cancelled before it started"
+                )
                 await self._journal.turn_cancelled(turn.turn_id, reason, _usage(turn))
                 return True
         return False

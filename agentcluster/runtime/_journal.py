@@ -216,7 +216,7 @@ class StoreJournal(TurnJournal):
 
     async def turn_paused(self, turn_id: str, tool_call_ids: list[str], usage: Usage) -> None:
         async def change(writer: JournalWriter) -> None:
-            _paused, webhook = await writer.pause_turn(turn_id, usage.model_dump())
+            webhook = await writer.pause_turn(turn_id, usage.model_dump())
             event = ev.TurnAwaitingApproval(
                 **self._ids(), turn_id=turn_id, tool_call_ids=tool_call_ids
             )

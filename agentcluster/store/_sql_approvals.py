@@ -20,14 +20,12 @@ from sqlalchemy import func, or_, select, update
 from agentcluster import events as ev
 from agentcluster.domain import Approval, ApprovalDecision, ApprovalStatus
 from agentcluster.errors import ApprovalNotPending, NotFoundError
-from agentcluster.store._sql_base import OPEN_TURN_STATUSES
+from agentcluster.store._sql_base import AWAITING, OPEN_TURN_STATUSES
 from agentcluster.store._sql_writer import SessionWriter, SqlWriting
 from agentcluster.store.models import SessionRow, ToolCallRow, TurnRow, utcnow
 
-__all__ = ["AWAITING", "SqlApprovals", "approval_of"]
+__all__ = ["SqlApprovals", "approval_of"]
 
-AWAITING = "awaiting"
-"""A tool call's status while it waits for a person."""
 EXPIRY = "expiry"
 """Who decided an approval nobody answered in time."""
 _DECIDED_STATUS = {"approve": "approved", "edit": "approved", "reject": "rejected"}

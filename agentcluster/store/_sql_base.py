@@ -147,6 +147,8 @@ def session_of(row: Any) -> Session:
 
 OPEN_TURN_STATUSES = ("queued", "running", "awaiting_approval")
 """Turns a session still has to run, finish, or have decided (the session's next turns wait)."""
+AWAITING = "awaiting"
+"""A tool call's status while it waits for a person."""
 RUNNABLE_TURN_STATUSES = ("queued", "running")
 """Open turns a host can go on with now (not waiting for a person)."""
 

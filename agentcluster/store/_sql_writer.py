@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentcluster import events as ev
 from agentcluster.domain import MessageRole, MultitaskStrategy, TurnStatus
 from agentcluster.errors import NotFoundError, StaleEpochError
-from agentcluster.store._sql_base import RUNNABLE_TURN_STATUSES, SqlStoreBase, new_id
+from agentcluster.store._sql_base import AWAITING, RUNNABLE_TURN_STATUSES, SqlStoreBase, new_id
 from agentcluster.store.models import (
     EventRow,
     MessageRow,
@@ -181,13 +181,13 @@ class SessionWriter:
         )
         return str(webhook) if webhook else None
 
-    async def pause_turn(self, turn_id: str, usage: dict[str, Any]) -> tuple[bool, str | None]:
+    async def pause_turn(self, turn_id: str, usage: dict[str, Any]) -> str | None:
         """The running turn waits for a person: ``awaiting_approval``, unless each of its calls
-        was decided meanwhile (then it is queued to resume at once). Returns whether it paused,
-        and the webhook its pause goes to."""
+        was decided meanwhile (then it is queued to resume at once). Returns the webhook its
+        pause goes to."""
         waiting = await self._connection.scalar(
             select(ToolCallRow.row_id)
-            .where(ToolCallRow.turn_id == turn_id, ToolCallRow.status == "awaiting")
+            .where(ToolCallRow.turn_id == turn_id, ToolCallRow.status == AWAITING)
             .limit(1)
         )
         status = "awaiting_approval" if waiting is not None else "queued"
@@ -201,7 +201,7 @@ class SessionWriter:
             .values(status=status, usage=usage)
             .returning(TurnRow.webhook)
         )
-        return waiting is not None, str(webhook) if webhook else None
+        return str(webhook) if webhook else None
 
     async def request_approval(
         self, turn_id: str, tool_call_id: str, reason: str, expires_at: datetime
@@ -216,7 +216,7 @@ class SessionWriter:
                 ToolCallRow.finished_at.is_(None),
                 ToolCallRow.status == "requested",
             )
-            .values(status="awaiting", decision="ask", reason=reason, expires_at=expires_at)
+            .values(status=AWAITING, decision="ask", reason=reason, expires_at=expires_at)
         )
 
     async def add_webhook_delivery(self, turn_id: str, url: str, payload: str) -> None:
