@@ -365,6 +365,11 @@ class LlmSettings(BaseSettings):
     """How often a process checks whether the provider settings changed (they apply within it)."""
     probe_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """The timeout of a provider's test-connection call."""
+    stream: Literal["listeners", "always"] = "listeners"
+    """When an LLM call streams. ``listeners``: only while someone watches the session's live
+    feed (an SSE stream, a streamed turn); otherwise the call is made whole, which costs a
+    third of the CPU (LiteLLM parses and rebuilds every chunk) and the answer is the same.
+    ``always``: every call streams."""
 
     @model_validator(mode="after")
     def _call_covers_its_waits(self) -> LlmSettings:

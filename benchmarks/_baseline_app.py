@@ -9,7 +9,8 @@ cluster must do, and nothing of the distribution around it:
   transactions exactly as :class:`agentcluster.runtime._journal.StoreJournal` writes a one-step
   turn: ``start_turn`` + ``turn.started``; then ``turn_answered``, the assistant message +
   ``llm.completed`` + ``finish_turn`` + ``turn.completed`` in one transaction;
-* the LLM call through :class:`~agentcluster.llm.LiteLLMClient` (streaming, same settings), with
+* the LLM call through :class:`~agentcluster.llm.LiteLLMClient` (whole, as the cluster's when
+  nobody watches the session; same settings), with
   the agent profile's system prompt, the session's history kept in memory and trimmed to the
   profile's context window, as the agent loop does.
 
@@ -53,11 +54,6 @@ class BaselineState:
     profile: AgentProfile
     tenant_id: str
     histories: dict[str, list[ChatMessage]] = field(default_factory=dict)
-
-
-async def _no_delta(_text: str) -> None:
-    # The cluster hands each fragment to the session's live feed; nobody subscribes here.
-    return None
 
 
 async def run_turn(state: BaselineState, session_id: str, content: str) -> api.TurnOut:
@@ -140,7 +136,8 @@ async def _complete(state: BaselineState, history: list[ChatMessage]) -> LlmResu
         max_output_tokens=profile.max_output_tokens,
         temperature=profile.temperature,
     )
-    return await state.llm.complete(request, _no_delta)
+    # Nobody watches a ``?wait=true`` turn's live feed: the cluster asks for the answer whole.
+    return await state.llm.complete(request)
 
 
 async def _authorized(

@@ -104,6 +104,11 @@ class TurnJournal(Protocol):
             TurnNotOpen: it ended meanwhile (cancelled, superseded).
         """
 
+    def watched(self) -> bool:
+        """Whether anyone watches the turn's live output now (an LLM call streams its deltas
+        only then)."""
+        return True
+
     async def delta(self, turn_id: str, step: int, text: str) -> None: ...
 
     async def llm_completed(self, turn_id: str, step: int, result: LlmResult) -> None: ...
@@ -384,7 +389,7 @@ class AgentLoop:
 
         budget = self._budget
         hold = await budget.reserve(context.tenant_id, request) if budget is not None else None
-        result = await self._llm.complete(request, on_delta)
+        result = await self._llm.complete(request, on_delta if journal.watched() else None)
         if budget is not None and hold is not None:
             await _settle(budget, hold, result.usage)
         history.append(

@@ -3,8 +3,10 @@
 One :meth:`LiteLLMClient.complete` walks the chain ``[request.model, *request.fallback_models]``:
 
 * a model whose breaker is open is skipped without a call;
-* each call streams (``stream=True`` with usage in the last chunk); content fragments go to
-  ``on_delta`` in order, tool-call argument fragments are joined by their index;
+* a call with an ``on_delta`` streams (``stream=True`` with usage in the last chunk); content
+  fragments go to ``on_delta`` in order, tool-call argument fragments are joined by their index.
+  A call without one asks for the whole answer (unless ``stream`` is ``always``): LiteLLM parses
+  each streamed chunk into two models, which makes a short answer cost three times the CPU;
 * a *retryable* failure (429, 408/409, 5xx, timeout, connection error, a broken stream) is retried
   on the same model up to ``max_retries`` times with exponential backoff and jitter, honouring a
   429's ``Retry-After`` up to :data:`RETRY_AFTER_CAP_S` (a longer one moves on to the next model at
@@ -23,7 +25,8 @@ stay retryable to the end.
 
 LiteLLM's own retries are off (``num_retries=0``, ``max_retries=0``) so every attempt is counted
 here, by the breaker and in :attr:`LlmResult.attempts`. ``timeout_s`` bounds connecting and each
-wait for data (LiteLLM's ``timeout``); ``call_timeout_s`` bounds a whole call, stream included
+wait for data of a stream (LiteLLM's ``timeout``; a whole answer's one wait is the call's);
+``call_timeout_s`` bounds a whole call, stream included
 (a stream still dripping past it is a retryable failure like any timeout), so no call, and so no
 turn, can hang. A malformed chunk (cut-off JSON, bytes that are not SSE, a chunk of the wrong
 shape) reaches us as LiteLLM's ``MidStreamFallbackError`` and is a retryable failure too.
@@ -214,11 +217,13 @@ class LiteLLMClient:
         self._rng = rng if rng is not None else random.Random()
 
     async def complete(self, request: LlmRequest, on_delta: DeltaSink | None = None) -> LlmResult:
-        """Stream one completion from the first model of the chain that answers.
+        """One completion from the first model of the chain that answers (streamed when
+        ``on_delta`` is given).
 
         Args:
             request: the model chain and the conversation.
-            on_delta: receives content fragments in order, from one stream only.
+            on_delta: receives content fragments in order, from one stream only; None when
+                nobody watches (the answer is asked for whole).
 
         Returns:
             The assembled answer; ``model`` is the model that answered, ``attempts`` counts every
@@ -345,8 +350,15 @@ class LiteLLMClient:
         on_delta: DeltaSink | None,
         progress: _Progress,
     ) -> None:
-        """Open the stream and feed every chunk to ``assembly``, content to ``on_delta``."""
-        stream = await litellm.acompletion(**self._call_arguments(model, route, request))
+        """Open the stream and feed every chunk to ``assembly``, content to ``on_delta``; with
+        no ``on_delta`` (nobody watches) the answer is asked for whole, unless streaming is
+        always on."""
+        streamed = on_delta is not None or self._settings.stream == "always"
+        arguments = self._call_arguments(model, route, request, streamed)
+        if not streamed:
+            assembly.add_whole(await litellm.acompletion(**arguments))
+            return
+        stream = await litellm.acompletion(**arguments)
         try:
             async for chunk in stream:
                 text = assembly.add(chunk)
@@ -359,21 +371,27 @@ class LiteLLMClient:
             await _close_stream(stream)
 
     def _call_arguments(
-        self, model: str, route: ModelRoute | None, request: LlmRequest
+        self, model: str, route: ModelRoute | None, request: LlmRequest, streamed: bool
     ) -> dict[str, Any]:
         settings = self._settings
         arguments: dict[str, Any] = {
             "model": self._routed(model),
             "messages": [_wire_message(message) for message in request.messages],
             "tools": [_wire_tool(tool) for tool in request.tools] or None,
-            "stream": True,
-            "stream_options": {"include_usage": True},
             "api_base": settings.api_base,
             "api_key": self._api_key(),
-            "timeout": settings.timeout_s,
             "num_retries": 0,
             "max_retries": 0,
         }
+        if streamed:
+            arguments["stream"] = True
+            arguments["stream_options"] = {"include_usage": True}
+            arguments["timeout"] = settings.timeout_s
+        else:
+            # A whole answer sends nothing until it is done: its wait is the whole call's.
+            arguments["timeout"] = httpx.Timeout(
+                settings.call_timeout_s, connect=settings.timeout_s
+            )
         if route is not None:
             arguments["model"] = route.litellm_model
             arguments["api_base"] = route.api_base
@@ -591,9 +609,26 @@ class _StreamAssembly:
             return text
         return None
 
-    def _add_tool_call(self, call: Any) -> None:
+    def add_whole(self, response: Any) -> None:
+        """Take a whole (not streamed) answer."""
+        self._usage = getattr(response, "usage", None)
+        choices = getattr(response, "choices", None) or []
+        if not choices:
+            return
+        choice = choices[0]
+        if getattr(choice, "finish_reason", None):
+            self._finish_reason = str(choice.finish_reason)
+        message = getattr(choice, "message", None)
+        for index, call in enumerate(getattr(message, "tool_calls", None) or []):
+            self._add_tool_call(call, index)
+        text = getattr(message, "content", None)
+        if isinstance(text, str) and text:
+            self._content.append(text)
+
+    def _add_tool_call(self, call: Any, position: int = 0) -> None:
         index = getattr(call, "index", None)
-        parts = self._calls.setdefault(index if isinstance(index, int) else 0, _ToolCallParts())
+        index = index if isinstance(index, int) else position
+        parts = self._calls.setdefault(index, _ToolCallParts())
         if getattr(call, "id", None):
             parts.id = str(call.id)
         function = getattr(call, "function", None)
@@ -656,7 +691,15 @@ class _StreamAssembly:
         )
 
 
+_UNPRICED: set[str] = set()
+"""Models LiteLLM's (local, fixed) cost map cannot price: asking again would fail again, after
+the same search of the map."""
+_UNPRICED_MAX = 1024
+
+
 def _cost_usd(routed_model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    if routed_model in _UNPRICED:
+        return 0.0
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             model=routed_model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
@@ -664,5 +707,7 @@ def _cost_usd(routed_model: str, prompt_tokens: int, completion_tokens: int) -> 
     except Exception:
         # Pricing is best effort: an unmapped model (ModelNotMappedError) or any other failure of
         # LiteLLM's cost map must not fail a call that already succeeded; it costs 0.
+        if len(_UNPRICED) < _UNPRICED_MAX:
+            _UNPRICED.add(routed_model)
         return 0.0
     return float(prompt_cost) + float(completion_cost)

@@ -170,7 +170,8 @@ class LLM(Protocol):
     """Port: a chat-completion model (LiteLLM in production, the fake LLM server in tests)."""
 
     async def complete(self, request: LlmRequest, on_delta: DeltaSink | None = None) -> LlmResult:
-        """Stream one completion, feeding content fragments to ``on_delta``; return the result.
+        """One completion; streamed, feeding content fragments to ``on_delta``, when one is given
+        (without, the answer may be asked for whole). Returns the result.
 
         Raises:
             InfrastructureError: every model in the chain failed (retryable data on the error).

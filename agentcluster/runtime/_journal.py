@@ -86,6 +86,9 @@ class StoreJournal(TurnJournal):
         await self._write(change)
         self._started[turn_id] = time.perf_counter()
 
+    def watched(self) -> bool:
+        return self._feed.subscribers > 0
+
     async def delta(self, turn_id: str, step: int, text: str) -> None:
         self._feed.publish_delta(turn_id, step, text)
 

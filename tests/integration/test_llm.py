@@ -132,6 +132,50 @@ async def test_tool_calls_are_assembled_from_fragments(fake: FakeLLM) -> None:
     assert fake.requests[0].tool_names == ["get_weather", "get_time"]
 
 
+async def test_without_a_sink_the_answer_is_asked_for_whole(fake: FakeLLM) -> None:
+    fake.script.push(Reply("one two three"))
+    weather = {"city": "Paris", "days": [1, 2]}
+    fake.script.push(
+        Reply(
+            tool_calls=[
+                ToolCall("get_weather", weather, id="call_w"),
+                ToolCall("get_time", {"zone": "UTC"}, id="call_t"),
+            ]
+        )
+    )
+    client = LiteLLMClient(settings_for(fake))
+    plain = await client.complete(ask())
+    tools = [ToolSchema(name=name, description=name) for name in ("get_weather", "get_time")]
+    called = await client.complete(ask("weather?").model_copy(update={"tools": tools}))
+    assert [request.stream for request in fake.requests] == [False, False]
+    assert plain.content == "one two three" and plain.finish_reason == "stop"
+    assert plain.usage.prompt_tokens > 0 and plain.usage.completion_tokens > 0
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
+    assert called.content is None and called.finish_reason == "tool_calls"
+    assert [(c.id, c.name) for c in called.tool_calls] == [
+        ("call_w", "get_weather"),
+        ("call_t", "get_time"),
+    ]
+    assert json.loads(called.tool_calls[0].arguments) == weather
+
+
+async def test_streaming_always_streams_without_a_sink(fake: FakeLLM) -> None:
+    fake.script.push(Reply("one two three"))
+    result = await LiteLLMClient(settings_for(fake, stream="always")).complete(ask())
+    assert result.content == "one two three"
+    (request,) = fake.requests
+    assert request.stream and request.include_usage
+
+
+async def test_a_whole_answer_failing_is_retried_like_a_stream(fake: FakeLLM) -> None:
+    fake.script.push(Failure(503), Reply("after the outage"))
+    sleep = RecordingSleep()
+    result = await LiteLLMClient(settings_for(fake), sleep=sleep).complete(ask())
+    assert result.content == "after the outage" and result.attempts == 2
+    assert len(sleep.delays) == 1
+    assert [request.stream for request in fake.requests] == [False, False]
+
+
 async def test_rate_limit_is_retried_honouring_retry_after(fake: FakeLLM) -> None:
     fake.script.push(Failure(429, retry_after=2), Reply("finally"))
     sleep = RecordingSleep()
@@ -248,7 +292,23 @@ async def test_open_breaker_is_named_when_all_fail(fake: FakeLLM) -> None:
 async def test_timeout_is_retried(fake: FakeLLM) -> None:
     fake.script.push(Timeout(seconds=30), Reply("after the timeout"))
     client = LiteLLMClient(settings_for(fake, timeout_s=0.3), sleep=RecordingSleep())
-    result = await client.complete(ask())
+    deltas: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        deltas.append(text)
+
+    result = await client.complete(ask(), on_delta)
+    assert (result.content, result.attempts) == ("after the timeout", 2)
+    assert "".join(deltas) == "after the timeout"
+
+
+async def test_a_silent_whole_answer_is_cut_by_the_call_timeout_and_retried(
+    fake: FakeLLM,
+) -> None:
+    # A whole answer sends nothing until it is done, so its one wait is the call's bound.
+    fake.script.push(Timeout(seconds=30), Reply("after the timeout"))
+    settings = settings_for(fake, timeout_s=0.2, call_timeout_s=0.6)
+    result = await LiteLLMClient(settings, sleep=RecordingSleep()).complete(ask())
     assert (result.content, result.attempts) == ("after the timeout", 2)
 
 

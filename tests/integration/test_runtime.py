@@ -159,6 +159,34 @@ async def test_a_two_step_tool_turn_streams_its_events_in_order(
     assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
 
 
+async def test_a_turn_streams_from_the_llm_only_while_someone_watches(
+    runtime: Runtime, fake_llm: FakeLLM
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content="one two three")))
+    tenant_id, session_id = await _session(runtime)
+    # Nobody watches a waited-for turn: its answer is asked for whole, and is the same.
+    waited = await runtime.send_message(tenant_id, session_id, f"{token} a", notify=False)
+    outcome = await runtime.wait_turn(tenant_id, session_id, waited, 60)
+    assert isinstance(outcome, ev.TurnCompleted) and outcome.content == "one two three"
+    # A streamed turn: subscribed first, so every fragment reaches the stream.
+    watched = await runtime.send_message(tenant_id, session_id, f"{token} b", notify=False)
+    items = [
+        item
+        async for item in runtime.stream(
+            tenant_id,
+            session_id,
+            after_seq=watched.seq - 1,
+            until_turn=watched.turn_id,
+            wake=True,
+        )
+    ]
+    assert "".join(item.text for item in items if isinstance(item, Delta)) == "one two three"
+    assert isinstance(items[-1], ev.TurnCompleted) and items[-1].content == "one two three"
+    streamed = [r.stream for r in fake_llm.requests if _mentions(token)(r)]
+    assert streamed == [False, True]
+
+
 async def test_twenty_concurrent_messages_run_one_turn_at_a_time_in_order(
     runtime: Runtime, fake_llm: FakeLLM
 ) -> None:
