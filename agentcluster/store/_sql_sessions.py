@@ -91,6 +91,7 @@ class SqlSessions(SqlWriting):
                     tenant_id=tenant_id, session_id=session_id, agent=agent, metadata=metadata or {}
                 )
             )
+            await writer.flush()
         return await self.get_session(tenant_id, session_id)
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session:
