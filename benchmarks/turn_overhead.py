@@ -13,8 +13,9 @@ profile without tools; ``agentcluster.testing.fake_llm`` in a thread of this pro
   transaction writing the user message, the answer and two events). The ratios and the issue 17
   targets are against it;
 * **store baseline**: ``benchmarks/_baseline_app.py``, our own work without the distribution (the
-  cluster's store and its journal's transactions, ``LiteLLMClient`` streaming, trimming; no Ray),
-  on the stack's database: what the cluster costs beyond its own store and LLM client;
+  cluster's store and its journal's transactions, ``LiteLLMClient`` asking for whole answers
+  as the cluster does when nobody watches, trimming; no Ray), on the stack's database: what
+  the cluster costs beyond its own store and LLM client;
 * **cluster**, per ``--stack`` and Serve mode (``--modes``), each a local Ray in a child process of
   this script (``--cluster-child``; Serve reads its mode from the environment at import):
 
@@ -1184,7 +1185,8 @@ def method(report: Report) -> str:
         f"user message, the answer and two events). Store baseline: `benchmarks/_baseline_app.py` "
         f"(the same uvicorn app shape; the cluster's store on the stack's database, "
         f"`submit_message` and the journal's two transactions of a one-step turn, `LiteLLMClient` "
-        f"streaming; no Ray). Cluster: a local Ray (`num_cpus=2`) per stack and serve mode, "
+        f"asking for the whole answer, as the cluster does when nobody watches; no Ray). "
+        f"Cluster: a local Ray (`num_cpus=2`) per stack and serve mode, "
         f"{args.replicas} gateway replica(s), one SessionHost; production: a fresh PostgreSQL "
         f"database, Kafka relay and inbound consumer on private topics, Redis and the OPA server "
         f"of `.data/services.env`; embedded: a fresh SQLite file, in-process policy, no Kafka or "
@@ -1227,6 +1229,21 @@ def stack_section(report: Report, stack: Stack) -> list[str]:
     ]
 
 
+INGRESS_NOTE = (
+    "Why Serve's HTTP proxy stays the default ingress (issue 17, deliverable 3): direct ingress "
+    "(`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`) gives each gateway replica a port of its own (30000 "
+    "up) and no one address across replicas, so with several replicas or autoscaling a client "
+    "and the console would need a load balancer of their own; Serve's HAProxy mode "
+    "(`RAY_SERVE_ENABLE_HA_PROXY=1`) is that load balancer, but Ray's HAProxy template binds its "
+    "stats and metrics listeners on every interface (`bind *:8404`, `bind :9101`; only the ports "
+    "are settings) and needs the `haproxy` binary on every node: not a default we ship. Direct "
+    "ingress stays an opt-in (README, 'Ingress'). The hop from the replica to the session host "
+    "is already one: a `?wait=true` turn is one Ray call to its host, and its outcome comes back "
+    "on that call (no second subscription, no deltas sent: nobody watches, so the LLM call is "
+    "not streamed either)."
+)
+
+
 def markdown(report: Report) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections = [line for stack in report.args.stacks for line in stack_section(report, stack)]
@@ -1246,6 +1263,8 @@ def markdown(report: Report) -> str:
             *verdicts(report),
             "",
             method(report),
+            "",
+            INGRESS_NOTE,
         ]
     )
 
