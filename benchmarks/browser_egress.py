@@ -33,8 +33,7 @@ from typing import Any
 
 from actors.browser import BrowserActor
 from agentcluster.config import BrowserSettings, prepare_offline_environment
-from agentcluster.tools import ToolInvocation
-from agentcluster.tools._ssrf import DefaultNetworkPolicy
+from agentcluster.tools import DefaultNetworkPolicy, ToolInvocation
 from benchmarks._common import DOC_TITLE, machine_description, markdown_table, percentile, publish
 
 SECTION = "## Browser egress proxy"
@@ -78,7 +77,7 @@ def page_server() -> Iterator[str]:
         httpd.server_close()
 
 
-def invocation(url: str) -> dict[str, Any]:
+def invocation(url: str) -> ToolInvocation:
     return ToolInvocation(
         tenant_id="bench",
         session_id="bench",
@@ -87,15 +86,15 @@ def invocation(url: str) -> dict[str, Any]:
         tool_call_id=uuid.uuid4().hex[:8],
         tool="browser_navigate",
         arguments={"url": url},
-    ).model_dump()
+    )
 
 
 async def navigate(actor: BrowserActor, url: str) -> float:
     started = time.perf_counter()
     outcome = await actor.execute(invocation(url))
     elapsed = (time.perf_counter() - started) * 1000.0
-    if not outcome["ok"]:
-        raise SystemExit(f"browser_navigate {url} failed: {outcome['error']}")
+    if not outcome.ok:
+        raise SystemExit(f"browser_navigate {url} failed: {outcome.error}")
     return elapsed
 
 
@@ -155,7 +154,7 @@ def markdown(report: Report) -> str:
     rows.append(["first `browser_navigate` after `reset`", *_p50_p99(report.after_reset), ""])
     ratio = percentile(report.navigations["through the proxy"], 50) / base
     verdict = "met" if ratio < TARGET_RATIO else "NOT met"
-    samples = len(report.navigations["direct (baseline)"])
+    count = len(report.navigations["direct (baseline)"])
     return "\n".join(
         [
             f"Command: `{report.command}`",
@@ -172,7 +171,7 @@ def markdown(report: Report) -> str:
             f"Method: two browser actors in one process (no Ray), alike (Chromium as the same "
             f"unprivileged uid with its sandbox, same policy) except that the baseline sets "
             f"`SA01_BROWSER_UNSAFE_NO_EGRESS_PROXY` (Chromium connects directly, as before the "
-            f"proxy); {samples} navigations each, in interleaved rounds, each to a new URL of a "
+            f"proxy); {count} navigations each, in interleaved rounds, each to a new URL of a "
             f"local page with a stylesheet, a script and an image (`Cache-Control: no-store`: "
             f"four requests per navigation, {report.proxied_requests} decided by the proxy in "
             f"all). `reset` is what the pool runs between two leases. Run time "

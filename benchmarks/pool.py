@@ -44,7 +44,7 @@ import ray
 from actors.browser import BrowserActor
 from actors.pool import ActorPool, PoolConfig, PoolSpec
 from agentcluster.config import BrowserSettings, prepare_offline_environment
-from agentcluster.tools import ToolInvocation, ToolOutcome
+from agentcluster.tools import DefaultNetworkPolicy, ToolInvocation, ToolOutcome
 from benchmarks._common import (
     DOC_TITLE,
     MIB,
@@ -216,7 +216,11 @@ async def browser_figures(actions: int) -> BrowserReport:
     spec = PoolSpec(
         config=config,
         actor_class=BrowserActor,
-        kwargs={"settings": settings},
+        # The page is on loopback: the default network policy refuses it unless allowed.
+        kwargs={
+            "settings": settings,
+            "policy_factory": functools.partial(DefaultNetworkPolicy, allow_cidrs=["127.0.0.1/32"]),
+        },
         namespace=NAMESPACE,
     )
     pool = ActorPool.start(spec, lease_timeout_s=120)
