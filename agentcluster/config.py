@@ -146,7 +146,7 @@ class DbSettings(BaseSettings):
     dsn: str | None = None
     pool_size: int = Field(default=5, ge=1, le=200)
     max_overflow: int = Field(default=5, ge=0, le=200)
-    """PostgreSQL: connections past ``pool_size`` a process may open under a burst (closed when
+    """Connections past ``pool_size`` a process may open under a burst (closed when
     returned). Every process with a store holds at most ``pool_size + max_overflow``: keep
     (gateway replicas + session hosts + standbys + 4) x that below the server's
     ``max_connections`` (100 by default), or a burst gets 503s naming the database."""

@@ -10,6 +10,7 @@ into :class:`~agentcluster.store.SqlStateStore`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,6 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from agentcluster.domain import Message, Session, Turn
 from agentcluster.errors import (
@@ -92,7 +92,7 @@ def make_engine(
     command_timeout_s: float,
     echo: bool,
 ) -> AsyncEngine:
-    """The engine; ``pool`` is (pool_size, max_overflow), for PostgreSQL."""
+    """The engine; ``pool`` is (pool_size, max_overflow)."""
     if _backend(dsn) == "postgresql":
         engine = create_async_engine(
             dsn,
@@ -120,7 +120,12 @@ def make_engine(
 
         # 0600 before SQLite opens it: SQLite gives -wal and -shm the database file's mode.
         prepare_sqlite_file(Path(database))
-    engine = create_async_engine(dsn, poolclass=NullPool, echo=echo, connect_args={"timeout": 30})
+    # Pooled, as PostgreSQL: a connection per transaction (NullPool) cost a connect, the pragmas
+    # and a new aiosqlite thread each time, a third of an embedded turn's CPU. SQLAlchemy makes
+    # aiosqlite's threads daemons, so a store left open never holds up the process's exit.
+    engine = create_async_engine(
+        dsn, pool_size=pool[0], max_overflow=pool[1], echo=echo, connect_args={"timeout": 30}
+    )
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -210,10 +215,25 @@ class SqlStoreBase:
         self._engine = engine
         self.description = description
         self.dependency = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
+        self._session_writes: asyncio.Lock | None = None
 
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @asynccontextmanager
+    async def _one_writer(self) -> AsyncIterator[None]:
+        """SQLite: this process's session writes take turns here. SQLite has one writer at a
+        time, and its busy handler retries a waiting writer with growing sleeps: sixteen
+        concurrent turns waited up to 4.5 s (p99 1.3 s) for it; queued here they wait in order.
+        PostgreSQL locks the session's row instead: nothing to do."""
+        if self.dependency != "sqlite":
+            yield
+            return
+        if self._session_writes is None:
+            self._session_writes = asyncio.Lock()
+        async with self._session_writes:
+            yield
 
     async def close(self) -> None:
         await self._engine.dispose()

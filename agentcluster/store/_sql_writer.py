@@ -386,7 +386,7 @@ class SqlWriting(SqlStoreBase):
             StaleEpochError: ``epoch`` is no longer the session's owner epoch.
             NotFoundError: no such session (for this tenant).
         """
-        async with self.transaction() as connection:
+        async with self._one_writer(), self.transaction() as connection:
             locked = (
                 await connection.execute(
                     _lock_statement(epoch is not None, tenant_id is not None),
