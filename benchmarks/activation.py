@@ -94,7 +94,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.activation", description=__doc__)
     parser.add_argument("--sessions", type=int, default=10_000, help="idle sessions for memory")
     parser.add_argument("--history", type=int, default=100, help="messages per sampled session")
-    parser.add_argument("--activations", type=int, default=200, help="latency samples")
+    parser.add_argument(
+        "--activations", type=int, default=1000, help="latency samples (per level of sessions held)"
+    )
     parser.add_argument("--hosts", type=int, default=2, help="SessionHost actors")
     parser.add_argument("--isolation-sessions", type=int, default=20, help="isolation baseline")
     parser.add_argument(
@@ -398,7 +400,9 @@ async def inprocess_activations(settings: Settings, population: Population) -> l
         return samples
     finally:
         await core.stop()
-        await deps.store.close()
+        # The composition root built it: the SQL adapter, whatever role the host sees.
+        if isinstance(deps.store, SqlStateStore):
+            await deps.store.close()
 
 
 async def isolation_mode(settings: Settings, session_ids: Sequence[str]) -> ModeResult:
