@@ -196,6 +196,24 @@ async def test_concurrent_submissions_get_distinct_gapless_seqs(store: SqlStateS
     assert received == list(positions)
 
 
+async def test_many_sessions_written_at_once_all_commit_in_order(store: SqlStateStore) -> None:
+    # More concurrent writers than the pool holds connections: on SQLite they queue for the
+    # one writer (no "database is locked"), on PostgreSQL each locks its own session's row.
+    tenant_id = await _tenant(store)
+    sessions = [await store.create_session(tenant_id, "default") for _ in range(24)]
+
+    async def send(session_id: str) -> None:
+        for i in range(3):
+            await store.submit_message(tenant_id, session_id, f"m{i}")
+
+    await asyncio.gather(*(send(session.session_id) for session in sessions))
+    for session in sessions:
+        events = await store.list_events(tenant_id, session.session_id)
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        received = [e.content for e in events if isinstance(e, ev.MessageReceived)]
+        assert received == ["m0", "m1", "m2"]
+
+
 async def test_tenants_are_isolated(store: SqlStateStore) -> None:
     mine, theirs = await _tenant(store), await _tenant(store)
     session = await store.create_session(mine, "default")
