@@ -53,13 +53,13 @@ def scrub(text: str, secret: str | None) -> str:
 
 
 def _probe_settings(timeout_s: float) -> LlmSettings:
-    # One attempt; LiteLLM's own timeout (connect, each wait) answers first, the whole-call bound
-    # only catches a stream that keeps dripping.
+    # One attempt, asked for whole (no sink): its one wait for the answer is the whole call's,
+    # so the whole call is bounded by the probe's timeout.
     return LlmSettings(
         api_base=None,
         api_key=None,
         timeout_s=timeout_s,
-        call_timeout_s=2 * timeout_s,
+        call_timeout_s=timeout_s,
         max_retries=0,
     )
 
@@ -96,7 +96,7 @@ def _failed(
 ) -> ProbeOutcome:
     exc = _library_error(error)
     if type(exc) is TimeoutError:  # the whole-call bound, not LiteLLM's own timeout
-        detail = f"no answer within {2 * timeout_s:g} s"
+        detail = f"no answer within {timeout_s:g} s"
         return ProbeOutcome(ok=False, latency_ms=_since(started), detail=detail)
     transport = _transport_failure(exc)
     if transport is not None:

@@ -176,6 +176,21 @@ async def test_a_whole_answer_failing_is_retried_like_a_stream(fake: FakeLLM) ->
     assert [request.stream for request in fake.requests] == [False, False]
 
 
+async def test_a_provider_test_of_a_silent_model_ends_within_its_timeout(fake: FakeLLM) -> None:
+    from agentcluster.llm import ModelRoute
+    from agentcluster.providers import probe_with_litellm
+
+    fake.script.push(Timeout(seconds=30))
+    route = ModelRoute(
+        reference="local/silent", litellm_model="openai/silent", api_base=fake.base_url
+    )
+    outcome = await probe_with_litellm(route, 0.3)
+    assert not outcome.ok
+    assert "no answer within 0.3 s" in outcome.detail or "Timeout" in outcome.detail
+    (request,) = fake.requests
+    assert not request.stream and request.max_tokens == 1
+
+
 async def test_rate_limit_is_retried_honouring_retry_after(fake: FakeLLM) -> None:
     fake.script.push(Failure(429, retry_after=2), Reply("finally"))
     sleep = RecordingSleep()
