@@ -85,13 +85,15 @@ class SqlSessions(SqlWriting):
                     webhook=webhook,
                 )
             )
-            writer = SessionWriter(connection, tenant_id, session_id, seq=1)
-            await writer.emit(
-                ev.SessionCreated(
-                    tenant_id=tenant_id, session_id=session_id, agent=agent, metadata=metadata or {}
+            async with SessionWriter(connection, tenant_id, session_id, seq=1) as writer:
+                await writer.emit(
+                    ev.SessionCreated(
+                        tenant_id=tenant_id,
+                        session_id=session_id,
+                        agent=agent,
+                        metadata=metadata or {},
+                    )
                 )
-            )
-            await writer.flush()
         return await self.get_session(tenant_id, session_id)
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session:

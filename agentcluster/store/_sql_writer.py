@@ -103,7 +103,9 @@ def _finish_statement(with_usage: bool, with_answer: bool) -> Update:
 
 
 class SessionWriter:
-    """A fenced unit of work on one session; obtain it from :meth:`SqlWriting.writer`."""
+    """A fenced unit of work on one session; obtain it from :meth:`SqlWriting.writer` (or, for
+    a session created in the same transaction, use it as ``async with``: the events it emitted
+    are written when the block ends without an error)."""
 
     def __init__(
         self,
@@ -155,9 +157,12 @@ class SessionWriter:
         self.emitted.append(stamped)
         return stamped
 
-    async def flush(self) -> None:
-        """Write the events emitted so far (one statement for all of them)."""
-        if self._event_rows:
+    async def __aenter__(self) -> SessionWriter:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None and self._event_rows:
+            # The emitted events, one statement for all of them.
             rows, self._event_rows = self._event_rows, []
             await self._connection.execute(_INSERT_EVENTS, rows)
 
@@ -402,16 +407,15 @@ class SqlWriting(SqlStoreBase):
             if locked is None:
                 await self._explain_missing(connection, session_id, epoch, tenant_id)
             stored_next = locked.next_seq  # with the reserved numbers taken
-            writer = SessionWriter(
+            async with SessionWriter(
                 connection,
                 locked.tenant_id,
                 session_id,
                 seq=stored_next - events,
                 status=locked.status,
                 webhook=locked.webhook,
-            )
-            yield writer
-            await writer.flush()
+            ) as writer:
+                yield writer
             if writer.next_seq != stored_next:
                 await connection.execute(
                     update(SessionRow)
