@@ -339,6 +339,10 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=21016, ge=1, le=65535)
+    access_log: bool = False
+    """Ray Serve's access log: a line per request from the proxy and from the replica. Off by
+    default: it is a tenth of the gateway's CPU per request, and request counts, latencies and
+    statuses are in the Prometheus metrics and the traces already."""
 
 
 class LlmSettings(BaseSettings):

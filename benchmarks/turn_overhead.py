@@ -773,7 +773,7 @@ def cluster_child() -> None:
     import ray
     from ray import serve
 
-    from deployments.gateway import build_gateway
+    from deployments.gateway import build_gateway, start_proxy
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     config = ChildConfig.model_validate_json(sys.stdin.readline())
@@ -781,7 +781,7 @@ def cluster_child() -> None:
     replicas = {"min_replicas": config.replicas, "max_replicas": config.replicas}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": config.port})
+        start_proxy(settings, "127.0.0.1", config.port)
         serve.run(
             build_gateway(settings, autoscaling_config=replicas), name=APP_NAME, route_prefix="/"
         )

@@ -31,7 +31,13 @@ from agentcluster.logs import configure_logging
 from agentcluster.runtime import StreamItem
 from agentcluster.tracing import configure_tracing
 
-__all__ = ["DEFAULT_OPTIONS", "HandleMethods", "build_gateway", "check_stream_capacity"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "HandleMethods",
+    "build_gateway",
+    "check_stream_capacity",
+    "start_proxy",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -216,7 +222,7 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
         ConfigError: the replica stream limit does not fit ``max_ongoing_requests``.
     """
     resolved = settings or load_settings()
-    merged = DEFAULT_OPTIONS | options
+    merged = DEFAULT_OPTIONS | {"logging_config": _logging(resolved)} | options
     check_stream_capacity(resolved, int(merged["max_ongoing_requests"]))
     app = create_app(resolved, connect_runtime, ray_cluster_probe)
 
@@ -233,3 +239,13 @@ def build_gateway(settings: Settings | None = None, **options: Any) -> Applicati
     ingress = serve.ingress(app)(Gateway)
     deployment = serve.deployment(**merged)(ingress)
     return deployment.bind()
+
+
+def start_proxy(settings: Settings, host: str, port: int) -> None:
+    """Start Serve with its HTTP proxy on ``host:port`` (before :func:`build_gateway` runs)."""
+    serve.start(http_options={"host": host, "port": port}, logging_config=_logging(settings))
+
+
+def _logging(settings: Settings) -> dict[str, Any]:
+    # Serve's access log, on the proxy and on the replicas alike (SA01_GATEWAY_ACCESS_LOG).
+    return {"enable_access_log": settings.gateway.access_log}

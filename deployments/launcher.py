@@ -29,7 +29,7 @@ from agentcluster.config import Settings, load_settings
 from agentcluster.datadir import secure_data_dir, write_private_text
 from agentcluster.errors import AgentClusterError, ConfigError, UserError
 from agentcluster.testing.fake_llm import FakeLLM
-from deployments.gateway import build_gateway
+from deployments.gateway import build_gateway, start_proxy
 
 __all__ = ["Launch", "main", "prepare_demo", "serve_forever"]
 
@@ -88,7 +88,7 @@ def serve_forever(settings: Settings, *, ray_address: str = "local") -> None:
     ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
     try:
         host, port = settings.gateway.host, settings.gateway.port
-        serve.start(http_options={"host": host, "port": port})
+        start_proxy(settings, host, port)
         serve.run(build_gateway(settings), name="agentcluster", route_prefix="/")
         _start_kafka_workers(settings)
         launch = Launch(

@@ -465,6 +465,10 @@ def check_rayservice(doc: Config, serve_config: Config) -> None:
         "serveConfigV2 applications differ from configs/serve.yaml "
         "(name, import_path, route_prefix, deployment names)",
     )
+    _require(
+        embedded.get("logging_config") == serve_config.get("logging_config"),
+        "serveConfigV2 logging_config differs from configs/serve.yaml",
+    )
     cluster = spec["rayClusterConfig"]
     _require(cluster.get("rayVersion") == ray.__version__, f"rayVersion must be {ray.__version__}")
     _require(cluster.get("enableInTreeAutoscaling") is True, "the Ray autoscaler must be on")
@@ -500,6 +504,10 @@ def _move_import(serve_config: Config) -> None:
     serve_config["applications"][0]["import_path"] = "deployments.gateway:build_gateway"
 
 
+def _access_log_on(serve_config: Config) -> None:
+    serve_config["logging_config"] = {"enable_access_log": True}
+
+
 def _group(name: str, edit: Callable[[Config], None]) -> Callable[[Config], None]:
     def mutate(doc: Config) -> None:
         for group in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
@@ -528,6 +536,7 @@ def _old_ray(doc: Config) -> None:
 RAYSERVICE_MUTATIONS: list[tuple[str, Callable[[Config], None]]] = [
     ("deployment renamed", _edit_serve(_rename_deployment)),
     ("import path moved", _edit_serve(_move_import)),
+    ("access log differs", _edit_serve(_access_log_on)),
     ("browser group without browsers", _group(BROWSER, _no_browsers)),
     ("cpu group without settings", _group("cpu", _no_env)),
     ("min above max", _group(BROWSER, _inverted)),

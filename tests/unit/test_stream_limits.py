@@ -18,7 +18,7 @@ from agentcluster.limits import (
     TenantLimits,
     open_stream_lease,
 )
-from deployments.gateway import DEFAULT_OPTIONS, check_stream_capacity
+from deployments.gateway import DEFAULT_OPTIONS, build_gateway, check_stream_capacity
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -107,3 +107,13 @@ async def test_too_many_streams_is_a_429_problem_with_retry_after_and_no_rate_he
     assert response.headers["retry-after"] == "5"
     assert "ratelimit-limit" not in response.headers
     assert response.json()["type"] == "https://agentcluster.dev/problems/too-many-streams"
+
+
+def test_serve_access_log_follows_the_setting() -> None:
+    # Off by default (a tenth of the gateway's CPU per request); the replicas' deployment options
+    # carry the setting, and start_proxy gives the proxy the same.
+    assert load_settings({}).gateway.access_log is False
+    for enabled in (False, True):
+        settings = load_settings({"gateway": {"access_log": enabled}})
+        options = build_gateway(settings)._bound_deployment._deployment_config.logging_config
+        assert options is not None and options["enable_access_log"] is enabled
