@@ -33,6 +33,11 @@ decision := {"allowed": true, "ask": true, "reason": concat("; ", sort(_approval
 
 decision := {"allowed": false, "reason": concat("; ", sort(denials))} if count(denials) > 0
 
+# Batch entry point: data.agentcluster.authz.decisions -> one decision per request of
+# input.batch, in its order (the tool calls of one LLM step, decided in one round trip to the OPA
+# server). Each is exactly what `decision` answers for that request alone.
+decisions := [d | some request in input.batch; d := decision with input as request]
+
 known_kinds := {"tool", "network", "api"}
 
 denials contains "policy input has no kind; expected one of api, network, tool" if {

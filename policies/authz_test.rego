@@ -595,3 +595,31 @@ test_data_without_approvals_or_action_roles_still_decides if {
 	a := authz.decision with input as api("t0", "session.approve", null, false) with data.agentcluster.defaults as {"agents": ["*"], "tools": {"allow": ["*"], "deny": []}, "deny_actions": [], "network": {}, "limits": {}}
 	a.allowed == true
 }
+
+# ---------------------------------------------------------------- batch (one LLM step's tool calls)
+
+test_batch_answers_each_request_as_alone_in_order if {
+	batch := [
+		tool("t1", "support", "http_fetch", {"url": "https://x.test/"}),
+		tool("t1", "support", "python_exec", {"code": "1"}),
+		tool("careful", "a", "python_exec", {"code": "1"}),
+		{"tool": "no kind"},
+	]
+	ds := authz.decisions with input as {"batch": batch} with data.agentcluster.tenants as tenants
+	count(ds) == 4
+	every i, request in batch {
+		ds[i] == decide(request)
+	}
+	ds[0].allowed == true
+	ds[1].allowed == false
+	ds[2].ask == true
+	ds[3].allowed == false
+}
+
+# No list, no decisions: the engine denies every call whose decision is missing.
+test_batch_without_a_list_has_no_decisions if {
+	ds := authz.decisions with input as {"batch": "x"} with data.agentcluster.tenants as tenants
+	ds == []
+	one := authz.decisions with input as tool("t1", "support", "http_fetch", {})
+	one == []
+}

@@ -36,6 +36,7 @@ from agentcluster.tools import (
     ToolExecutor,
     ToolInvocation,
     ToolOutcome,
+    decide_tools,
 )
 
 __all__ = [
@@ -355,10 +356,11 @@ class AgentLoop:
                     status="completed", content=content, usage=tally.usage, steps=step
                 )
             await journal.llm_completed(context.turn_id, step, result)
+            decisions = await self._decide_step(context, result.tool_calls)
             waiting = [
                 call.id
-                for call in result.tool_calls
-                if not await self._tool_call(context, call, history, journal)
+                for call, decided in zip(result.tool_calls, decisions, strict=True)
+                if not await self._tool_call(context, call, history, journal, decided=decided)
             ]
             if waiting:
                 return await self._pause(context, waiting, journal, tally, step)
@@ -406,9 +408,12 @@ class AgentLoop:
         history: list[ChatMessage],
         journal: TurnJournal,
         approval: Approval | None = None,
+        *,
+        decided: PolicyDecision | None = None,
     ) -> bool:
-        """Decide and run one call (``approval``: as a person decided it); False when it waits
-        for a person instead."""
+        """Decide and run one call (``approval``: as a person decided it; ``decided``: the
+        policy's decision, already asked with the rest of its step); False when it waits for a
+        person instead."""
         parsed = _parse_arguments(call)
         arguments = parsed if isinstance(parsed, dict) else {}
         attributes = {
@@ -422,7 +427,9 @@ class AgentLoop:
             if isinstance(parsed, str):
                 outcome: ToolOutcome | None = ToolOutcome(ok=False, error=parsed)
             else:
-                outcome = await self._decide_and_run(context, call, arguments, journal, approval)
+                outcome = await self._decide_and_run(
+                    context, call, arguments, journal, approval, decided
+                )
             if outcome is None:
                 span.set_attribute("agentcluster.tool.awaiting_approval", True)
                 return False
@@ -441,6 +448,7 @@ class AgentLoop:
         arguments: dict[str, Any],
         journal: TurnJournal,
         approval: Approval | None,
+        decided: PolicyDecision | None = None,
     ) -> ToolOutcome | None:
         """The call's outcome, or None when the policy sends it to a person (``approval`` is
         their decision once made: a rejected call is not run; an approved one is decided
@@ -453,19 +461,13 @@ class AgentLoop:
             return ToolOutcome(ok=False, error=f"rejected by a person: {note}")
         if approval is not None:
             arguments = approval.run_arguments
-        invocation = ToolInvocation(
-            tenant_id=context.tenant_id,
-            session_id=context.session_id,
-            turn_id=context.turn_id,
-            agent=context.agent,
-            tool_call_id=call.id,
-            tool=call.name,
-            arguments=arguments,
-        )
+        invocation = _invocation(context, call, arguments)
         if call.name not in self.profile.tools:
             decision = PolicyDecision(
                 allowed=False, reason=f"tool {call.name!r} is not enabled for this agent"
             )
+        elif decided is not None and approval is None:
+            decision = decided
         else:
             decision = await self._decide(invocation)
         if decision.ask and approval is None:
@@ -484,12 +486,51 @@ class AgentLoop:
             return ToolOutcome(ok=False, error=f"denied by policy: {decision.reason}")
         return await self._tools.execute(invocation)
 
+    async def _decide_step(
+        self, context: TurnContext, calls: list[ToolCallSpec]
+    ) -> list[PolicyDecision | None]:
+        """The policy's decisions on a step's calls, asked together (one round trip to an OPA
+        server); None for a call the policy is not asked about (arguments that are not an
+        object, a tool the agent does not have)."""
+        asked: list[int] = []
+        invocations: list[ToolInvocation] = []
+        for index, call in enumerate(calls):
+            parsed = _parse_arguments(call)
+            if isinstance(parsed, dict) and call.name in self.profile.tools:
+                asked.append(index)
+                invocations.append(_invocation(context, call, parsed))
+        decisions: list[PolicyDecision | None] = [None] * len(calls)
+        if not invocations:
+            return decisions
+        try:
+            answers = await decide_tools(self._policy, invocations)
+        except AgentClusterError as exc:  # fail closed, as for one call
+            denial = PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+            answers = [denial] * len(invocations)
+        for index, answer in zip(asked, answers, strict=True):
+            decisions[index] = answer
+        return decisions
+
     async def _decide(self, invocation: ToolInvocation) -> PolicyDecision:
         try:
             return await self._policy.decide_tool(invocation)
         except AgentClusterError as exc:
             # Fail closed: no decision means no tool call.
             return PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+
+
+def _invocation(
+    context: TurnContext, call: ToolCallSpec, arguments: dict[str, Any]
+) -> ToolInvocation:
+    return ToolInvocation(
+        tenant_id=context.tenant_id,
+        session_id=context.session_id,
+        turn_id=context.turn_id,
+        agent=context.agent,
+        tool_call_id=call.id,
+        tool=call.name,
+        arguments=arguments,
+    )
 
 
 async def _settle(budget: Budget, hold: BudgetHold, usage: Usage) -> None:

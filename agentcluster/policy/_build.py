@@ -23,6 +23,7 @@ from typing import Any
 
 from agentcluster.errors import ConfigError
 from agentcluster.policy._bundle import (
+    BATCH_ENTRYPOINT,
     BUNDLE_DIR,
     DATA_FILE,
     ENTRYPOINT,
@@ -75,6 +76,8 @@ def _opa_build(opa_bin: Path, policies_dir: Path) -> tuple[bytes, Any]:
                 "wasm",
                 "--entrypoint",
                 ENTRYPOINT,
+                "--entrypoint",
+                BATCH_ENTRYPOINT,
                 "--ignore",
                 "*_test.rego",
                 "--output",

@@ -22,6 +22,7 @@ from typing import Any
 from agentcluster.errors import ConfigError
 
 __all__ = [
+    "BATCH_ENTRYPOINT",
     "BUNDLE_DIR",
     "ENTRYPOINT",
     "WasmBundle",
@@ -32,6 +33,8 @@ __all__ = [
 
 BUNDLE_DIR = Path(__file__).resolve().parent
 ENTRYPOINT = "agentcluster/authz/decision"
+BATCH_ENTRYPOINT = "agentcluster/authz/decisions"
+"""One decision per request of ``input.batch`` (the OPA server's; Wasm evaluates one by one)."""
 WASM_FILE = "authz.wasm"
 DATA_FILE = "authz.data.json"
 MANIFEST_FILE = "authz.manifest.json"

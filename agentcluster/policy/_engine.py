@@ -29,9 +29,17 @@ class RegoPolicyEngine(ABC):
     async def decide(self, policy_input: Mapping[str, Any]) -> PolicyDecision:
         """Evaluate the policy for one input document (see ``policies/README.md``)."""
 
+    async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
+        """Evaluate the policy for each input, in order (an engine that can asks once)."""
+        return [await self.decide(policy_input) for policy_input in policy_inputs]
+
     async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision:
         """Decide one tool call (the PolicyEngine port)."""
         return await self.decide(tool_input(invocation))
+
+    async def decide_tools(self, invocations: Sequence[ToolInvocation]) -> list[PolicyDecision]:
+        """Decide the tool calls of one step (the BatchPolicyEngine port)."""
+        return await self.decide_many([tool_input(invocation) for invocation in invocations])
 
     async def decide_network(
         self,

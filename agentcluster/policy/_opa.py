@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from agentcluster.policy._bundle import ENTRYPOINT
+from agentcluster.policy._bundle import BATCH_ENTRYPOINT, ENTRYPOINT
 from agentcluster.policy._engine import RegoPolicyEngine
 from agentcluster.policy._inputs import decision_from_result
 from agentcluster.tools import PolicyDecision
@@ -38,6 +38,7 @@ class OpaServerPolicy(RegoPolicyEngine):
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._decision_url = f"{self.url}/v1/data/{ENTRYPOINT}"
+        self._batch_url = f"{self.url}/v1/data/{BATCH_ENTRYPOINT}"
         self._source = f"OPA at {self.url}"
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
@@ -48,8 +49,39 @@ class OpaServerPolicy(RegoPolicyEngine):
 
     async def decide(self, policy_input: Mapping[str, Any]) -> PolicyDecision:
         """Ask the server for the decision on ``policy_input``; deny when it cannot answer."""
+        result = await self._ask(self._decision_url, policy_input)
+        if isinstance(result, PolicyDecision):
+            return result
+        return decision_from_result(result, engine=self.engine, source=self._source)
+
+    async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
+        """Ask for all decisions in one request (``data.agentcluster.authz.decisions``; one at a
+        time from a server whose policy lacks it); every input is denied when the server cannot
+        answer, or when the answer does not have one decision per input."""
+        if len(policy_inputs) < 2:
+            return [await self.decide(policy_input) for policy_input in policy_inputs]
+        result = await self._ask(self._batch_url, {"batch": list(policy_inputs)})
+        if isinstance(result, PolicyDecision):
+            return [result] * len(policy_inputs)
+        if result is None:  # a server with an older policy (no `decisions`): one at a time
+            return [await self.decide(policy_input) for policy_input in policy_inputs]
+        answers = result if isinstance(result, list) else []
+        if len(answers) != len(policy_inputs):
+            missing = self._deny(
+                f"answered {len(answers)} decision(s) for a batch of {len(policy_inputs)} "
+                "(is the agentcluster.authz policy with `decisions` loaded?)"
+            )
+            return [missing] * len(policy_inputs)
+        return [
+            decision_from_result(answer, engine=self.engine, source=self._source)
+            for answer in answers
+        ]
+
+    async def _ask(self, url: str, policy_input: Mapping[str, Any]) -> object:
+        """The ``result`` of evaluating ``url`` on ``policy_input`` (None when undefined), or a
+        denial naming why the server gave none."""
         try:
-            response = await self._client.post(self._decision_url, json={"input": policy_input})
+            response = await self._client.post(url, json={"input": policy_input})
         except httpx.TimeoutException as exc:
             return self._deny(f"did not answer within {self.timeout_s:g} s ({type(exc).__name__})")
         except httpx.HTTPError as exc:
@@ -62,8 +94,7 @@ class OpaServerPolicy(RegoPolicyEngine):
             body = response.json()
         except ValueError:
             return self._deny("answered with a body that is not JSON")
-        result = body.get("result") if isinstance(body, dict) else body
-        return decision_from_result(result, engine=self.engine, source=self._source)
+        return body.get("result") if isinstance(body, dict) else body
 
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""

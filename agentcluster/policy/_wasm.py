@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opapywasm import UNDEFINED, OpaWasmError, OpaWasmPolicy, PolicyConfig
 
 from agentcluster.errors import ConfigError
-from agentcluster.policy._bundle import ENTRYPOINT, WasmBundle, load_bundle
+from agentcluster.policy._bundle import BATCH_ENTRYPOINT, ENTRYPOINT, WasmBundle, load_bundle
 from agentcluster.policy._engine import RegoPolicyEngine
 from agentcluster.policy._inputs import decision_from_result
 from agentcluster.tools import PolicyDecision
@@ -65,14 +65,35 @@ class WasmPolicy(RegoPolicyEngine):
         try:
             result = self._policy.evaluate(dict(policy_input))
         except (OpaWasmError, TypeError, ValueError) as exc:
-            return PolicyDecision(
-                allowed=False,
-                reason=f"policy engine ({_SOURCE}) failed: {type(exc).__name__}: {exc}",
-                engine=self.engine,
-                failed=True,
-            )
+            return self._failed(f"{type(exc).__name__}: {exc}")
         return decision_from_result(
             None if result is UNDEFINED else result, engine=self.engine, source=_SOURCE
+        )
+
+    async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
+        """Evaluate ``data.agentcluster.authz.decisions`` once for all inputs; every input is
+        denied when that fails or does not give one decision per input."""
+        if len(policy_inputs) < 2:
+            return [await self.decide(policy_input) for policy_input in policy_inputs]
+        batch: dict[str, Any] = {"batch": [dict(policy_input) for policy_input in policy_inputs]}
+        try:
+            result = self._policy.evaluate(batch, entrypoint=BATCH_ENTRYPOINT)
+        except (OpaWasmError, TypeError, ValueError) as exc:
+            return [self._failed(f"{type(exc).__name__}: {exc}")] * len(policy_inputs)
+        answers = result if isinstance(result, list) else []
+        if len(answers) != len(policy_inputs):
+            problem = f"gave {len(answers)} decision(s) for a batch of {len(policy_inputs)}"
+            return [self._failed(problem)] * len(policy_inputs)
+        return [
+            decision_from_result(answer, engine=self.engine, source=_SOURCE) for answer in answers
+        ]
+
+    def _failed(self, problem: str) -> PolicyDecision:
+        return PolicyDecision(
+            allowed=False,
+            reason=f"policy engine ({_SOURCE}) failed: {problem}",
+            engine=self.engine,
+            failed=True,
         )
 
     async def aclose(self) -> None:

@@ -8,12 +8,14 @@ likewise: :mod:`agentcluster.browser` and ``actors/browser.py``).
 """
 
 from agentcluster.tools._base import (
+    BatchPolicyEngine,
     PolicyDecision,
     PolicyEngine,
     Tool,
     ToolExecutor,
     ToolInvocation,
     ToolOutcome,
+    decide_tools,
 )
 from agentcluster.tools._builtins import (
     CalculatorTool,
@@ -49,6 +51,7 @@ from agentcluster.tools._worker import NetworkPolicyFactory, ToolWorker
 __all__ = [
     "AddressCategory",
     "AllowAllPolicy",
+    "BatchPolicyEngine",
     "CalculatorTool",
     "CurrentTimeTool",
     "DefaultNetworkPolicy",
@@ -81,6 +84,7 @@ __all__ = [
     "WebUrl",
     "builtin_registry",
     "classify_address",
+    "decide_tools",
     "evaluate_arithmetic",
     "file_tools",
     "load_mcp_config",

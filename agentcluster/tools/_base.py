@@ -10,19 +10,22 @@ and in unit tests).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentcluster.llm import ToolSchema
 
 __all__ = [
+    "BatchPolicyEngine",
     "PolicyDecision",
     "PolicyEngine",
     "Tool",
     "ToolExecutor",
     "ToolInvocation",
     "ToolOutcome",
+    "decide_tools",
 ]
 
 
@@ -93,3 +96,25 @@ class PolicyEngine(Protocol):
     ``agentcluster.policy``; the fixed adapters of ``_policy.py`` in tests)."""
 
     async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision: ...
+
+
+@runtime_checkable
+class BatchPolicyEngine(PolicyEngine, Protocol):
+    """A policy engine that decides several calls at once (the calls of one LLM step, in one
+    round trip to an OPA server); each decision is the one :meth:`decide_tool` would give."""
+
+    async def decide_tools(self, invocations: Sequence[ToolInvocation]) -> list[PolicyDecision]:
+        """One decision per invocation, in order; never fewer (a missing one is a denial)."""
+        ...
+
+
+async def decide_tools(
+    engine: PolicyEngine, invocations: Sequence[ToolInvocation]
+) -> list[PolicyDecision]:
+    """The decisions on ``invocations`` in order: in one batch where ``engine`` can, else one at
+    a time."""
+    if not invocations:
+        return []
+    if len(invocations) > 1 and isinstance(engine, BatchPolicyEngine):
+        return await engine.decide_tools(invocations)
+    return [await engine.decide_tool(invocation) for invocation in invocations]

@@ -388,3 +388,116 @@ async def test_malformed_answers_deny(body: bytes, problem: str) -> None:
         await server.wait_closed()
     assert not decision.allowed
     assert decision.reason.startswith(f"policy engine (OPA at {url}) {problem}")
+
+
+# ---------------------------------------------------------------- a step's calls in one request
+
+
+async def test_a_batch_gets_each_requests_own_decision_in_one_request(
+    opa_url: str, wasm: WasmPolicy
+) -> None:
+    opa = OpaServerPolicy(opa_url, timeout_s=5)
+    try:
+        requests = [row.request for row in ROWS]
+        alone = [(d.allowed, d.reason, d.ask) for d in [await opa.decide(r) for r in requests]]
+        for engine in (opa, wasm):
+            batch = await engine.decide_many(requests)
+            assert [(d.allowed, d.reason, d.ask) for d in batch] == alone, engine.engine
+    finally:
+        await opa.aclose()
+    assert [allowed for allowed, _reason, _ask in alone] == [row.allowed for row in ROWS]
+
+
+async def test_a_batch_the_server_cannot_answer_denies_every_request() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    opa = OpaServerPolicy(url, timeout_s=2)
+    try:
+        decisions = await opa.decide_many([ROWS[0].request, ROWS[1].request])
+    finally:
+        await opa.aclose()
+    assert [d.reason for d in decisions] == [
+        f"policy engine (OPA at {url}) unreachable: ConnectError"
+    ] * 2
+    assert not any(d.allowed for d in decisions)
+
+
+async def _serve_by_path(answers: dict[str, bytes]) -> tuple[asyncio.Server, str, list[str]]:
+    """A keep-alive HTTP server answering each path with its JSON body (404 otherwise)."""
+    seen: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            lines = head.decode().split("\r\n")
+            path = lines[0].split(" ")[1]
+            length = next(
+                (
+                    int(line.split(":")[1])
+                    for line in lines
+                    if line.lower().startswith("content-length")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            seen.append(path)
+            body = answers.get(path)
+            status = b"200 OK" if body is not None else b"404 Not Found"
+            body = body if body is not None else b"{}"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+
+
+@pytest.mark.parametrize(
+    ("batch_body", "expected"),
+    [
+        # A policy without `decisions` (an older bundle on the server): asked one at a time.
+        (b"{}", ["allowed by the single rule"] * 2),
+        # One decision for two calls: neither runs.
+        (
+            b'{"result": [{"allowed": true, "reason": "ok"}]}',
+            ["answered 1 decision(s) for a batch of 2"] * 2,
+        ),
+        (b'{"result": "yes"}', ["answered 0 decision(s) for a batch of 2"] * 2),
+        (
+            b'{"result": [{"allowed": true, "reason": "ok"}, {"allowed": "yes"}]}',
+            ["ok", "returned a malformed decision"],
+        ),
+    ],
+)
+async def test_a_batch_answer_is_checked_call_by_call(
+    batch_body: bytes, expected: list[str]
+) -> None:
+    single = b'{"result": {"allowed": true, "reason": "allowed by the single rule"}}'
+    server, url, seen = await _serve_by_path(
+        {
+            "/v1/data/agentcluster/authz/decisions": batch_body,
+            "/v1/data/agentcluster/authz/decision": single,
+        }
+    )
+    opa = OpaServerPolicy(url, timeout_s=5)
+    try:
+        decisions = await opa.decide_many([ROWS[0].request, ROWS[1].request])
+    finally:
+        await opa.aclose()
+        server.close()
+        await server.wait_closed()
+    assert len(decisions) == 2
+    for decision, part in zip(decisions, expected, strict=True):
+        assert part in decision.reason
+        assert decision.allowed is (part in {"ok", "allowed by the single rule"})
+    assert seen[0] == "/v1/data/agentcluster/authz/decisions"
+    assert len(seen) == (3 if batch_body == b"{}" else 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from agentcluster.tools import (
     InProcessToolExecutor,
     PolicyDecision,
     StaticPolicy,
+    ToolInvocation,
     ToolOutcome,
     builtin_registry,
 )
@@ -390,3 +392,84 @@ async def test_an_approved_call_the_policy_now_denies_does_not_run() -> None:
     )
     assert ("decided", False) in journal.entries
     assert "denied by policy: maths is off today" in (history[2].content or "")
+
+
+class BatchRecordingPolicy(StaticPolicy):
+    """The static deny list, answering a step's calls as one batch and recording each batch."""
+
+    def __init__(self, deny: dict[str, str]) -> None:
+        super().__init__(deny)
+        self.batches: list[list[tuple[str, str, dict[str, Any]]]] = []
+
+    async def decide_tools(self, invocations: Sequence[ToolInvocation]) -> list[PolicyDecision]:
+        self.batches.append([(i.tool_call_id, i.tool, i.arguments) for i in invocations])
+        return [await self.decide_tool(invocation) for invocation in invocations]
+
+
+async def test_a_steps_calls_are_decided_in_one_batch_each_by_its_own_arguments() -> None:
+    calls = [
+        ToolCallSpec(id="c1", name="calculator", arguments='{"expression": "6*7"}'),
+        ToolCallSpec(id="c2", name="current_time", arguments="{}"),
+        ToolCallSpec(id="c3", name="calculator", arguments="{not json"),
+        ToolCallSpec(id="c4", name="rm_rf", arguments="{}"),
+        # A model may repeat an id: each call still gets the decision on its own arguments.
+        ToolCallSpec(id="c1", name="calculator", arguments='{"expression": "1+2"}'),
+    ]
+    step = LlmResult(model="openai/a", tool_calls=calls, usage=Usage(total_tokens=7))
+    llm = ScriptedLLM(step, _answer("done"))
+    policy = BatchRecordingPolicy({"current_time": "no clocks here"})
+    history = [ChatMessage(role="user", content="x")]
+    journal = MemoryJournal()
+    result = await _loop(llm, policy).run_turn(CONTEXT, history, journal)
+    assert result.status == "completed"
+    # One batch for the step: the calls the policy is asked about (bad JSON and a tool the
+    # agent lacks are refused before it), in the model's order.
+    assert policy.batches == [
+        [
+            ("c1", "calculator", {"expression": "6*7"}),
+            ("c2", "current_time", {}),
+            ("c1", "calculator", {"expression": "1+2"}),
+        ]
+    ]
+    answers = [m.content or "" for m in history if m.role == "tool"]
+    assert len(answers) == 5
+    assert '"value": 42' in answers[0]
+    assert "denied by policy: no clocks here" in answers[1]
+    assert "not valid JSON" in answers[2]
+    assert "not enabled for this agent" in answers[3]
+    assert '"value": 3' in answers[4]
+    # Each call's events stay in order: requested, decided, completed, call after call.
+    assert journal.kinds()[2:] == ["requested", "decided", "completed"] * 2 + [
+        "requested",
+        "completed",
+        "requested",
+        "decided",
+        "completed",
+        "requested",
+        "decided",
+        "completed",
+        "llm",
+        "done",
+    ]
+
+
+class FailingBatchPolicy(AllowAllPolicy):
+    async def decide_tools(self, invocations: Sequence[ToolInvocation]) -> list[PolicyDecision]:
+        raise InfrastructureError("policy", "the service is down")
+
+
+async def test_a_batch_that_fails_denies_every_call_of_the_step() -> None:
+    calls = [
+        ToolCallSpec(id="c1", name="calculator", arguments='{"expression": "6*7"}'),
+        ToolCallSpec(id="c2", name="current_time", arguments="{}"),
+    ]
+    step = LlmResult(model="openai/a", tool_calls=calls, usage=Usage(total_tokens=7))
+    history = [ChatMessage(role="user", content="x")]
+    journal = MemoryJournal()
+    await _loop(ScriptedLLM(step, _answer("ok")), FailingBatchPolicy()).run_turn(
+        CONTEXT, history, journal
+    )
+    answers = [m.content or "" for m in history if m.role == "tool"]
+    assert len(answers) == 2
+    assert all("policy engine error: policy: the service is down" in a for a in answers)
+    assert ("decided", False) in journal.entries and ("decided", True) not in journal.entries

@@ -95,7 +95,10 @@ def test_packaged_wasm_needs_no_host_builtins() -> None:
     policy = OpaWasmPolicy.from_wasm_bytes(load_bundle().wasm)
     try:
         assert policy.builtins == {}
-        assert policy.entrypoints == {"agentcluster/authz/decision": 0}
+        assert set(policy.entrypoints) == {
+            "agentcluster/authz/decision",
+            "agentcluster/authz/decisions",
+        }
     finally:
         policy.close()
 
