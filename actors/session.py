@@ -40,6 +40,7 @@ from actors import names as actor_names
 from actors.compose import build_runtime_deps
 from agentcluster import tracing
 from agentcluster.config import RuntimeSettings, Settings
+from agentcluster.domain import QueuedTurn
 from agentcluster.errors import DependencyUnavailable, HostStarting
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.logs import configure_logging
@@ -112,12 +113,16 @@ class SessionHost:
         raise HostStarting(self._host_id)
 
     async def notify(
-        self, session_id: str, turn_id: str | None = None, trace: Carrier | None = None
+        self,
+        session_id: str,
+        turn_id: str | None = None,
+        trace: Carrier | None = None,
+        queued: QueuedTurn | None = None,
     ) -> None:
         self._serving()
         # The turn remembers the active span (this call's) and continues its trace.
         with _served("notify", trace, session_id, turn_id):
-            await self._core.notify(session_id, turn_id)
+            await self._core.notify(session_id, turn_id, queued)
 
     async def wait_turn(
         self,
@@ -127,10 +132,13 @@ class SessionHost:
         after_seq: int,
         timeout_s: float,
         trace: Carrier | None = None,
+        queued: QueuedTurn | None = None,
     ) -> TurnOutcome | None:
         self._serving()
         with _served("wait_turn", trace, session_id, turn_id):
-            return await self._core.wait_turn(tenant_id, session_id, turn_id, after_seq, timeout_s)
+            return await self._core.wait_turn(
+                tenant_id, session_id, turn_id, after_seq, timeout_s, queued
+            )
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool:
         self._serving()
@@ -643,20 +651,29 @@ class RaySessionRouter:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
+    async def notify(
+        self, session_id: str, turn_id: str | None = None, queued: QueuedTurn | None = None
+    ) -> None:
         with _calling("notify", session_id, turn_id) as trace:
             await self._on_host(
-                session_id, lambda host: _once(host.notify).remote(session_id, turn_id, trace)
+                session_id,
+                lambda host: _once(host.notify).remote(session_id, turn_id, trace, queued),
             )
 
     async def wait_turn(
-        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str,
+        after_seq: int,
+        timeout_s: float,
+        queued: QueuedTurn | None = None,
     ) -> TurnOutcome | None:
         with _calling("wait_turn", session_id, turn_id) as trace:
             outcome: TurnOutcome | None = await self._on_host(
                 session_id,
                 lambda host: _once(host.wait_turn).remote(
-                    tenant_id, session_id, turn_id, after_seq, timeout_s, trace
+                    tenant_id, session_id, turn_id, after_seq, timeout_s, trace, queued
                 ),
             )
         return outcome

@@ -20,6 +20,7 @@ __all__ = [
     "MultitaskStrategy",
     "OutboxRecord",
     "Page",
+    "QueuedTurn",
     "Session",
     "SessionStatus",
     "Submission",
@@ -180,6 +181,18 @@ class WebhookDelivery(_Record):
     created_at: datetime
 
 
+class QueuedTurn(_Record):
+    """A turn as it was queued, what its host needs to run it without reading it back: the
+    host does so only while it knows the session had no other open turn when the turn's
+    ``message.received`` (``seq``) was written."""
+
+    turn_id: str
+    message_id: str
+    seq: int
+    prompt: str
+    strategy: MultitaskStrategy = "enqueue"
+
+
 class Submission(_Record):
     """The answer to a submitted user message; ``created`` is False for an idempotent resend."""
 
@@ -188,6 +201,8 @@ class Submission(_Record):
     created: bool
     seq: int = 0
     """The seq of its ``message.received`` event (0 for an idempotent resend)."""
+    queued: QueuedTurn | None = None
+    """The turn it queued, for the wake of its host (None for an idempotent resend)."""
 
 
 class Page(_Record):
@@ -213,3 +228,5 @@ class Activated(_Record):
     session: Session
     messages: list[Message]
     open_turns: list[Turn]
+    next_seq: int = 0
+    """The seq the session's next event takes, as of this load (0: not known)."""

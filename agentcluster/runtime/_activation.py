@@ -13,10 +13,11 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from agentcluster import tracing
 from agentcluster.agent import TURN_HANDOVER, AgentLoop, TurnContext, TurnNotOpen
-from agentcluster.domain import SUPERSEDING, Message, Session, Turn
+from agentcluster.domain import SUPERSEDING, Message, QueuedTurn, Session, Turn
 from agentcluster.errors import StaleEpochError
 from agentcluster.events import TurnAwaitingApproval, TurnOutcome, Usage
 from agentcluster.llm import ChatMessage, ToolCallSpec
@@ -86,10 +87,12 @@ class Activation:
         *,
         on_touch: Callable[[str], None] | None = None,
         on_running: Callable[[int], None] | None = None,
+        quiet_seq: int | None = None,
     ) -> None:
         """``on_touch(session_id)`` is told each time it is used (its host keeps sessions in
         the order of their last use, for passivation); ``on_running(+1 | -1)`` when a turn
-        starts and ends running here (its host's count)."""
+        starts and ends running here (its host's count); ``quiet_seq``: the session had no open
+        turn when its next event was to take this seq (as loaded)."""
         self.session = session
         self.epoch = epoch
         self.history = history
@@ -104,6 +107,7 @@ class Activation:
             self.feed,
             self._turn_ended,
             agent=session.agent,
+            quiet_seq=quiet_seq,
         )
         self._outcomes: OrderedDict[str, TurnOutcome] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[TurnOutcome | None]]] = defaultdict(list)
@@ -112,6 +116,10 @@ class Activation:
         self._turn_task: asyncio.Task[object] | None = None
         self._current_turn: str | None = None
         self._wake = asyncio.Event()
+        # Turns the wakes brought as they were queued (by the seq of their message), and whether
+        # a wake came without one: the worker then reads the open turns from the store.
+        self._queued: dict[int, QueuedTurn] = {}
+        self._must_read = False
         self._checks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.stale = False
@@ -137,15 +145,28 @@ class Activation:
     def current_turn(self) -> str | None:
         return self._current_turn
 
-    def pump(self, turn_id: str | None = None, trace: Carrier | None = None) -> None:
+    def pump(
+        self,
+        turn_id: str | None = None,
+        trace: Carrier | None = None,
+        queued: QueuedTurn | None = None,
+    ) -> None:
         """Make sure the worker looks for open turns (idempotent).
 
         Args:
             turn_id: a turn the caller queued or waits for: when it runs, it continues the
                 caller's trace (``trace``, by default the active span's).
+            queued: ``turn_id`` as it was queued: the worker runs it without reading the open
+                turns when it knows it is the only one (see :meth:`_next_turns`).
         """
         if turn_id is not None:
             self._remember_trace(turn_id, tracing.carrier() if trace is None else trace)
+        if queued is not None and queued.turn_id == turn_id:
+            self._queued[queued.seq] = queued
+            while len(self._queued) > RECENT_OUTCOMES:
+                del self._queued[min(self._queued)]
+        else:
+            self._must_read = True
         self.touch()
         self._wake.set()
         if not self.busy:
@@ -157,9 +178,12 @@ class Activation:
             self._checks.add(check)
             check.add_done_callback(self._checks.discard)
 
-    async def wait_outcome(self, turn_id: str, timeout_s: float) -> TurnOutcome | None:
-        """Pump, then wait for ``turn_id``'s outcome event; None when it does not come from this
-        activation (it ended elsewhere or earlier, the session moved) or not within the time."""
+    async def wait_outcome(
+        self, turn_id: str, timeout_s: float, queued: QueuedTurn | None = None
+    ) -> TurnOutcome | None:
+        """Pump (with the turn as ``queued``, if given), then wait for ``turn_id``'s outcome
+        event; None when it does not come from this activation (it ended elsewhere or earlier,
+        the session moved) or not within the time."""
         known = self._outcomes.get(turn_id)
         if isinstance(known, TurnAwaitingApproval) and not await self._still_paused(turn_id):
             del self._outcomes[turn_id]  # decided since: wait for where the resumed turn ends
@@ -168,7 +192,7 @@ class Activation:
             return known
         waiter: asyncio.Future[TurnOutcome | None] = asyncio.get_running_loop().create_future()
         self._waiters[turn_id].append(waiter)
-        self.pump(turn_id)
+        self.pump(turn_id, queued=queued)
         try:
             async with asyncio.timeout(timeout_s):
                 return await waiter
@@ -218,9 +242,7 @@ class Activation:
         try:
             while self._wake.is_set() and not self.stale and not self._stopping:
                 self._wake.clear()
-                turns = await self._store.open_turns_with_prompts(self.session_id)
-                self._settle_unknown({turn.turn_id for turn, _prompt in turns})
-                turns = await self._supersede(turns)
+                turns = await self._next_turns()
                 if turns and turns[0][0].status == "awaiting_approval":
                     break  # it and the turns after it wait for a person's decisions
                 if turns and not self.stale and not self._stopping:
@@ -242,6 +264,21 @@ class Activation:
             if self.stale:
                 for turn_id in list(self._waiters):
                     self._settle(turn_id, None)
+
+    async def _next_turns(self) -> list[tuple[Turn, str]]:
+        """The open turns to run, in order: read from the store, unless a wake brought the
+        turn whose message took the very seq at which the session last had no open turn (its
+        journal saw that commit). Nothing else was written to the session in between, so that
+        turn is the only one open: the read would find just it."""
+        quiet = self._journal.quiet_seq
+        queued = None if self._must_read or quiet is None else self._queued.pop(quiet, None)
+        if queued is not None:
+            return [(_queued_turn(queued, self.session), queued.prompt)]
+        self._must_read = False
+        self._queued.clear()  # what the read finds covers them
+        turns = await self._store.open_turns_with_prompts(self.session_id)
+        self._settle_unknown({turn.turn_id for turn, _prompt in turns})
+        return await self._supersede(turns)
 
     async def _run(self, turn: Turn, prompt: str) -> None:
         profile = self._loop.profile
@@ -413,6 +450,20 @@ class Activation:
         for turn_id in list(self._waiters):
             self._settle(turn_id, None)  # they look in the store (or the next host) instead
         self.feed.close()
+
+
+def _queued_turn(queued: QueuedTurn, session: Session) -> Turn:
+    """The turn as the store has it just after it was queued."""
+    return Turn(
+        turn_id=queued.turn_id,
+        session_id=session.session_id,
+        tenant_id=session.tenant_id,
+        message_id=queued.message_id,
+        status="queued",
+        attempt=0,
+        created_at=datetime.now(UTC),
+        strategy=queued.strategy,
+    )
 
 
 def is_resumed(turn: Turn) -> bool:

@@ -16,6 +16,7 @@ from agentcluster.domain import (
     Approval,
     ApprovalDecision,
     MultitaskStrategy,
+    QueuedTurn,
     Session,
     Submission,
     Turn,
@@ -39,15 +40,23 @@ log = logging.getLogger(__name__)
 class SessionRouter(Protocol):
     """Port: reaches the host of a session (Ray actors in production)."""
 
-    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
+    async def notify(
+        self, session_id: str, turn_id: str | None = None, queued: QueuedTurn | None = None
+    ) -> None:
         """Wake the session's host to run its open turns (``turn_id``: the one just queued,
-        whose trace the host continues when it runs)."""
+        whose trace the host continues when it runs; ``queued``: that turn as it was queued)."""
         ...
 
     async def cancel(self, tenant_id: str, session_id: str, turn_id: str | None) -> bool: ...
 
     async def wait_turn(
-        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str,
+        after_seq: int,
+        timeout_s: float,
+        queued: QueuedTurn | None = None,
     ) -> ev.TurnOutcome | None: ...
 
     def stream(
@@ -141,13 +150,13 @@ class Runtime:
             webhook=webhook,
         )
         if notify:
-            await self._wake(session_id, submission.turn_id)
+            await self._wake(session_id, submission.turn_id, submission.queued)
         return submission
 
-    async def _wake(self, session_id: str, turn_id: str) -> None:
+    async def _wake(self, session_id: str, turn_id: str, queued: QueuedTurn | None = None) -> None:
         try:
             async with asyncio.timeout(self._notify_timeout_s):
-                await self.router.notify(session_id, turn_id)
+                await self.router.notify(session_id, turn_id, queued)
         except (TimeoutError, DependencyUnavailable) as exc:
             log.warning(
                 "turn %s of session %s accepted but its host not woken yet (%s); retrying",
@@ -178,7 +187,12 @@ class Runtime:
         """Wake the session's host and wait for the submission's turn to end (one host call);
         None if it did not end within ``timeout_s``."""
         return await self.router.wait_turn(
-            tenant_id, session_id, submission.turn_id, max(submission.seq - 1, 0), timeout_s
+            tenant_id,
+            session_id,
+            submission.turn_id,
+            max(submission.seq - 1, 0),
+            timeout_s,
+            submission.queued,
         )
 
     async def approvals(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from agentcluster import metrics
 from agentcluster._gc import settle_long_lived_objects
 from agentcluster.agent import AgentLoop
+from agentcluster.domain import QueuedTurn
 from agentcluster.errors import ConfigError, NotFoundError
 from agentcluster.events import TURN_OUTCOMES, EventBase, TurnOutcome
 from agentcluster.runtime._activation import Activation, history_from_messages, is_resumed
@@ -159,6 +160,7 @@ class SessionHostCore:
             loop,
             on_touch=self._touched,
             on_running=self._count_running,
+            quiet_seq=None if loaded.open_turns or not loaded.next_seq else loaded.next_seq,
         )
         if loaded.open_turns:
             # Whatever brought the session here, its open turns run here now: the host it left
@@ -185,20 +187,30 @@ class SessionHostCore:
         activation.feed.publish(Refresh(session_id=session_id))
         return True
 
-    async def notify(self, session_id: str, turn_id: str | None = None) -> None:
+    async def notify(
+        self, session_id: str, turn_id: str | None = None, queued: QueuedTurn | None = None
+    ) -> None:
         """A message was committed for this session: activate it and run its open turns
-        (``turn_id``, the turn just queued, continues the active trace when it runs)."""
-        (await self._activate(session_id)).pump(turn_id)
+        (``turn_id``, the turn just queued, continues the active trace when it runs; ``queued``:
+        that turn as it was queued, which spares the read of the open turns when it is the only
+        one)."""
+        (await self._activate(session_id)).pump(turn_id, queued=queued)
 
     async def wait_turn(
-        self, tenant_id: str, session_id: str, turn_id: str, after_seq: int, timeout_s: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str,
+        after_seq: int,
+        timeout_s: float,
+        queued: QueuedTurn | None = None,
     ) -> TurnOutcome | None:
         """Run the session's open turns and wait for ``turn_id``'s outcome event: what
         :meth:`notify` then :meth:`stream` until the outcome would give, in one call and without
         sending every delta. None when no outcome came within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         activation = await self._owned(tenant_id, session_id)
-        outcome = await activation.wait_outcome(turn_id, timeout_s)
+        outcome = await activation.wait_outcome(turn_id, timeout_s, queued)
         remaining = deadline - time.monotonic()
         if outcome is not None or remaining <= 0:
             return outcome

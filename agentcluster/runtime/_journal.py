@@ -35,6 +35,7 @@ class StoreJournal(TurnJournal):
         on_outcome: Callable[[ev.TurnOutcome], None] | None = None,
         *,
         agent: str | None = None,
+        quiet_seq: int | None = None,
     ) -> None:
         self._store = store
         self._tenant_id = tenant_id
@@ -49,14 +50,23 @@ class StoreJournal(TurnJournal):
         self._decisions: dict[str, Literal["allowed", "denied", "none"]] = {}
         # Turns a later message supersedes: the turn that does, and whether it rolls back.
         self._superseded: dict[str, tuple[str, bool]] = {}
+        self.quiet_seq = quiet_seq
+        """The seq the session's next event took when it last had no open turn, as this journal
+        saw it commit (a turn's outcome with no other turn open); None once it wrote anything
+        else. A turn whose message took exactly this seq is the only one open."""
+        self._others_open = True
 
     async def _write(
         self, change: Callable[[JournalWriter], Awaitable[None]], events: int = 1
     ) -> None:
         """Run ``change`` in one fenced transaction; ``events``: how many it emits (each step
         emits one), so their numbers come with the lock."""
+        self.quiet_seq = None
+        self._others_open = True
         async with self._store.writer(self._session_id, epoch=self._epoch, events=events) as writer:
             await change(writer)
+        if not self._others_open:
+            self.quiet_seq = writer.next_seq  # committed: the next event of the session takes it
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
             if isinstance(event, ev.TURN_OUTCOMES):
@@ -223,7 +233,7 @@ class StoreJournal(TurnJournal):
             event = ev.TurnAwaitingApproval(
                 **self._ids(), turn_id=turn_id, tool_call_ids=tool_call_ids
             )
-            await _emit_outcome(writer, event, webhook)
+            await self._emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
@@ -238,7 +248,7 @@ class StoreJournal(TurnJournal):
             completed = ev.TurnCompleted(
                 **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
             )
-            await _emit_outcome(writer, completed, webhook)
+            await self._emit_outcome(writer, completed, webhook)
 
         await self._write(change)
 
@@ -266,7 +276,7 @@ class StoreJournal(TurnJournal):
             completed = ev.TurnCompleted(
                 **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
             )
-            await _emit_outcome(writer, completed, webhook)
+            await self._emit_outcome(writer, completed, webhook)
 
         await self._write(change, events=2)
 
@@ -317,7 +327,7 @@ class StoreJournal(TurnJournal):
             )
             if rollback:
                 await writer.roll_back_messages(turn_id)
-            await _emit_outcome(writer, event, webhook)
+            await self._emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
@@ -328,13 +338,20 @@ class StoreJournal(TurnJournal):
             webhook = await writer.finish_turn(
                 turn_id, status, usage=usage.model_dump(), error=error
             )
-            await _emit_outcome(writer, event, webhook)
+            await self._emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
-
-async def _emit_outcome(writer: JournalWriter, event: ev.Event, webhook: str | None) -> None:
-    """Record a turn's outcome event, and its webhook delivery in the same transaction."""
-    stored = await writer.emit(event)
-    if webhook is not None and isinstance(stored, ev.TURN_OUTCOMES):
-        await writer.add_webhook_delivery(stored.turn_id, webhook, ev.dump_event(stored).decode())
+    async def _emit_outcome(
+        self, writer: JournalWriter, event: ev.Event, webhook: str | None
+    ) -> None:
+        """Record a turn's outcome event, and its webhook delivery in the same transaction (the
+        last of the unit of work); note whether the session keeps other turns open."""
+        stored = await writer.emit(event)
+        if not isinstance(stored, ev.TURN_OUTCOMES):
+            return
+        if webhook is not None:
+            await writer.add_webhook_delivery(
+                stored.turn_id, webhook, ev.dump_event(stored).decode()
+            )
+        self._others_open = await writer.others_open(stored.turn_id)

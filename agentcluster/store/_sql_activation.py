@@ -82,6 +82,8 @@ class SqlActivation(SqlWriting):
             session=session_of(row),
             messages=[message_of(m) for m in messages],
             open_turns=[turn_of(t) for t in turns],
+            # The claim holds the session's row lock: no write came between it and the reads.
+            next_seq=row.next_seq,
         )
 
     async def release_session(self, session_id: str, epoch: int) -> bool:

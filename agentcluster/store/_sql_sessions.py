@@ -11,7 +11,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster import events as ev
-from agentcluster.domain import Message, MultitaskStrategy, Page, Session, Submission, Turn
+from agentcluster.domain import (
+    Message,
+    MultitaskStrategy,
+    Page,
+    QueuedTurn,
+    Session,
+    Submission,
+    Turn,
+)
 from agentcluster.errors import ConflictError, NotFoundError, TurnInProgress, ValidationFailed
 from agentcluster.store._sql_base import (
     OPEN_TURN_STATUSES,
@@ -181,7 +189,16 @@ class SqlSessions(SqlWriting):
                     multitask_strategy=strategy,
                 )
             )
-        return Submission(message_id=message_id, turn_id=turn_id, created=True, seq=received.seq)
+        queued = QueuedTurn(
+            turn_id=turn_id,
+            message_id=message_id,
+            seq=received.seq,
+            prompt=content,
+            strategy=strategy,
+        )
+        return Submission(
+            message_id=message_id, turn_id=turn_id, created=True, seq=received.seq, queued=queued
+        )
 
     async def close_session(self, tenant_id: str, session_id: str, reason: str = "") -> Session:
         """Close a session (idempotent) and record ``session.closed``."""

@@ -17,13 +17,19 @@ from datetime import datetime
 from functools import cache
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, insert, select, update
+from sqlalchemy import Insert, Select, Table, Update, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentcluster import events as ev
 from agentcluster.domain import MessageRole, MultitaskStrategy, TurnStatus
 from agentcluster.errors import NotFoundError, StaleEpochError
-from agentcluster.store._sql_base import AWAITING, RUNNABLE_TURN_STATUSES, SqlStoreBase, new_id
+from agentcluster.store._sql_base import (
+    AWAITING,
+    OPEN_TURN_STATUSES,
+    RUNNABLE_TURN_STATUSES,
+    SqlStoreBase,
+    new_id,
+)
 from agentcluster.store.models import (
     EventRow,
     MessageRow,
@@ -80,6 +86,17 @@ def _start_statement(resumed: bool) -> Update:
         )
         .returning(columns.attempt)
     )
+
+
+_OTHERS_OPEN: Select[int] = (
+    select(literal(1))
+    .where(
+        _TURNS.c.session_id == bindparam("b_session"),
+        _TURNS.c.status.in_(OPEN_TURN_STATUSES),
+        _TURNS.c.turn_id != bindparam("b_turn"),
+    )
+    .limit(1)
+)
 
 
 @cache
@@ -232,6 +249,14 @@ class SessionWriter:
         )
         attempt = result.scalar_one_or_none()
         return None if attempt is None else int(attempt)
+
+    async def others_open(self, turn_id: str) -> bool:
+        """Whether the session has an open turn besides ``turn_id``: with the write lock held,
+        the answer stands until this unit of work commits."""
+        found = await self._connection.scalar(
+            _OTHERS_OPEN, {"b_session": self.session_id, "b_turn": turn_id}
+        )
+        return found is not None
 
     async def finish_turn(
         self,

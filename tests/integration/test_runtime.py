@@ -17,6 +17,7 @@ from actors.compose import build_runtime_deps
 from actors.session import RaySessionRouter
 from agentcluster import events as ev
 from agentcluster.config import Settings, load_settings
+from agentcluster.domain import QueuedTurn
 from agentcluster.runtime import Delta, Runtime, SessionHostCore
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
@@ -497,3 +498,91 @@ async def test_a_subscriber_that_leaves_early_releases_the_session(
         return bool((await host.stats.remote()).subscribers == 0)
 
     await eventually(released, timeout=30, message="the host dropped the subscription")
+
+
+async def test_a_woken_turn_runs_without_a_read_only_while_it_is_the_only_one_open(
+    settings: Settings, fake_llm: FakeLLM, store: SqlStateStore
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content=f"ok {token}")))
+    tenant = await store.create_tenant("queued-wake")
+    session_id = (await store.create_session(tenant.tenant_id, "tester")).session_id
+    deps = await build_runtime_deps(settings)
+    reads: list[str] = []
+    read_open_turns = deps.store.open_turns_with_prompts
+
+    async def counted(session: str) -> Any:  # the real read, counted
+        reads.append(session)
+        return await read_open_turns(session)
+
+    deps.store.open_turns_with_prompts = counted  # type: ignore[method-assign,assignment]
+    host = SessionHostCore("queued-wake-host", lambda: asyncio.sleep(0, deps))
+
+    async def ask(content: str) -> ev.TurnOutcome | None:
+        submission = await store.submit_message(tenant.tenant_id, session_id, content)
+        assert submission.queued is not None and submission.queued.seq == submission.seq
+        return await host.wait_turn(
+            tenant.tenant_id,
+            session_id,
+            submission.turn_id,
+            submission.seq - 1,
+            60,
+            submission.queued,
+        )
+
+    try:
+        await host.notify(session_id)  # activated with no turn open: quiet as loaded
+        await eventually(lambda: _idle(host), timeout=30, message="the first look done")
+        reads.clear()
+        # Turn after turn, each the only one open when its wake comes: no read at all.
+        for index in range(3):
+            outcome = await ask(f"{token} q{index}")
+            assert isinstance(outcome, ev.TurnCompleted) and outcome.content == f"ok {token}"
+        assert reads == []
+        # A message committed without its wake is open when the next one comes: the next
+        # wake's turn is not the only one, so the worker reads and runs both, in order.
+        unwoken = await store.submit_message(tenant.tenant_id, session_id, f"{token} silent")
+        outcome = await ask(f"{token} after")
+        assert isinstance(outcome, ev.TurnCompleted)
+        assert reads and set(reads) == {session_id}
+        assert (await store.get_turn(tenant.tenant_id, unwoken.turn_id)).status == "completed"
+        events = await store.list_events(tenant.tenant_id, session_id)
+        arrival = [e.turn_id for e in events if isinstance(e, ev.MessageReceived)]
+        started = [e.turn_id for e in events if isinstance(e, ev.TurnStarted)]
+        assert started == arrival  # every turn ran once, in the order the messages came
+        # The model saw the whole conversation, each question once, in order.
+        last = [r for r in fake_llm.requests if _mentions(token)(r)][-1]
+        asked = [m["content"] for m in last.messages if m["role"] == "user"]
+        assert asked == [
+            f"{token} q0",
+            f"{token} q1",
+            f"{token} q2",
+            f"{token} silent",
+            f"{token} after",
+        ]
+        # A wake that brings back a turn that already ran (a retried call) runs nothing again.
+        requests = len(fake_llm.requests)
+        first = next(e for e in events if isinstance(e, ev.MessageReceived))
+        stale = first.model_copy()
+        replay = await host.wait_turn(
+            tenant.tenant_id,
+            session_id,
+            stale.turn_id,
+            stale.seq - 1,
+            30,
+            QueuedTurn(
+                turn_id=stale.turn_id,
+                message_id=stale.message_id,
+                seq=stale.seq,
+                prompt=stale.content,
+            ),
+        )
+        assert isinstance(replay, ev.TurnCompleted) and replay.turn_id == stale.turn_id
+        assert len(fake_llm.requests) == requests
+    finally:
+        await host.stop()
+        await deps.store.close()
+
+
+async def _idle(host: SessionHostCore) -> bool:
+    return not host.busy_session_ids()
