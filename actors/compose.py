@@ -22,14 +22,17 @@ from agentcluster.limits import open_budget_guard
 from agentcluster.policy import build_policy_engine
 from agentcluster.providers import SettingsModels, open_provider_resolver
 from agentcluster.runtime import Runtime, RuntimeDeps
+from agentcluster.tools import PolicyEngine
 from agentcluster.tracing import configure_tracing
 
 __all__ = ["build_runtime_deps", "connect_runtime"]
 
 
-async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
-    """Store, LLM client (with per-model breakers), tools, policy, budgets and one loop per
-    agent, for this process."""
+async def build_runtime_deps(
+    settings: Settings, *, policy: PolicyEngine | None = None
+) -> RuntimeDeps:
+    """Store, LLM client (with per-model breakers), tools, policy (``policy``, else the engine
+    the settings name), budgets and one loop per agent, for this process."""
     # The tool pools pull in the browser actors: loaded when a host builds, not when
     # actors.session is imported (a gateway replica imports it for the router only).
     from actors.executor import ActorToolExecutor
@@ -44,7 +47,7 @@ async def build_runtime_deps(settings: Settings) -> RuntimeDeps:
         settings.llm, llm.BreakerRegistry.from_settings(settings.llm), routes=resolver
     )
     executor = await ActorToolExecutor.create(settings, profiles.values(), store)
-    policy = build_policy_engine(settings)
+    policy = policy or build_policy_engine(settings)
     # The tenant's daily token and cost budgets, checked before each LLM call of every agent.
     budget = open_budget_guard(settings, store)
     loops = {

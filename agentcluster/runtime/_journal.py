@@ -54,7 +54,7 @@ class StoreJournal(TurnJournal):
         """The seq the session's next event took when it last had no open turn, as this journal
         saw it commit (a turn's outcome with no other turn open); None once it wrote anything
         else. A turn whose message took exactly this seq is the only one open."""
-        self._others_open = True
+        self._turns_open = True
 
     async def _write(
         self, change: Callable[[JournalWriter], Awaitable[None]], events: int = 1
@@ -62,10 +62,10 @@ class StoreJournal(TurnJournal):
         """Run ``change`` in one fenced transaction; ``events``: how many it emits (each step
         emits one), so their numbers come with the lock."""
         self.quiet_seq = None
-        self._others_open = True
+        self._turns_open = True
         async with self._store.writer(self._session_id, epoch=self._epoch, events=events) as writer:
             await change(writer)
-        if not self._others_open:
+        if not self._turns_open:
             self.quiet_seq = writer.next_seq  # committed: the next event of the session takes it
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
@@ -354,4 +354,5 @@ class StoreJournal(TurnJournal):
             await writer.add_webhook_delivery(
                 stored.turn_id, webhook, ev.dump_event(stored).decode()
             )
-        self._others_open = await writer.others_open(stored.turn_id)
+        # The turn's own status is written already: a paused turn still counts as open.
+        self._turns_open = await writer.has_open_turns()

@@ -184,8 +184,8 @@ class JournalWriter(Protocol):
 
     async def start_turn(self, turn_id: str, *, resumed: bool = False) -> int | None: ...
 
-    async def others_open(self, turn_id: str) -> bool:
-        """Whether the session has an open turn besides ``turn_id`` (under the write lock)."""
+    async def has_open_turns(self) -> bool:
+        """Whether the session has an open turn, this unit of work's changes included."""
         ...
 
     async def pause_turn(self, turn_id: str, usage: dict[str, Any]) -> str | None: ...

@@ -88,13 +88,9 @@ def _start_statement(resumed: bool) -> Update:
     )
 
 
-_OTHERS_OPEN: Select[int] = (
+_ANY_OPEN: Select[int] = (
     select(literal(1))
-    .where(
-        _TURNS.c.session_id == bindparam("b_session"),
-        _TURNS.c.status.in_(OPEN_TURN_STATUSES),
-        _TURNS.c.turn_id != bindparam("b_turn"),
-    )
+    .where(_TURNS.c.session_id == bindparam("b_session"), _TURNS.c.status.in_(OPEN_TURN_STATUSES))
     .limit(1)
 )
 
@@ -250,12 +246,10 @@ class SessionWriter:
         attempt = result.scalar_one_or_none()
         return None if attempt is None else int(attempt)
 
-    async def others_open(self, turn_id: str) -> bool:
-        """Whether the session has an open turn besides ``turn_id``: with the write lock held,
-        the answer stands until this unit of work commits."""
-        found = await self._connection.scalar(
-            _OTHERS_OPEN, {"b_session": self.session_id, "b_turn": turn_id}
-        )
+    async def has_open_turns(self) -> bool:
+        """Whether the session has a queued, running or paused turn, this unit of work's changes
+        included: with the write lock held, the answer stands until it commits."""
+        found = await self._connection.scalar(_ANY_OPEN, {"b_session": self.session_id})
         return found is not None
 
     async def finish_turn(

@@ -18,6 +18,7 @@ from actors.session import RaySessionRouter
 from agentcluster import events as ev
 from agentcluster.config import Settings, load_settings
 from agentcluster.domain import QueuedTurn
+from agentcluster.policy import WasmPolicy
 from agentcluster.runtime import Delta, Runtime, SessionHostCore
 from agentcluster.store import SqlStateStore, open_store
 from agentcluster.testing.fake_llm import FakeLLM, RecordedRequest, Reply, Rule, ToolCall
@@ -586,3 +587,68 @@ async def test_a_woken_turn_runs_without_a_read_only_while_it_is_the_only_one_op
 
 async def _idle(host: SessionHostCore) -> bool:
     return not host.busy_session_ids()
+
+
+async def test_a_woken_turn_waits_behind_a_turn_paused_for_approval(
+    settings: Settings, fake_llm: FakeLLM, store: SqlStateStore
+) -> None:
+    token = uuid.uuid4().hex
+    fake_llm.script.add_rule(
+        Rule(
+            when=lambda r: _mentions(token)(r) and _last_is_tool(r),
+            reply=Reply(content=f"summed {token}"),
+        )
+    )
+    fake_llm.script.add_rule(
+        Rule(
+            when=_mentions(f"{token} sum"),
+            reply=Reply(tool_calls=[ToolCall("calculator", {"expression": "6*7"})]),
+            times=1,
+        )
+    )
+    fake_llm.script.add_rule(Rule(when=_mentions(token), reply=Reply(content=f"later {token}")))
+    tenant = await store.create_tenant("queued-wake-paused")
+    session_id = (await store.create_session(tenant.tenant_id, "tester")).session_id
+    # The real Rego policy, in-process, with the tenant's rule sending calculator calls to a person.
+    asks = {"approvals": [{"tools": ["calculator"], "reason": "sums need a second look"}]}
+    policy = WasmPolicy({"agentcluster": {"tenants": {tenant.tenant_id: asks}}})
+    deps = await build_runtime_deps(settings, policy=policy)
+    host = SessionHostCore("queued-wake-paused-host", lambda: asyncio.sleep(0, deps))
+
+    async def ask(content: str, timeout_s: float) -> tuple[str, ev.TurnOutcome | None]:
+        submission = await store.submit_message(tenant.tenant_id, session_id, content)
+        outcome = await host.wait_turn(
+            tenant.tenant_id,
+            session_id,
+            submission.turn_id,
+            submission.seq - 1,
+            timeout_s,
+            submission.queued,
+        )
+        return submission.turn_id, outcome
+
+    try:
+        paused_id, paused = await ask(f"{token} sum", 60)
+        assert isinstance(paused, ev.TurnAwaitingApproval)
+        # The next message's wake brings its turn, but a turn waits for a person before it: the
+        # later one must not run (the pause is an outcome, yet the session is not quiet).
+        later_id, later = await ask(f"{token} next", 2)
+        assert later is None
+        assert (await store.get_turn(tenant.tenant_id, later_id)).status == "queued"
+        assert not [r for r in fake_llm.requests if _mentions(f"{token} next")(r)]
+        # Approved: the paused turn resumes and ends, then the later one runs.
+        (call,) = await store.list_approvals(tenant.tenant_id, session_id)
+        _approval, ready = await store.decide_approval(
+            tenant.tenant_id, session_id, call.tool_call_id, "approve", decided_by="test"
+        )
+        assert ready
+        await host.notify(session_id)
+        assert await _wait_status(store, tenant.tenant_id, paused_id) == "completed"
+        assert await _wait_status(store, tenant.tenant_id, later_id) == "completed"
+        events = await store.list_events(tenant.tenant_id, session_id)
+        ended = [e.turn_id for e in events if isinstance(e, ev.TurnCompleted)]
+        assert ended == [paused_id, later_id]
+    finally:
+        await host.stop()
+        policy.close()
+        await deps.store.close()
