@@ -469,7 +469,7 @@ class AgentLoop:
         elif decided is not None and approval is None:
             decision = decided
         else:
-            decision = await self._decide(invocation)
+            (decision,) = await self._decide([invocation])
         if decision.ask and approval is None:
             _trace_decision(decision)
             timeout_s = self.profile.approval_timeout_s
@@ -502,21 +502,17 @@ class AgentLoop:
         decisions: list[PolicyDecision | None] = [None] * len(calls)
         if not invocations:
             return decisions
-        try:
-            answers = await decide_tools(self._policy, invocations)
-        except AgentClusterError as exc:  # fail closed, as for one call
-            denial = PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
-            answers = [denial] * len(invocations)
-        for index, answer in zip(asked, answers, strict=True):
+        for index, answer in zip(asked, await self._decide(invocations), strict=True):
             decisions[index] = answer
         return decisions
 
-    async def _decide(self, invocation: ToolInvocation) -> PolicyDecision:
+    async def _decide(self, invocations: list[ToolInvocation]) -> list[PolicyDecision]:
         try:
-            return await self._policy.decide_tool(invocation)
+            return await decide_tools(self._policy, invocations)
         except AgentClusterError as exc:
             # Fail closed: no decision means no tool call.
-            return PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+            denial = PolicyDecision(allowed=False, reason=f"policy engine error: {exc.message}")
+            return [denial] * len(invocations)
 
 
 def _invocation(

@@ -10,6 +10,7 @@ from agentcluster.policy._inputs import (
     ApiAction,
     NetworkCategory,
     api_input,
+    decision_from_result,
     network_input,
     tool_input,
 )
@@ -25,13 +26,47 @@ class RegoPolicyEngine(ABC):
     cannot answer denies, with a reason that names it (fail closed).
     """
 
+    engine: str
+    _source: str
+    """The engine as a denial's reason names it, e.g. ``"OPA at http://..."``."""
+
     @abstractmethod
     async def decide(self, policy_input: Mapping[str, Any]) -> PolicyDecision:
         """Evaluate the policy for one input document (see ``policies/README.md``)."""
 
+    @abstractmethod
+    async def _evaluate_batch(self, batch: dict[str, Any]) -> object:
+        """The value of ``data.agentcluster.authz.decisions`` for ``batch`` (None when the
+        policy does not define it), or a denial naming why the engine gave none."""
+
+    @abstractmethod
+    def _failure(self, problem: str) -> PolicyDecision:
+        """A denial saying the engine could not decide (``problem``)."""
+
     async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
-        """Evaluate the policy for each input, in order (an engine that can asks once)."""
-        return [await self.decide(policy_input) for policy_input in policy_inputs]
+        """Evaluate the policy for each input, in order: two or more in one evaluation of
+        ``data.agentcluster.authz.decisions`` (one at a time where the policy predates it).
+        Every input is denied when the batch cannot be evaluated or its answer does not have one
+        decision per input."""
+        count = len(policy_inputs)
+        if count < 2:
+            return [await self.decide(policy_input) for policy_input in policy_inputs]
+        result = await self._evaluate_batch({"batch": [dict(i) for i in policy_inputs]})
+        if isinstance(result, PolicyDecision):
+            return [result] * count
+        if result is None:  # a policy without `decisions` (an older bundle): one at a time
+            return [await self.decide(policy_input) for policy_input in policy_inputs]
+        answers = result if isinstance(result, list) else []
+        if len(answers) != count:
+            short = self._failure(
+                f"answered {len(answers)} decision(s) for a batch of {count} "
+                "(is the agentcluster.authz policy with `decisions` loaded?)"
+            )
+            return [short] * count
+        return [
+            decision_from_result(answer, engine=self.engine, source=self._source)
+            for answer in answers
+        ]
 
     async def decide_tool(self, invocation: ToolInvocation) -> PolicyDecision:
         """Decide one tool call (the PolicyEngine port)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -54,28 +54,8 @@ class OpaServerPolicy(RegoPolicyEngine):
             return result
         return decision_from_result(result, engine=self.engine, source=self._source)
 
-    async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
-        """Ask for all decisions in one request (``data.agentcluster.authz.decisions``; one at a
-        time from a server whose policy lacks it); every input is denied when the server cannot
-        answer, or when the answer does not have one decision per input."""
-        if len(policy_inputs) < 2:
-            return [await self.decide(policy_input) for policy_input in policy_inputs]
-        result = await self._ask(self._batch_url, {"batch": list(policy_inputs)})
-        if isinstance(result, PolicyDecision):
-            return [result] * len(policy_inputs)
-        if result is None:  # a server with an older policy (no `decisions`): one at a time
-            return [await self.decide(policy_input) for policy_input in policy_inputs]
-        answers = result if isinstance(result, list) else []
-        if len(answers) != len(policy_inputs):
-            missing = self._deny(
-                f"answered {len(answers)} decision(s) for a batch of {len(policy_inputs)} "
-                "(is the agentcluster.authz policy with `decisions` loaded?)"
-            )
-            return [missing] * len(policy_inputs)
-        return [
-            decision_from_result(answer, engine=self.engine, source=self._source)
-            for answer in answers
-        ]
+    async def _evaluate_batch(self, batch: dict[str, Any]) -> object:
+        return await self._ask(self._batch_url, batch)
 
     async def _ask(self, url: str, policy_input: Mapping[str, Any]) -> object:
         """The ``result`` of evaluating ``url`` on ``policy_input`` (None when undefined), or a
@@ -83,24 +63,26 @@ class OpaServerPolicy(RegoPolicyEngine):
         try:
             response = await self._client.post(url, json={"input": policy_input})
         except httpx.TimeoutException as exc:
-            return self._deny(f"did not answer within {self.timeout_s:g} s ({type(exc).__name__})")
+            return self._failure(
+                f"did not answer within {self.timeout_s:g} s ({type(exc).__name__})"
+            )
         except httpx.HTTPError as exc:
-            return self._deny(f"unreachable: {type(exc).__name__}")
+            return self._failure(f"unreachable: {type(exc).__name__}")
         except (TypeError, ValueError) as exc:
-            return self._deny(f"was not asked: the input is not JSON ({exc})")
+            return self._failure(f"was not asked: the input is not JSON ({exc})")
         if response.status_code != 200:
-            return self._deny(f"answered HTTP {response.status_code}: {_error_text(response)}")
+            return self._failure(f"answered HTTP {response.status_code}: {_error_text(response)}")
         try:
             body = response.json()
         except ValueError:
-            return self._deny("answered with a body that is not JSON")
+            return self._failure("answered with a body that is not JSON")
         return body.get("result") if isinstance(body, dict) else body
 
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
         await self._client.aclose()
 
-    def _deny(self, problem: str) -> PolicyDecision:
+    def _failure(self, problem: str) -> PolicyDecision:
         return PolicyDecision(
             allowed=False,
             reason=f"policy engine ({self._source}) {problem}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from opapywasm import UNDEFINED, OpaWasmError, OpaWasmPolicy, PolicyConfig
@@ -45,6 +45,7 @@ class WasmPolicy(RegoPolicyEngine):
     """
 
     engine = "wasm"
+    _source = _SOURCE
 
     def __init__(
         self,
@@ -65,30 +66,19 @@ class WasmPolicy(RegoPolicyEngine):
         try:
             result = self._policy.evaluate(dict(policy_input))
         except (OpaWasmError, TypeError, ValueError) as exc:
-            return self._failed(f"{type(exc).__name__}: {exc}")
+            return self._failure(f"{type(exc).__name__}: {exc}")
         return decision_from_result(
             None if result is UNDEFINED else result, engine=self.engine, source=_SOURCE
         )
 
-    async def decide_many(self, policy_inputs: Sequence[Mapping[str, Any]]) -> list[PolicyDecision]:
-        """Evaluate ``data.agentcluster.authz.decisions`` once for all inputs; every input is
-        denied when that fails or does not give one decision per input."""
-        if len(policy_inputs) < 2:
-            return [await self.decide(policy_input) for policy_input in policy_inputs]
-        batch: dict[str, Any] = {"batch": [dict(policy_input) for policy_input in policy_inputs]}
+    async def _evaluate_batch(self, batch: dict[str, Any]) -> object:
         try:
             result = self._policy.evaluate(batch, entrypoint=BATCH_ENTRYPOINT)
         except (OpaWasmError, TypeError, ValueError) as exc:
-            return [self._failed(f"{type(exc).__name__}: {exc}")] * len(policy_inputs)
-        answers = result if isinstance(result, list) else []
-        if len(answers) != len(policy_inputs):
-            problem = f"gave {len(answers)} decision(s) for a batch of {len(policy_inputs)}"
-            return [self._failed(problem)] * len(policy_inputs)
-        return [
-            decision_from_result(answer, engine=self.engine, source=_SOURCE) for answer in answers
-        ]
+            return self._failure(f"{type(exc).__name__}: {exc}")
+        return None if result is UNDEFINED else result
 
-    def _failed(self, problem: str) -> PolicyDecision:
+    def _failure(self, problem: str) -> PolicyDecision:
         return PolicyDecision(
             allowed=False,
             reason=f"policy engine ({_SOURCE}) failed: {problem}",

@@ -54,7 +54,6 @@ class StoreJournal(TurnJournal):
         """The seq the session's next event took when it last had no open turn, as this journal
         saw it commit (a turn's outcome with no other turn open); None once it wrote anything
         else. A turn whose message took exactly this seq is the only one open."""
-        self._turns_open = True
 
     async def _write(
         self, change: Callable[[JournalWriter], Awaitable[None]], events: int = 1
@@ -62,11 +61,14 @@ class StoreJournal(TurnJournal):
         """Run ``change`` in one fenced transaction; ``events``: how many it emits (each step
         emits one), so their numbers come with the lock."""
         self.quiet_seq = None
-        self._turns_open = True
         async with self._store.writer(self._session_id, epoch=self._epoch, events=events) as writer:
             await change(writer)
-        if not self._turns_open:
-            self.quiet_seq = writer.next_seq  # committed: the next event of the session takes it
+            # A turn ended (or paused: it still counts as open) and no turn is left open: the
+            # session is quiet at the seq its next event takes, once this commits.
+            ended = any(isinstance(event, ev.TURN_OUTCOMES) for event in writer.emitted)
+            quiet = ended and not await writer.has_open_turns()
+        if quiet:
+            self.quiet_seq = writer.next_seq
         for event in writer.emitted:  # only after the commit: the feed never shows a rollback
             self._feed.publish(event)
             if isinstance(event, ev.TURN_OUTCOMES):
@@ -233,7 +235,7 @@ class StoreJournal(TurnJournal):
             event = ev.TurnAwaitingApproval(
                 **self._ids(), turn_id=turn_id, tool_call_ids=tool_call_ids
             )
-            await self._emit_outcome(writer, event, webhook)
+            await _emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
@@ -248,7 +250,7 @@ class StoreJournal(TurnJournal):
             completed = ev.TurnCompleted(
                 **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
             )
-            await self._emit_outcome(writer, completed, webhook)
+            await _emit_outcome(writer, completed, webhook)
 
         await self._write(change)
 
@@ -276,7 +278,7 @@ class StoreJournal(TurnJournal):
             completed = ev.TurnCompleted(
                 **self._ids(), turn_id=turn_id, message_id=answer, content=content, usage=usage
             )
-            await self._emit_outcome(writer, completed, webhook)
+            await _emit_outcome(writer, completed, webhook)
 
         await self._write(change, events=2)
 
@@ -327,7 +329,7 @@ class StoreJournal(TurnJournal):
             )
             if rollback:
                 await writer.roll_back_messages(turn_id)
-            await self._emit_outcome(writer, event, webhook)
+            await _emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
@@ -338,21 +340,13 @@ class StoreJournal(TurnJournal):
             webhook = await writer.finish_turn(
                 turn_id, status, usage=usage.model_dump(), error=error
             )
-            await self._emit_outcome(writer, event, webhook)
+            await _emit_outcome(writer, event, webhook)
 
         await self._write(change)
 
-    async def _emit_outcome(
-        self, writer: JournalWriter, event: ev.Event, webhook: str | None
-    ) -> None:
-        """Record a turn's outcome event, and its webhook delivery in the same transaction (the
-        last of the unit of work); note whether the session keeps other turns open."""
-        stored = await writer.emit(event)
-        if not isinstance(stored, ev.TURN_OUTCOMES):
-            return
-        if webhook is not None:
-            await writer.add_webhook_delivery(
-                stored.turn_id, webhook, ev.dump_event(stored).decode()
-            )
-        # The turn's own status is written already: a paused turn still counts as open.
-        self._turns_open = await writer.has_open_turns()
+
+async def _emit_outcome(writer: JournalWriter, event: ev.Event, webhook: str | None) -> None:
+    """Record a turn's outcome event, and its webhook delivery in the same transaction."""
+    stored = await writer.emit(event)
+    if webhook is not None and isinstance(stored, ev.TURN_OUTCOMES):
+        await writer.add_webhook_delivery(stored.turn_id, webhook, ev.dump_event(stored).decode())

@@ -113,8 +113,6 @@ async def decide_tools(
 ) -> list[PolicyDecision]:
     """The decisions on ``invocations`` in order: in one batch where ``engine`` can, else one at
     a time."""
-    if not invocations:
-        return []
-    if len(invocations) > 1 and isinstance(engine, BatchPolicyEngine):
+    if isinstance(engine, BatchPolicyEngine):
         return await engine.decide_tools(invocations)
     return [await engine.decide_tool(invocation) for invocation in invocations]

@@ -349,23 +349,44 @@ async def test_wrong_path_on_a_real_server_denies(opa_url: str) -> None:
     assert decision.reason.startswith(f"policy engine (OPA at {opa_url}/not-opa) answered HTTP 404")
 
 
-async def _serve_once(body: bytes, content_type: bytes) -> tuple[asyncio.Server, str]:
+async def _serve_by_path(answers: dict[str, bytes]) -> tuple[asyncio.Server, str, list[str]]:
+    """A keep-alive HTTP server answering each path with its JSON body (404 otherwise)."""
+    seen: list[str] = []
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: "
-            + content_type
-            + b"\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\nConnection: close\r\n\r\n"
-            + body
-        )
-        await writer.drain()
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            lines = head.decode().split("\r\n")
+            path = lines[0].split(" ")[1]
+            length = next(
+                (
+                    int(line.split(":")[1])
+                    for line in lines
+                    if line.lower().startswith("content-length")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            seen.append(path)
+            body = answers.get(path)
+            status = b"200 OK" if body is not None else b"404 Not Found"
+            body = body if body is not None else b"{}"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
 
 
 @pytest.mark.parametrize(
@@ -378,7 +399,7 @@ async def _serve_once(body: bytes, content_type: bytes) -> tuple[asyncio.Server,
     ],
 )
 async def test_malformed_answers_deny(body: bytes, problem: str) -> None:
-    server, url = await _serve_once(body, b"application/json")
+    server, url, _seen = await _serve_by_path({"/v1/data/agentcluster/authz/decision": body})
     opa = OpaServerPolicy(url, timeout_s=5)
     try:
         decision = await opa.decide(ROWS[0].request)
@@ -419,46 +440,6 @@ async def test_a_batch_the_server_cannot_answer_denies_every_request() -> None:
         f"policy engine (OPA at {url}) unreachable: ConnectError"
     ] * 2
     assert not any(d.allowed for d in decisions)
-
-
-async def _serve_by_path(answers: dict[str, bytes]) -> tuple[asyncio.Server, str, list[str]]:
-    """A keep-alive HTTP server answering each path with its JSON body (404 otherwise)."""
-    seen: list[str] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                break
-            lines = head.decode().split("\r\n")
-            path = lines[0].split(" ")[1]
-            length = next(
-                (
-                    int(line.split(":")[1])
-                    for line in lines
-                    if line.lower().startswith("content-length")
-                ),
-                0,
-            )
-            await reader.readexactly(length)
-            seen.append(path)
-            body = answers.get(path)
-            status = b"200 OK" if body is not None else b"404 Not Found"
-            body = body if body is not None else b"{}"
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
 
 
 @pytest.mark.parametrize(
